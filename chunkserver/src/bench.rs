@@ -1,0 +1,342 @@
+//! `shardfs-chunk bench`: put and get throughput over loopback for 8 MiB
+//! chunks with 1 and 8 concurrent streams, next to the two limits that
+//! bound them on this machine, measured in the same run: BLAKE3 speed on
+//! one core and the disk's own fsynced write speed (same pattern as the
+//! store: temp file, fsync, rename, fsync dir).
+//!
+//! It starts its own server (this binary) on a fresh data directory, so
+//! anyone can run it: `cargo run --release -p shardfs-chunk -- bench`.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::Args;
+use shardfs_proto::ChunkId;
+use shardfs_proto::chunk_client::ChunkClient;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Scratch directory (on the disk to measure); removed afterwards.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Chunks per run.
+    #[arg(long, default_value_t = 64)]
+    pub chunks: usize,
+    /// Chunk size in bytes.
+    #[arg(long, default_value_t = 8 << 20)]
+    pub chunk_size: usize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One measured figure.
+struct Figure {
+    name: &'static str,
+    streams: usize,
+    mb_per_s: f64,
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.chunks == 0 || args.chunk_size == 0 || args.chunk_size > (64 << 20) {
+        bail!("--chunks must be > 0 and --chunk-size in 1..=67108864");
+    }
+    let base = args.dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("shardfs-chunk-bench-{}", std::process::id()))
+    });
+    std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
+    let result = run_in(&args, &base).await;
+    let _ = std::fs::remove_dir_all(&base);
+    result
+}
+
+async fn run_in(args: &BenchArgs, base: &Path) -> anyhow::Result<()> {
+    let total_bytes = (args.chunks * args.chunk_size) as f64;
+    let progress = |what: &str| {
+        if !args.json {
+            eprintln!("bench: {what}");
+        }
+    };
+    let mut figures = Vec::new();
+
+    progress("generating chunks");
+    let chunks = Arc::new(make_chunks(args.chunks, args.chunk_size).await?);
+
+    progress("measuring BLAKE3 on one core");
+    let blake3 = tokio::task::spawn_blocking({
+        let sample = chunks[0].1.clone();
+        move || blake3_speed(&sample)
+    })
+    .await?;
+    figures.push(Figure {
+        name: "blake3 (1 core)",
+        streams: 1,
+        mb_per_s: blake3,
+    });
+
+    for streams in [1, 8] {
+        progress(&format!(
+            "measuring fsynced disk writes, {streams} writer(s)"
+        ));
+        let dir = base.join(format!("disk-{streams}"));
+        let chunks = chunks.clone();
+        let seconds =
+            tokio::task::spawn_blocking(move || disk_write(&dir, &chunks, streams)).await??;
+        figures.push(Figure {
+            name: "disk write+fsync",
+            streams,
+            mb_per_s: total_bytes / seconds / 1e6,
+        });
+    }
+
+    progress("starting a chunk server");
+    let mut server = spawn_server(&base.join("server")).await?;
+    let client = ChunkClient::new(&server.addr)?;
+    let outcome = async {
+        for streams in [1, 8] {
+            progress(&format!("put, {streams} stream(s)"));
+            let seconds = put_all(&client, &chunks, streams).await?;
+            figures.push(Figure {
+                name: "put",
+                streams,
+                mb_per_s: total_bytes / seconds / 1e6,
+            });
+            if streams == 1 {
+                let ids: Vec<ChunkId> = chunks.iter().map(|(id, _)| *id).collect();
+                client.delete(&ids).await?;
+            }
+        }
+        for (name, server_verifies) in [
+            ("get (server verifies)", true),
+            ("get (client verifies)", false),
+        ] {
+            for streams in [1, 8] {
+                progress(&format!("{name}, {streams} stream(s)"));
+                let seconds = get_all(&client, &chunks, streams, server_verifies).await?;
+                figures.push(Figure {
+                    name,
+                    streams,
+                    mb_per_s: total_bytes / seconds / 1e6,
+                });
+            }
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    server.stop().await;
+    outcome?;
+
+    if args.json {
+        let items: Vec<String> = figures
+            .iter()
+            .map(|f| {
+                format!(
+                    r#"{{"name":"{}","streams":{},"mb_per_s":{:.0}}}"#,
+                    f.name, f.streams, f.mb_per_s
+                )
+            })
+            .collect();
+        println!(
+            r#"{{"chunk_size":{},"chunks":{},"figures":[{}]}}"#,
+            args.chunk_size,
+            args.chunks,
+            items.join(",")
+        );
+    } else {
+        println!(
+            "chunk server bench: {} chunks of {} bytes per run",
+            args.chunks, args.chunk_size
+        );
+        println!("{:<24} {:>7} {:>10}", "measure", "streams", "MB/s");
+        for f in &figures {
+            println!("{:<24} {:>7} {:>10.0}", f.name, f.streams, f.mb_per_s);
+        }
+        let find = |name: &str, streams: usize| {
+            figures
+                .iter()
+                .find(|f| f.name == name && f.streams == streams)
+                .map(|f| f.mb_per_s)
+        };
+        for streams in [1, 8] {
+            if let (Some(put), Some(disk)) =
+                (find("put", streams), find("disk write+fsync", streams))
+            {
+                println!(
+                    "put / disk, {streams} stream(s): {:.0}%",
+                    100.0 * put / disk
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Distinct pseudo-random chunks (BLAKE3 output stream), with their ids.
+async fn make_chunks(count: usize, size: usize) -> anyhow::Result<Vec<(ChunkId, Bytes)>> {
+    Ok(tokio::task::spawn_blocking(move || {
+        (0..count)
+            .map(|i| {
+                let mut data = vec![0u8; size];
+                let mut hasher = blake3::Hasher::new();
+                hasher.update(b"shardfs-chunk-bench");
+                hasher.update(&(i as u64).to_le_bytes());
+                hasher.finalize_xof().fill(&mut data);
+                (ChunkId::of(&data), Bytes::from(data))
+            })
+            .collect()
+    })
+    .await?)
+}
+
+fn blake3_speed(sample: &[u8]) -> f64 {
+    let start = Instant::now();
+    let mut bytes = 0usize;
+    while start.elapsed() < Duration::from_millis(500) {
+        std::hint::black_box(blake3::hash(sample));
+        bytes += sample.len();
+    }
+    bytes as f64 / start.elapsed().as_secs_f64() / 1e6
+}
+
+/// Writes every chunk as the store does, split across `writers` threads.
+fn disk_write(dir: &Path, chunks: &[(ChunkId, Bytes)], writers: usize) -> anyhow::Result<f64> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir.join("tmp"))?;
+    std::fs::create_dir_all(dir.join("final"))?;
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..writers)
+            .map(|w| {
+                scope.spawn(move || -> anyhow::Result<()> {
+                    for (i, (id, data)) in chunks.iter().enumerate().skip(w).step_by(writers) {
+                        let temp = dir.join("tmp").join(format!("{id}.{i}"));
+                        let mut file = std::fs::File::create(&temp)?;
+                        file.write_all(data)?;
+                        file.sync_all()?;
+                        std::fs::rename(&temp, dir.join("final").join(id.to_hex()))?;
+                        std::fs::File::open(dir.join("final"))?.sync_all()?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .try_for_each(|h| h.join().expect("writer thread"))
+    })?;
+    let seconds = start.elapsed().as_secs_f64();
+    std::fs::remove_dir_all(dir)?;
+    Ok(seconds)
+}
+
+async fn put_all(
+    client: &ChunkClient,
+    chunks: &Arc<Vec<(ChunkId, Bytes)>>,
+    streams: usize,
+) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for s in 0..streams {
+        let client = client.clone();
+        let chunks = chunks.clone();
+        tasks.push(tokio::spawn(async move {
+            for (id, data) in chunks.iter().skip(s).step_by(streams) {
+                let already = client.put(*id, data.clone()).await?;
+                if already {
+                    bail!("chunk {id} was already stored: the bench measured nothing");
+                }
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
+async fn get_all(
+    client: &ChunkClient,
+    chunks: &Arc<Vec<(ChunkId, Bytes)>>,
+    streams: usize,
+    server_verifies: bool,
+) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for s in 0..streams {
+        let client = client.clone();
+        let chunks = chunks.clone();
+        tasks.push(tokio::spawn(async move {
+            for (id, data) in chunks.iter().skip(s).step_by(streams) {
+                let got = client.get(*id, 0, None, server_verifies).await?;
+                if got.len() != data.len() {
+                    bail!(
+                        "chunk {id}: got {} bytes, expected {}",
+                        got.len(),
+                        data.len()
+                    );
+                }
+                if !server_verifies {
+                    let actual = tokio::task::spawn_blocking(move || ChunkId::of(&got)).await?;
+                    if actual != *id {
+                        bail!("chunk {id}: bytes read back hash to {actual}");
+                    }
+                }
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// A chunk server child process started by the bench.
+struct ServerProcess {
+    child: tokio::process::Child,
+    addr: String,
+}
+
+async fn spawn_server(data_dir: &Path) -> anyhow::Result<ServerProcess> {
+    let exe = std::env::current_exe().context("locating shardfs-chunk")?;
+    let mut child = tokio::process::Command::new(exe)
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting the chunk server")?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .context("chunk server did not start within 30 s")??
+        .context("chunk server exited before listening")?;
+    let addr = line
+        .strip_prefix("listening on ")
+        .with_context(|| format!("unexpected first line from chunk server: {line:?}"))?
+        .to_string();
+    Ok(ServerProcess { child, addr })
+}
+
+impl ServerProcess {
+    async fn stop(&mut self) {
+        if let Some(pid) = self.child.id() {
+            // SAFETY: plain kill(2) on our own child's pid.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        }
+        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+    }
+}

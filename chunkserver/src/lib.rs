@@ -1,0 +1,26 @@
+//! The shardfs chunk server: a content-addressed store of immutable chunks,
+//! served over gRPC.
+//!
+//! - [`store`]: the core. Chunk files under `chunks/ab/cd/<id>`, written
+//!   temp -> fsync -> rename -> fsync(dir), verified by hash on the way in
+//!   and (when asked) on the way out; corrupt copies go to `quarantine/`.
+//! - [`index`]: the sled index behind the [`index::ChunkIndex`] trait;
+//!   rebuildable from the chunk files at any start-up.
+//! - [`service`]: the gRPC `ChunkService`, thin adapters over the store.
+//! - [`convert`]: wire <-> domain conversions and the single error -> status map.
+//! - [`server`]: `run(listener, store, .., shutdown)`.
+//! - [`config`]: TOML file, environment and flags.
+//! - [`error`]: [`ChunkError`], one variant per failure a caller can act on.
+//! - [`bench`]: the put/get throughput benchmark (`shardfs-chunk bench`).
+
+pub mod bench;
+pub mod config;
+pub mod convert;
+pub mod error;
+pub mod index;
+pub mod server;
+pub mod service;
+pub mod store;
+
+pub use error::ChunkError;
+pub use store::{ChunkStore, StoreConfig};

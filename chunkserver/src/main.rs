@@ -1,0 +1,123 @@
+//! `shardfs-chunk`: the chunk server binary.
+//!
+//! `shardfs-chunk --data-dir DIR [--listen ADDR] [--config FILE]` serves a
+//! chunk store; `shardfs-chunk bench` measures put/get throughput against a
+//! server it starts itself. Once listening, the server prints one line,
+//! `listening on ADDR`, to standard output (scripts and tests read it to
+//! learn a port chosen with `--listen 127.0.0.1:0`); logs go to standard
+//! error, filtered by `RUST_LOG` (default `info`).
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use shardfs_chunk::bench::{self, BenchArgs};
+use shardfs_chunk::config::{Config, FileConfig, Overrides};
+use shardfs_chunk::{ChunkStore, StoreConfig, server};
+use tokio::net::TcpListener;
+use tracing::info;
+
+#[derive(Parser)]
+#[command(name = "shardfs-chunk", version, about = "shardfs chunk server")]
+#[command(args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Measure put/get throughput over loopback against a fresh local server,
+    /// next to this machine's BLAKE3 and fsynced disk write speeds.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on (host:port; port 0 picks a free one).
+    #[arg(long, env = "SHARDFS_CHUNK_LISTEN")]
+    listen: Option<String>,
+    /// Directory holding chunks, the index and quarantined copies.
+    #[arg(long, env = "SHARDFS_CHUNK_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// TOML configuration file (keys: listen, data_dir, capacity_bytes,
+    /// put_memory_bytes); flags and environment win over it.
+    #[arg(long, env = "SHARDFS_CHUNK_CONFIG")]
+    config: Option<PathBuf>,
+    /// Bytes this server may store (default: the whole file system).
+    #[arg(long, env = "SHARDFS_CHUNK_CAPACITY_BYTES")]
+    capacity_bytes: Option<u64>,
+    /// Put data buffered at once across all streams (default 1 GiB).
+    #[arg(long, env = "SHARDFS_CHUNK_PUT_MEMORY_BYTES")]
+    put_memory_bytes: Option<u64>,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let result = runtime.block_on(async {
+        match cli.command {
+            Some(Command::Bench(args)) => bench::run(args).await,
+            None => serve(cli.serve).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shardfs-chunk: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let file = match &args.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    let overrides = Overrides {
+        listen: args.listen,
+        data_dir: args.data_dir,
+        capacity_bytes: args.capacity_bytes,
+        put_memory_bytes: args.put_memory_bytes,
+    };
+    let config = Config::resolve(overrides, file)?;
+    let store_config = StoreConfig {
+        data_dir: config.data_dir.clone(),
+        capacity_bytes: config.capacity_bytes,
+    };
+    let (store, _report) = tokio::task::spawn_blocking(move || ChunkStore::open(&store_config))
+        .await?
+        .with_context(|| format!("cannot open chunk store in {}", config.data_dir.display()))?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    info!(%addr, data_dir = %config.data_dir.display(), "chunk server listening");
+    println!("listening on {addr}");
+    std::io::stdout().flush()?;
+    server::run(listener, store, config.put_memory_bytes, shutdown_signal()).await?;
+    info!("chunk server stopped");
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    info!("shutting down");
+}

@@ -1,0 +1,35 @@
+//! The shardfs wire protocol and the small types every part shares.
+//!
+//! - [`chunk`]: the generated gRPC code of `proto/chunk.proto` (package
+//!   `shardfs.chunk.v1`): the chunk server's API.
+//! - [`id`]: [`ChunkId`], the BLAKE3-256 hash that names a chunk, and its
+//!   parsing rules (32 raw bytes on the wire, 64 lowercase hex characters in
+//!   text and on disk).
+//! - [`transport`]: HTTP/2 settings for bulk transfer, applied identically by
+//!   every server and client so that 1 MiB data messages flow at full speed.
+//! - [`chunk_client`]: a typed client for one chunk server, used by the other
+//!   servers, the client library, tests and benchmarks.
+
+pub mod chunk_client;
+pub mod id;
+pub mod transport;
+
+pub use id::{ChunkId, IdError};
+
+/// Generated code for `shardfs.chunk.v1`.
+pub mod chunk {
+    pub mod v1 {
+        tonic::include_proto!("shardfs.chunk.v1");
+    }
+}
+
+/// The most data bytes a single streaming message carries. Chunks travel as a
+/// sequence of messages of this size so no message ever nears gRPC's limits.
+pub const MAX_DATA_MESSAGE_BYTES: usize = 1 << 20;
+
+/// The largest chunk any part of shardfs accepts. Bigger chunks are refused
+/// before a byte of them is buffered.
+pub const MAX_CHUNK_BYTES: u64 = 64 << 20;
+
+/// The chunk size writers use unless told otherwise.
+pub const DEFAULT_CHUNK_BYTES: u64 = 8 << 20;
