@@ -207,17 +207,7 @@ async fn receive_data(
 fn stream_read(read: ChunkRead) -> GetStream {
     match read {
         ChunkRead::Verified { chunk_length, data } => {
-            let pieces: Vec<Bytes> = if data.is_empty() {
-                vec![data]
-            } else {
-                (0..data.len())
-                    .step_by(MAX_DATA_MESSAGE_BYTES)
-                    .map(|start| {
-                        data.slice(start..(start + MAX_DATA_MESSAGE_BYTES).min(data.len()))
-                    })
-                    .collect()
-            };
-            let messages = pieces.into_iter().enumerate().map(move |(i, data)| {
+            let messages = split_messages(data).enumerate().map(move |(i, data)| {
                 Ok(GetChunkResponse {
                     data,
                     chunk_length: if i == 0 { chunk_length } else { 0 },
@@ -229,30 +219,43 @@ fn stream_read(read: ChunkRead) -> GetStream {
             chunk_length,
             mut reader,
         } => {
-            let (tx, rx) = mpsc::channel(4);
+            let (tx, rx) = mpsc::channel(8);
             tokio::task::spawn_blocking(move || {
                 let mut first = true;
                 loop {
-                    let message = match reader.next_piece() {
-                        Ok(Some(data)) => Ok(GetChunkResponse {
+                    let piece = match reader.next_piece() {
+                        Ok(Some(piece)) => piece,
+                        Ok(None) if first => Bytes::new(),
+                        Ok(None) => return,
+                        Err(e) => {
+                            let _ = tx.blocking_send(Err(Status::from(e)));
+                            return;
+                        }
+                    };
+                    for data in split_messages(piece) {
+                        let message = GetChunkResponse {
                             data,
                             chunk_length: if first { chunk_length } else { 0 },
-                        }),
-                        Ok(None) if first => Ok(GetChunkResponse {
-                            data: Bytes::new(),
-                            chunk_length,
-                        }),
-                        Ok(None) => return,
-                        Err(e) => Err(Status::from(e)),
-                    };
-                    let failed = message.is_err();
-                    first = false;
-                    if tx.blocking_send(message).is_err() || failed {
-                        return; // the caller went away, or we reported an error
+                        };
+                        first = false;
+                        if tx.blocking_send(Ok(message)).is_err() {
+                            return; // the caller went away
+                        }
                     }
                 }
             });
             ReceiverStream::new(rx).boxed()
         }
     }
+}
+
+/// Slices `data` into message-sized pieces without copying; empty data
+/// gives one empty piece.
+fn split_messages(data: Bytes) -> impl Iterator<Item = Bytes> {
+    let count = data.len().div_ceil(MAX_DATA_MESSAGE_BYTES).max(1);
+    (0..count).map(move |i| {
+        let start = (i * MAX_DATA_MESSAGE_BYTES).min(data.len());
+        let end = (start + MAX_DATA_MESSAGE_BYTES).min(data.len());
+        data.slice(start..end)
+    })
 }

@@ -23,15 +23,14 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::FileExt;
+use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use shardfs_proto::{ChunkId, MAX_CHUNK_BYTES, MAX_DATA_MESSAGE_BYTES};
+use shardfs_proto::{ChunkId, MAX_CHUNK_BYTES};
 use tracing::{info, warn};
 
 use crate::error::{ChunkError, Result};
@@ -93,12 +92,16 @@ pub enum ChunkRead {
     },
 }
 
-/// Reads a byte range of one chunk file in pieces of at most 1 MiB.
+/// Bytes read from disk per call of [`RangeReader::next_piece`]; the service
+/// slices each piece into 1 MiB messages without copying.
+const READ_PIECE_BYTES: u64 = 8 << 20;
+
+/// Reads a byte range of one chunk file in pieces of at most 8 MiB.
 /// Blocking: drive it from a blocking thread.
 pub struct RangeReader {
     id: ChunkId,
+    /// Positioned at the next byte to read.
     file: File,
-    position: u64,
     remaining: u64,
 }
 
@@ -108,19 +111,17 @@ impl RangeReader {
         if self.remaining == 0 {
             return Ok(None);
         }
-        let len = self.remaining.min(MAX_DATA_MESSAGE_BYTES as u64) as usize;
-        let mut buf = vec![0u8; len];
-        self.file
-            .read_exact_at(&mut buf, self.position)
-            .map_err(|source| {
-                if source.kind() == io::ErrorKind::UnexpectedEof {
-                    ChunkError::Truncated { id: self.id }
-                } else {
-                    ChunkError::io(None, format!("reading chunk {}", self.id), source)
-                }
-            })?;
-        self.position += len as u64;
-        self.remaining -= len as u64;
+        let len = self.remaining.min(READ_PIECE_BYTES);
+        // read_to_end fills spare capacity directly: no zeroing of the buffer.
+        let mut buf = Vec::with_capacity(len as usize);
+        (&mut self.file)
+            .take(len)
+            .read_to_end(&mut buf)
+            .map_err(|e| ChunkError::io(None, format!("reading chunk {}", self.id), e))?;
+        if (buf.len() as u64) < len {
+            return Err(ChunkError::Truncated { id: self.id });
+        }
+        self.remaining -= len;
         Ok(Some(Bytes::from(buf)))
     }
 }
@@ -434,12 +435,13 @@ impl Inner {
             Err(e) => return Err(ChunkError::io(None, format!("opening chunk {id}"), e)),
         };
         if !verify {
+            file.seek(io::SeekFrom::Start(offset))
+                .map_err(|e| ChunkError::io(None, format!("seeking in chunk {id}"), e))?;
             return Ok(ChunkRead::Stream {
                 chunk_length,
                 reader: RangeReader {
                     id,
                     file,
-                    position: offset,
                     remaining: length,
                 },
             });

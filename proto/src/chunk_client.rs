@@ -6,6 +6,9 @@
 //! channel is created once and cloned per call (cheap), never dialed per
 //! request.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use tonic::Status;
@@ -22,8 +25,15 @@ use crate::{ChunkId, MAX_DATA_MESSAGE_BYTES, transport};
 #[derive(Clone, Debug)]
 pub struct ChunkClient {
     addr: String,
-    inner: ChunkServiceClient<Channel>,
+    /// A few HTTP/2 connections, used in turn. One connection's frames are
+    /// all encoded and written by a single task on the server, so bulk
+    /// transfers over one connection cannot use more than one core there.
+    connections: Arc<[ChunkServiceClient<Channel>]>,
+    next: Arc<AtomicUsize>,
 }
+
+/// Connections per chunk server opened by [`ChunkClient::new`].
+pub const CONNECTIONS_PER_SERVER: usize = 4;
 
 /// One page of a chunk server's inventory.
 #[derive(Debug, Clone)]
@@ -36,17 +46,34 @@ impl ChunkClient {
     /// A client for the chunk server at `addr` (`host:port`). Connects on
     /// first use and reconnects by itself after failures.
     pub fn new(addr: &str) -> Result<Self, tonic::transport::Error> {
-        Ok(Self::from_channel(addr, transport::lazy_channel(addr)?))
+        let channels = (0..CONNECTIONS_PER_SERVER)
+            .map(|_| transport::lazy_channel(addr))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self::from_channels(addr, channels))
     }
 
-    pub fn from_channel(addr: &str, channel: Channel) -> Self {
-        let inner = ChunkServiceClient::new(channel)
-            .max_decoding_message_size(transport::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(transport::MAX_MESSAGE_BYTES);
+    /// A client over existing channels (at least one), used in turn.
+    pub fn from_channels(addr: &str, channels: Vec<Channel>) -> Self {
+        assert!(!channels.is_empty(), "ChunkClient needs a channel");
+        let connections = channels
+            .into_iter()
+            .map(|channel| {
+                ChunkServiceClient::new(channel)
+                    .max_decoding_message_size(transport::MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(transport::MAX_MESSAGE_BYTES)
+            })
+            .collect();
         Self {
             addr: addr.to_string(),
-            inner,
+            connections,
+            next: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    /// The next connection in turn (a cheap clone of a cached channel).
+    fn rpc(&self) -> ChunkServiceClient<Channel> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.connections.len();
+        self.connections[i].clone()
     }
 
     pub fn addr(&self) -> &str {
@@ -71,13 +98,15 @@ impl ChunkClient {
                 }
             });
         let stream = futures::stream::iter(std::iter::once(header).chain(pieces));
-        let response = self.inner.clone().put_chunk(stream).await?;
+        let response = self.rpc().put_chunk(stream).await?;
         Ok(response.into_inner().already_stored)
     }
 
-    /// Reads `length` bytes (None: to the end) of chunk `id` from `offset`.
-    /// With `server_verifies` the server re-hashes the whole chunk before
-    /// sending; callers that verify the bytes themselves pass false.
+    /// Reads `length` bytes (None: to the end) of chunk `id` from `offset`
+    /// as one contiguous buffer (a copy when the range spans messages; see
+    /// [`ChunkClient::get_pieces`]). With `server_verifies` the server
+    /// re-hashes the whole chunk before sending; callers that verify the
+    /// bytes themselves pass false.
     pub async fn get(
         &self,
         id: ChunkId,
@@ -85,52 +114,57 @@ impl ChunkClient {
         length: Option<u64>,
         server_verifies: bool,
     ) -> Result<Bytes, Status> {
+        let mut pieces = self.get_pieces(id, offset, length, server_verifies).await?;
+        if pieces.len() == 1 {
+            return Ok(pieces.pop().expect("one piece"));
+        }
+        let total = pieces.iter().map(Bytes::len).sum();
+        let mut buf = BytesMut::with_capacity(total);
+        for piece in pieces {
+            buf.extend_from_slice(&piece);
+        }
+        Ok(buf.freeze())
+    }
+
+    /// Like [`ChunkClient::get`], but returns the bytes as the messages
+    /// brought them (up to 1 MiB each), without copying them together.
+    pub async fn get_pieces(
+        &self,
+        id: ChunkId,
+        offset: u64,
+        length: Option<u64>,
+        server_verifies: bool,
+    ) -> Result<Vec<Bytes>, Status> {
         let request = GetChunkRequest {
             id: id.to_vec().into(),
             offset,
             length,
             skip_verify: !server_verifies,
         };
-        let mut stream = self.inner.clone().get_chunk(request).await?.into_inner();
-        let first = match stream.next().await {
-            Some(message) => message?,
-            None => return Ok(Bytes::new()),
-        };
-        let expected = match length {
-            Some(len) => len,
-            None => first.chunk_length.saturating_sub(offset),
-        };
-        if first.data.len() as u64 == expected {
-            // The whole range came in one message: no copy needed.
-            if let Some(extra) = stream.next().await {
-                extra?;
-                return Err(Status::internal(format!(
-                    "chunk server {} sent more than the {expected} bytes asked for",
-                    self.addr
-                )));
-            }
-            return Ok(first.data);
-        }
-        let mut buf = BytesMut::with_capacity(expected as usize);
-        buf.extend_from_slice(&first.data);
+        let mut stream = self.rpc().get_chunk(request).await?.into_inner();
+        let mut pieces = Vec::new();
+        let mut expected = length;
+        let mut received = 0u64;
         while let Some(message) = stream.next().await {
             let message = message?;
-            if (buf.len() + message.data.len()) as u64 > expected {
+            let expected = *expected.get_or_insert(message.chunk_length.saturating_sub(offset));
+            received += message.data.len() as u64;
+            if received > expected {
                 return Err(Status::internal(format!(
-                    "chunk server {} sent more than the {expected} bytes asked for",
+                    "chunk server {} sent more than the {expected} bytes asked for of chunk {id}",
                     self.addr
                 )));
             }
-            buf.extend_from_slice(&message.data);
+            pieces.push(message.data);
         }
-        if buf.len() as u64 != expected {
+        let expected = expected.unwrap_or(0);
+        if received != expected {
             return Err(Status::data_loss(format!(
-                "chunk server {} sent {} of {expected} bytes of chunk {id}",
-                self.addr,
-                buf.len()
+                "chunk server {} sent {received} of {expected} bytes of chunk {id}",
+                self.addr
             )));
         }
-        Ok(buf.freeze())
+        Ok(pieces)
     }
 
     /// Which of `ids` the server stores, in order.
@@ -138,13 +172,7 @@ impl ChunkClient {
         let request = HasChunksRequest {
             ids: ids.iter().map(|id| id.to_vec().into()).collect(),
         };
-        Ok(self
-            .inner
-            .clone()
-            .has_chunks(request)
-            .await?
-            .into_inner()
-            .present)
+        Ok(self.rpc().has_chunks(request).await?.into_inner().present)
     }
 
     /// Deletes `ids`; returns how many were stored.
@@ -153,8 +181,7 @@ impl ChunkClient {
             ids: ids.iter().map(|id| id.to_vec().into()).collect(),
         };
         Ok(self
-            .inner
-            .clone()
+            .rpc()
             .delete_chunks(request)
             .await?
             .into_inner()
@@ -167,7 +194,7 @@ impl ChunkClient {
             after: after.map(|id| id.to_vec().into()).unwrap_or_default(),
             limit,
         };
-        let response = self.inner.clone().list_chunks(request).await?.into_inner();
+        let response = self.rpc().list_chunks(request).await?.into_inner();
         Ok(InventoryPage {
             chunks: response.chunks,
             more: response.more,
@@ -193,11 +220,6 @@ impl ChunkClient {
     }
 
     pub async fn stats(&self) -> Result<StatsResponse, Status> {
-        Ok(self
-            .inner
-            .clone()
-            .stats(StatsRequest {})
-            .await?
-            .into_inner())
+        Ok(self.rpc().stats(StatsRequest {}).await?.into_inner())
     }
 }
