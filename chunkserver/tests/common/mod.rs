@@ -1,0 +1,216 @@
+//! Shared helpers for the chunk server tests: deterministic test data, an
+//! in-process server on a real socket, and the real binary as a child
+//! process.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use shardfs_chunk::{ChunkStore, StoreConfig, server};
+use shardfs_proto::ChunkId;
+use shardfs_proto::chunk_client::ChunkClient;
+use tokio::sync::oneshot;
+
+/// Deterministic pseudo-random bytes, distinct per seed.
+pub fn data(seed: u64, len: usize) -> Bytes {
+    let mut out = vec![0u8; len];
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&seed.to_le_bytes());
+    hasher.finalize_xof().fill(&mut out);
+    Bytes::from(out)
+}
+
+pub fn chunk(seed: u64, len: usize) -> (ChunkId, Bytes) {
+    let bytes = data(seed, len);
+    (ChunkId::of(&bytes), bytes)
+}
+
+/// Polls `check` until it returns true or `timeout` passes.
+pub async fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    check()
+}
+
+/// Files (not directories) directly in `dir`.
+pub fn files_in(dir: &Path) -> Vec<PathBuf> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.is_file())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Every file under `<data-dir>/chunks`, with the id its name claims.
+pub fn chunk_files(data_dir: &Path) -> Vec<(PathBuf, String)> {
+    let mut out = Vec::new();
+    let mut stack = vec![data_dir.join("chunks")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                out.push((path, name));
+            }
+        }
+    }
+    out
+}
+
+/// A chunk server running inside the test process on a real socket.
+pub struct InProcessServer {
+    pub addr: String,
+    pub client: ChunkClient,
+    pub store: ChunkStore,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl InProcessServer {
+    pub async fn start(data_dir: &Path) -> Self {
+        let config = StoreConfig {
+            data_dir: data_dir.to_path_buf(),
+            capacity_bytes: None,
+        };
+        let (store, _) = ChunkStore::open(&config).expect("open store");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(server::run(listener, store.clone(), 1 << 30, async {
+            let _ = rx.await;
+        }));
+        let client = ChunkClient::new(&addr).unwrap();
+        Self {
+            addr,
+            client,
+            store,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+}
+
+/// The real `shardfs-chunk` binary as a child process.
+pub struct ServerProcess {
+    pub child: Child,
+    pub addr: String,
+    pub data_dir: PathBuf,
+}
+
+impl ServerProcess {
+    pub fn start(data_dir: &Path) -> Self {
+        Self::start_with(data_dir, &["--listen", "127.0.0.1:0"], &[])
+    }
+
+    /// Starts the binary with `--data-dir` plus `args` and `env`, and waits
+    /// for its `listening on ADDR` line.
+    pub fn start_with(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        use std::io::BufRead;
+        // Logs go to a file beside the data dir: a pipe nobody drains could
+        // fill up and stall the server.
+        let log_path = log_path(data_dir);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_shardfs-chunk"));
+        command
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log));
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("spawn shardfs-chunk");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .unwrap();
+        let addr = match line.trim().strip_prefix("listening on ") {
+            Some(addr) => addr.to_string(),
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "shardfs-chunk did not start: stdout {line:?}, log {}",
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                );
+            }
+        };
+        Self {
+            child,
+            addr,
+            data_dir: data_dir.to_path_buf(),
+        }
+    }
+
+    pub fn client(&self) -> ChunkClient {
+        ChunkClient::new(&self.addr).unwrap()
+    }
+
+    /// kill -9: no chance to clean up.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM and wait (without blocking the async runtime, whose tasks
+    /// may hold the server's connections); returns whether it exited 0.
+    pub async fn terminate(mut self) -> bool {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.success();
+            }
+            assert!(Instant::now() < deadline, "server ignored SIGTERM for 30 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Everything the server has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(log_path(&self.data_dir)).unwrap_or_default()
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Where a server process started on `data_dir` logs.
+pub fn log_path(data_dir: &Path) -> PathBuf {
+    let mut name = data_dir.as_os_str().to_owned();
+    name.push(".log");
+    PathBuf::from(name)
+}

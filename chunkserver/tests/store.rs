@@ -1,0 +1,367 @@
+//! The chunk store on a real disk, without the network: round trips,
+//! ranges, verification, quarantine, and start-up reconciliation.
+
+mod common;
+
+use bytes::Bytes;
+use common::{chunk, chunk_files, files_in};
+use shardfs_chunk::error::ChunkError;
+use shardfs_chunk::store::{ChunkRead, PutOutcome};
+use shardfs_chunk::{ChunkStore, StoreConfig};
+use shardfs_proto::ChunkId;
+
+fn open(dir: &std::path::Path) -> ChunkStore {
+    ChunkStore::open(&StoreConfig {
+        data_dir: dir.to_path_buf(),
+        capacity_bytes: None,
+    })
+    .unwrap()
+    .0
+}
+
+/// Reads a range through the store, verified or streamed, as one buffer.
+async fn read(
+    store: &ChunkStore,
+    id: ChunkId,
+    offset: u64,
+    length: Option<u64>,
+    verify: bool,
+) -> Result<Vec<u8>, ChunkError> {
+    match store.read(id, offset, length, verify).await? {
+        ChunkRead::Verified { data, .. } => Ok(data.to_vec()),
+        ChunkRead::Stream { mut reader, .. } => {
+            let mut out = Vec::new();
+            while let Some(piece) = reader.next_piece()? {
+                out.extend_from_slice(&piece);
+            }
+            Ok(out)
+        }
+    }
+}
+
+const SIZES: [usize; 5] = [0, 1, 64 << 10, (8 << 20) - 1, 8 << 20];
+
+#[tokio::test]
+async fn round_trips_every_size_verified_and_streamed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    for (seed, size) in SIZES.iter().enumerate() {
+        let (id, bytes) = chunk(seed as u64, *size);
+        let outcome = store.put(id, vec![bytes.clone()]).await.unwrap();
+        assert_eq!(outcome, PutOutcome::Stored);
+        for verify in [true, false] {
+            let back = read(&store, id, 0, None, verify).await.unwrap();
+            assert_eq!(ChunkId::of(&back), id, "size {size} verify {verify}");
+        }
+        let hex = id.to_hex();
+        let path = dir
+            .path()
+            .join("chunks")
+            .join(&hex[0..2])
+            .join(&hex[2..4])
+            .join(&hex);
+        assert_eq!(store.chunk_path(&id), path);
+        assert_eq!(ChunkId::of(&std::fs::read(&path).unwrap()), id);
+    }
+    let stats = store.stats().await.unwrap();
+    assert_eq!(stats.chunk_count, SIZES.len() as u64);
+    assert_eq!(stats.used_bytes, SIZES.iter().sum::<usize>() as u64);
+    assert!(stats.free_bytes > 0 && stats.capacity_bytes >= stats.free_bytes);
+    assert!(files_in(&dir.path().join("tmp")).is_empty());
+}
+
+#[tokio::test]
+async fn put_from_many_pieces_and_twice_is_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let (id, bytes) = chunk(7, 3 << 20);
+    let pieces: Vec<Bytes> = (0..bytes.len())
+        .step_by(1 << 20)
+        .map(|s| bytes.slice(s..(s + (1 << 20)).min(bytes.len())))
+        .collect();
+    assert_eq!(store.put(id, pieces).await.unwrap(), PutOutcome::Stored);
+    assert_eq!(
+        store.put(id, vec![bytes.clone()]).await.unwrap(),
+        PutOutcome::AlreadyStored
+    );
+    assert_eq!(store.stats().await.unwrap().chunk_count, 1);
+    assert_eq!(
+        ChunkId::of(&read(&store, id, 0, None, true).await.unwrap()),
+        id
+    );
+}
+
+#[tokio::test]
+async fn ranges_at_the_edges_and_out_of_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let len = (8 << 20) + 3;
+    let (id, bytes) = chunk(11, len);
+    store.put(id, vec![bytes.clone()]).await.unwrap();
+    let len = len as u64;
+    let cases: [(u64, Option<u64>); 7] = [
+        (0, Some(0)),
+        (0, Some(1)),
+        (len - 1, Some(1)),
+        (len, Some(0)),
+        (len, None),
+        ((1 << 20) - 1, Some((1 << 20) + 2)),
+        (12345, None),
+    ];
+    for (offset, length) in cases {
+        let end = length.map(|l| offset + l).unwrap_or(len);
+        let want = &bytes[offset as usize..end as usize];
+        for verify in [true, false] {
+            let got = read(&store, id, offset, length, verify).await.unwrap();
+            assert_eq!(
+                blake3::hash(&got),
+                blake3::hash(want),
+                "offset {offset} length {length:?} verify {verify}"
+            );
+        }
+    }
+    for (offset, length) in [
+        (len + 1, None),
+        (len, Some(1)),
+        (0, Some(len + 1)),
+        (1, Some(len)),
+        (u64::MAX, Some(2)),
+    ] {
+        let err = read(&store, id, offset, length, false).await.unwrap_err();
+        assert!(
+            matches!(err, ChunkError::OutOfRange { .. }),
+            "offset {offset} length {length:?}: {err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn hash_mismatch_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let (id, _) = chunk(1, 1000);
+    let (_, other) = chunk(2, 1000);
+    let err = store.put(id, vec![other.clone()]).await.unwrap_err();
+    match &err {
+        ChunkError::HashMismatch { expected, actual } => {
+            assert_eq!(*expected, id);
+            assert_eq!(*actual, ChunkId::of(&other));
+        }
+        other => panic!("expected a hash mismatch, got {other}"),
+    }
+    let text = err.to_string();
+    assert!(text.contains(&id.to_hex()) && text.contains(&ChunkId::of(&other).to_hex()));
+    assert!(chunk_files(dir.path()).is_empty());
+    assert!(files_in(&dir.path().join("tmp")).is_empty());
+    assert!(!store.contains(id).await.unwrap());
+    assert!(matches!(
+        read(&store, id, 0, None, true).await,
+        Err(ChunkError::NotFound { .. })
+    ));
+}
+
+#[tokio::test]
+async fn oversized_chunk_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let big = Bytes::from(vec![0u8; (64 << 20) + 1]);
+    let id = ChunkId::of(&big);
+    let err = store.put(id, vec![big]).await.unwrap_err();
+    assert!(matches!(err, ChunkError::TooLarge { .. }), "{err}");
+    assert!(chunk_files(dir.path()).is_empty());
+}
+
+#[tokio::test]
+async fn flipped_byte_is_quarantined_and_never_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let (id, bytes) = chunk(3, 100_000);
+    let (good_id, good) = chunk(4, 100_000);
+    store.put(id, vec![bytes]).await.unwrap();
+    store.put(good_id, vec![good]).await.unwrap();
+    let path = store.chunk_path(&id);
+    let mut on_disk = std::fs::read(&path).unwrap();
+    on_disk[54_321] ^= 0x01;
+    std::fs::write(&path, &on_disk).unwrap();
+
+    let err = read(&store, id, 0, None, true).await.unwrap_err();
+    match &err {
+        ChunkError::Corrupt { id: bad, actual } => {
+            assert_eq!(*bad, id);
+            assert_eq!(*actual, ChunkId::of(&on_disk));
+        }
+        other => panic!("expected corruption, got {other}"),
+    }
+    assert!(!path.exists(), "corrupt copy left in place");
+    let quarantined = files_in(&dir.path().join("quarantine"));
+    assert_eq!(quarantined.len(), 1);
+    assert_eq!(std::fs::read(&quarantined[0]).unwrap(), on_disk);
+    for verify in [true, false] {
+        assert!(matches!(
+            read(&store, id, 0, None, verify).await,
+            Err(ChunkError::NotFound { .. })
+        ));
+    }
+    assert_eq!(
+        store.has(vec![id, good_id]).await.unwrap(),
+        vec![false, true]
+    );
+    assert_eq!(
+        ChunkId::of(&read(&store, good_id, 0, None, true).await.unwrap()),
+        good_id
+    );
+    // A good copy can be stored again.
+    let (_, bytes) = chunk(3, 100_000);
+    assert_eq!(
+        store.put(id, vec![bytes]).await.unwrap(),
+        PutOutcome::Stored
+    );
+}
+
+#[tokio::test]
+async fn delete_has_and_paged_listing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut ids = Vec::new();
+    for seed in 0..25 {
+        let (id, bytes) = chunk(seed, 10 + seed as usize);
+        store.put(id, vec![bytes]).await.unwrap();
+        ids.push(id);
+    }
+    let mut listed = Vec::new();
+    let mut after = None;
+    loop {
+        let (page, more) = store.list(after, 7).await.unwrap();
+        assert!(page.len() <= 7);
+        after = page.last().map(|(id, _)| *id);
+        listed.extend(page.into_iter().map(|(id, _)| id));
+        if !more {
+            break;
+        }
+    }
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(listed, sorted);
+
+    let deleted = store.delete(ids[..10].to_vec()).await.unwrap();
+    assert_eq!(deleted, 10);
+    assert_eq!(store.delete(ids[..10].to_vec()).await.unwrap(), 0);
+    let present = store.has(ids.clone()).await.unwrap();
+    assert_eq!(present, (0..25).map(|i| i >= 10).collect::<Vec<_>>());
+    assert_eq!(chunk_files(dir.path()).len(), 15);
+    assert_eq!(store.stats().await.unwrap().chunk_count, 15);
+}
+
+#[tokio::test]
+async fn start_up_reconciles_index_with_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ids = Vec::new();
+    {
+        let store = open(dir.path());
+        for seed in 0..20 {
+            let (id, bytes) = chunk(seed, 5000);
+            store.put(id, vec![bytes]).await.unwrap();
+            ids.push(id);
+        }
+        store.flush().await.unwrap();
+    }
+    // Leftovers of an interrupted write, a chunk file removed behind the
+    // index's back, and a stray file that is not a chunk.
+    std::fs::write(dir.path().join("tmp").join("partial.0"), b"half a chunk").unwrap();
+    let gone = ids.pop().unwrap();
+    let hex = gone.to_hex();
+    let gone_path = dir
+        .path()
+        .join("chunks")
+        .join(&hex[0..2])
+        .join(&hex[2..4])
+        .join(&hex);
+    std::fs::remove_file(gone_path).unwrap();
+    let stray = dir.path().join("chunks").join("README");
+    std::fs::write(&stray, b"not a chunk").unwrap();
+
+    let (store, report) = ChunkStore::open(&StoreConfig {
+        data_dir: dir.path().to_path_buf(),
+        capacity_bytes: None,
+    })
+    .unwrap();
+    assert_eq!(report.temp_files_removed, 1);
+    assert_eq!(report.dropped_from_index, 1);
+    assert_eq!(report.chunks, 19);
+    assert!(!report.index_rebuilt);
+    assert!(files_in(&dir.path().join("tmp")).is_empty());
+    assert!(stray.exists(), "a file that is not ours must be left alone");
+    assert!(!store.has(vec![gone]).await.unwrap()[0]);
+    for id in &ids {
+        let back = read(&store, *id, 0, None, true).await.unwrap();
+        assert_eq!(ChunkId::of(&back), *id);
+    }
+}
+
+#[tokio::test]
+async fn lost_or_unreadable_index_is_rebuilt_from_chunk_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ids = Vec::new();
+    {
+        let store = open(dir.path());
+        for seed in 0..30 {
+            let (id, bytes) = chunk(seed, 1000 + seed as usize);
+            store.put(id, vec![bytes]).await.unwrap();
+            ids.push(id);
+        }
+        store.flush().await.unwrap();
+    }
+    // Lost entirely.
+    std::fs::remove_dir_all(dir.path().join("index")).unwrap();
+    {
+        let (store, report) = ChunkStore::open(&StoreConfig {
+            data_dir: dir.path().to_path_buf(),
+            capacity_bytes: None,
+        })
+        .unwrap();
+        assert!(report.index_rebuilt);
+        assert_eq!(report.added_to_index, 30);
+        assert_eq!(store.has(ids.clone()).await.unwrap(), vec![true; 30]);
+        store.flush().await.unwrap();
+    }
+    // Replaced by garbage.
+    std::fs::remove_dir_all(dir.path().join("index")).unwrap();
+    std::fs::write(dir.path().join("index"), b"this is not a sled database").unwrap();
+    let (store, report) = ChunkStore::open(&StoreConfig {
+        data_dir: dir.path().to_path_buf(),
+        capacity_bytes: None,
+    })
+    .unwrap();
+    assert!(report.index_rebuilt);
+    assert_eq!(report.added_to_index, 30);
+    for id in &ids {
+        let back = read(&store, *id, 0, None, true).await.unwrap();
+        assert_eq!(ChunkId::of(&back), *id);
+    }
+}
+
+#[tokio::test]
+async fn concurrent_puts_of_the_same_and_different_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut tasks = Vec::new();
+    for i in 0..32u64 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let (id, bytes) = chunk(i % 8, 256 << 10);
+            store.put(id, vec![bytes]).await.unwrap()
+        }));
+    }
+    let mut stored = 0;
+    for task in tasks {
+        if task.await.unwrap() == PutOutcome::Stored {
+            stored += 1;
+        }
+    }
+    assert_eq!(stored, 8, "each distinct chunk is stored exactly once");
+    assert_eq!(store.stats().await.unwrap().chunk_count, 8);
+    for (path, name) in chunk_files(dir.path()) {
+        assert_eq!(ChunkId::of(&std::fs::read(path).unwrap()).to_hex(), name);
+    }
+    assert!(files_in(&dir.path().join("tmp")).is_empty());
+}
