@@ -25,11 +25,18 @@ pub struct BenchArgs {
     #[arg(long)]
     pub dir: Option<PathBuf>,
     /// Chunks per run.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 128)]
     pub chunks: usize,
     /// Chunk size in bytes.
     #[arg(long, default_value_t = 8 << 20)]
     pub chunk_size: usize,
+    /// Concurrent streams to measure with (comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 8])]
+    pub streams: Vec<usize>,
+    /// Times each get measurement reads every chunk (more rounds, steadier
+    /// figures).
+    #[arg(long, default_value_t = 2)]
+    pub get_rounds: usize,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -52,7 +59,10 @@ struct Figure {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    if args.chunks == 0 || args.chunk_size == 0 || args.chunk_size > (64 << 20) {
+    if args.streams.is_empty() || args.streams.contains(&0) {
+        bail!("--streams needs one or more counts, each > 0");
+    }
+    if args.get_rounds == 0 || args.chunks == 0 || args.chunk_size == 0 || args.chunk_size > (64 << 20) {
         bail!("--chunks must be > 0 and --chunk-size in 1..=67108864");
     }
     let base = args.dir.clone().unwrap_or_else(|| {
@@ -88,7 +98,7 @@ async fn run_in(args: &BenchArgs, base: &Path) -> anyhow::Result<()> {
         mb_per_s: blake3,
     });
 
-    for streams in [1, 8] {
+    for &streams in &args.streams {
         progress(&format!(
             "measuring fsynced disk writes, {streams} writer(s)"
         ));
@@ -107,7 +117,7 @@ async fn run_in(args: &BenchArgs, base: &Path) -> anyhow::Result<()> {
     let mut server = spawn_server(&base.join("server")).await?;
     let client = ChunkClient::new(&server.addr)?;
     let outcome = async {
-        for streams in [1, 8] {
+        for &streams in &args.streams {
             progress(&format!("put, {streams} stream(s)"));
             let seconds = put_all(&client, &chunks, streams).await?;
             figures.push(Figure {
@@ -115,7 +125,7 @@ async fn run_in(args: &BenchArgs, base: &Path) -> anyhow::Result<()> {
                 streams,
                 mb_per_s: total_bytes / seconds / 1e6,
             });
-            if streams == 1 {
+            if Some(&streams) != args.streams.last() {
                 let ids: Vec<ChunkId> = chunks.iter().map(|(id, _)| *id).collect();
                 client.delete(&ids).await?;
             }
@@ -125,13 +135,16 @@ async fn run_in(args: &BenchArgs, base: &Path) -> anyhow::Result<()> {
             ("get (client verifies)", Verify::Client),
             ("get (transfer only)", Verify::Nobody),
         ] {
-            for streams in [1, 8] {
+            for &streams in &args.streams {
                 progress(&format!("{name}, {streams} stream(s)"));
-                let seconds = get_all(&client, &chunks, streams, verify).await?;
+                let mut seconds = 0.0;
+                for _ in 0..args.get_rounds {
+                    seconds += get_all(&client, &chunks, streams, verify).await?;
+                }
                 figures.push(Figure {
                     name,
                     streams,
-                    mb_per_s: total_bytes / seconds / 1e6,
+                    mb_per_s: total_bytes * args.get_rounds as f64 / seconds / 1e6,
                 });
             }
         }
@@ -172,7 +185,7 @@ async fn run_in(args: &BenchArgs, base: &Path) -> anyhow::Result<()> {
                 .find(|f| f.name == name && f.streams == streams)
                 .map(|f| f.mb_per_s)
         };
-        for streams in [1, 8] {
+        for &streams in &args.streams {
             if let (Some(put), Some(disk)) =
                 (find("put", streams), find("disk write+fsync", streams))
             {
@@ -355,4 +368,45 @@ impl ServerProcess {
             let _ = self.child.kill().await;
         }
     }
+}
+
+/// Round-trips one fresh chunk through the server at `addr` and reports.
+pub async fn probe(addr: &str, json: bool) -> anyhow::Result<()> {
+    let client = ChunkClient::new(addr)?;
+    let start = Instant::now();
+    let seed = format!("probe {} {:?}", std::process::id(), std::time::SystemTime::now());
+    let data = {
+        let mut data = vec![0u8; 1 << 20];
+        blake3::Hasher::new()
+            .update(seed.as_bytes())
+            .finalize_xof()
+            .fill(&mut data);
+        Bytes::from(data)
+    };
+    let id = ChunkId::of(&data);
+    let unreachable = |e: tonic::Status| {
+        anyhow::anyhow!("chunk server at {addr} failed the probe: {}", e.message())
+    };
+    client.put(id, data).await.map_err(unreachable)?;
+    let back = client.get(id, 0, None, true).await.map_err(unreachable)?;
+    if ChunkId::of(&back) != id {
+        bail!("chunk server at {addr} returned different bytes than were stored");
+    }
+    client.delete(&[id]).await.map_err(unreachable)?;
+    let millis = start.elapsed().as_secs_f64() * 1e3;
+    let stats = client.stats().await.map_err(unreachable)?;
+    if json {
+        println!(
+            r#"{{"addr":"{addr}","ok":true,"round_trip_ms":{millis:.1},"chunk_count":{},"used_bytes":{},"capacity_bytes":{},"free_bytes":{}}}"#,
+            stats.chunk_count, stats.used_bytes, stats.capacity_bytes, stats.free_bytes
+        );
+    } else {
+        println!(
+            "{addr}: ok (1 MiB put + verified get + delete in {millis:.1} ms); {} chunks, {:.1} MiB used, {:.1} GiB free",
+            stats.chunk_count,
+            stats.used_bytes as f64 / (1u64 << 20) as f64,
+            stats.free_bytes as f64 / (1u64 << 30) as f64
+        );
+    }
+    Ok(())
 }

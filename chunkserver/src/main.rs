@@ -2,7 +2,8 @@
 //!
 //! `shardfs-chunk --data-dir DIR [--listen ADDR] [--config FILE]` serves a
 //! chunk store; `shardfs-chunk bench` measures put/get throughput against a
-//! server it starts itself. Once listening, the server prints one line,
+//! server it starts itself; `shardfs-chunk probe --addr ADDR` checks a
+//! running server with a real round trip. Once listening, the server prints one line,
 //! `listening on ADDR`, to standard output (scripts and tests read it to
 //! learn a port chosen with `--listen 127.0.0.1:0`); logs go to standard
 //! error, filtered by `RUST_LOG` (default `info`).
@@ -33,6 +34,16 @@ enum Command {
     /// Measure put/get throughput over loopback against a fresh local server,
     /// next to this machine's BLAKE3 and fsynced disk write speeds.
     Bench(BenchArgs),
+    /// Check a running chunk server: store a fresh 1 MiB chunk, read it back
+    /// verified, delete it, and print the server's usage.
+    Probe {
+        /// The server's address (host:port).
+        #[arg(long, env = "SHARDFS_CHUNK_PROBE_ADDR", default_value = "127.0.0.1:7201")]
+        addr: String,
+        /// Print one JSON object instead of a line of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -68,6 +79,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Some(Command::Bench(args)) => bench::run(args).await,
+            Some(Command::Probe { addr, json }) => bench::probe(&addr, json).await,
             None => serve(cli.serve).await,
         }
     });

@@ -36,6 +36,10 @@ use tracing::{info, warn};
 use crate::error::{ChunkError, Result};
 use crate::index::{ChunkIndex, ChunkState, IndexEntry, SledIndex};
 
+/// Chunks at least this big are hashed on a second thread while the first
+/// writes them; smaller ones are not worth a thread.
+const PARALLEL_HASH_MIN_BYTES: u64 = 1 << 20;
+
 /// Number of lock stripes; a chunk's stripe is chosen by its first id byte.
 const LOCK_STRIPES: usize = 256;
 
@@ -329,31 +333,40 @@ impl Inner {
         if self.contains(&id)? {
             return Ok(PutOutcome::AlreadyStored);
         }
-        let mut hasher = blake3::Hasher::new();
-        for piece in pieces {
-            hasher.update(piece);
-        }
-        let actual = ChunkId::from_array(*hasher.finalize().as_bytes());
+        // Hash and write+fsync the temp file at the same time (the hash is
+        // off the critical path of a big chunk), without holding any lock.
+        // The temp file is invisible, and deleted on a mismatch.
+        let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
+        let temp = TempFile(Some(self.tmp_dir.join(format!("{id}.{seq}"))));
+        let temp_path = temp.path();
+        let write_temp = || -> Result<()> {
+            let mut file = File::create(temp_path)
+                .map_err(|e| ChunkError::io(Some(id), "creating temp file", e))?;
+            for piece in pieces {
+                file.write_all(piece)
+                    .map_err(|e| ChunkError::io(Some(id), "writing temp file", e))?;
+            }
+            file.sync_all()
+                .map_err(|e| ChunkError::io(Some(id), "fsyncing temp file", e))
+        };
+        let (actual, written) = if length >= PARALLEL_HASH_MIN_BYTES {
+            std::thread::scope(|scope| {
+                let hashing = scope.spawn(|| hash_pieces(pieces));
+                let written = write_temp();
+                (hashing.join().expect("hash thread"), written)
+            })
+        } else {
+            let actual = hash_pieces(pieces);
+            let written = if actual == id { write_temp() } else { Ok(()) };
+            (actual, written)
+        };
         if actual != id {
             return Err(ChunkError::HashMismatch {
                 expected: id,
                 actual,
             });
         }
-
-        // Write and fsync a temp file without holding any lock.
-        let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
-        let temp = TempFile(Some(self.tmp_dir.join(format!("{id}.{seq}"))));
-        let temp_path = temp.path();
-        let mut file = File::create(temp_path)
-            .map_err(|e| ChunkError::io(Some(id), "creating temp file", e))?;
-        for piece in pieces {
-            file.write_all(piece)
-                .map_err(|e| ChunkError::io(Some(id), "writing temp file", e))?;
-        }
-        file.sync_all()
-            .map_err(|e| ChunkError::io(Some(id), "fsyncing temp file", e))?;
-        drop(file);
+        written?;
 
         // Commit: rename into place, fsync the directory, index it.
         let _guard = self.stripe(&id);
@@ -586,6 +599,14 @@ impl Inner {
         self.used_bytes.store(report.bytes, Ordering::Relaxed);
         Ok(())
     }
+}
+
+fn hash_pieces(pieces: &[Bytes]) -> ChunkId {
+    let mut hasher = blake3::Hasher::new();
+    for piece in pieces {
+        hasher.update(piece);
+    }
+    ChunkId::from_array(*hasher.finalize().as_bytes())
 }
 
 /// Opens the sled index, rebuilding it when it is missing or unreadable.
