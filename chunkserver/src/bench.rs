@@ -56,13 +56,21 @@ struct Figure {
     name: &'static str,
     streams: usize,
     mb_per_s: f64,
+    /// CPU time the chunk server process spent per GB moved (put and get
+    /// only): what one server core can sustain when the client runs
+    /// elsewhere, independent of the benchmark client sharing the machine.
+    server_cpu_s_per_gb: Option<f64>,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.streams.is_empty() || args.streams.contains(&0) {
         bail!("--streams needs one or more counts, each > 0");
     }
-    if args.get_rounds == 0 || args.chunks == 0 || args.chunk_size == 0 || args.chunk_size > (64 << 20) {
+    if args.get_rounds == 0
+        || args.chunks == 0
+        || args.chunk_size == 0
+        || args.chunk_size > (64 << 20)
+    {
         bail!("--chunks must be > 0 and --chunk-size in 1..=67108864");
     }
     let base = args.dir.clone().unwrap_or_else(|| {
@@ -96,6 +104,7 @@ async fn run_in(args: &BenchArgs, base: &Path) -> anyhow::Result<()> {
         name: "blake3 (1 core)",
         streams: 1,
         mb_per_s: blake3,
+        server_cpu_s_per_gb: None,
     });
 
     for &streams in &args.streams {
@@ -110,6 +119,7 @@ async fn run_in(args: &BenchArgs, base: &Path) -> anyhow::Result<()> {
             name: "disk write+fsync",
             streams,
             mb_per_s: total_bytes / seconds / 1e6,
+            server_cpu_s_per_gb: None,
         });
     }
 
@@ -119,11 +129,14 @@ async fn run_in(args: &BenchArgs, base: &Path) -> anyhow::Result<()> {
     let outcome = async {
         for &streams in &args.streams {
             progress(&format!("put, {streams} stream(s)"));
+            let cpu_before = server.cpu_seconds();
             let seconds = put_all(&client, &chunks, streams).await?;
+            let cpu = server.cpu_seconds() - cpu_before;
             figures.push(Figure {
                 name: "put",
                 streams,
                 mb_per_s: total_bytes / seconds / 1e6,
+                server_cpu_s_per_gb: Some(cpu / (total_bytes / 1e9)),
             });
             if Some(&streams) != args.streams.last() {
                 let ids: Vec<ChunkId> = chunks.iter().map(|(id, _)| *id).collect();
@@ -138,13 +151,17 @@ async fn run_in(args: &BenchArgs, base: &Path) -> anyhow::Result<()> {
             for &streams in &args.streams {
                 progress(&format!("{name}, {streams} stream(s)"));
                 let mut seconds = 0.0;
+                let cpu_before = server.cpu_seconds();
                 for _ in 0..args.get_rounds {
                     seconds += get_all(&client, &chunks, streams, verify).await?;
                 }
+                let cpu = server.cpu_seconds() - cpu_before;
+                let bytes = total_bytes * args.get_rounds as f64;
                 figures.push(Figure {
                     name,
                     streams,
-                    mb_per_s: total_bytes * args.get_rounds as f64 / seconds / 1e6,
+                    mb_per_s: bytes / seconds / 1e6,
+                    server_cpu_s_per_gb: Some(cpu / (bytes / 1e9)),
                 });
             }
         }
@@ -159,8 +176,13 @@ async fn run_in(args: &BenchArgs, base: &Path) -> anyhow::Result<()> {
             .iter()
             .map(|f| {
                 format!(
-                    r#"{{"name":"{}","streams":{},"mb_per_s":{:.0}}}"#,
-                    f.name, f.streams, f.mb_per_s
+                    r#"{{"name":"{}","streams":{},"mb_per_s":{:.0},"server_cpu_s_per_gb":{}}}"#,
+                    f.name,
+                    f.streams,
+                    f.mb_per_s,
+                    f.server_cpu_s_per_gb
+                        .map(|c| format!("{c:.3}"))
+                        .unwrap_or_else(|| "null".into())
                 )
             })
             .collect();
@@ -175,9 +197,19 @@ async fn run_in(args: &BenchArgs, base: &Path) -> anyhow::Result<()> {
             "chunk server bench: {} chunks of {} bytes per run",
             args.chunks, args.chunk_size
         );
-        println!("{:<24} {:>7} {:>10}", "measure", "streams", "MB/s");
+        println!(
+            "{:<24} {:>7} {:>8} {:>22}",
+            "measure", "streams", "MB/s", "server CPU s per GB"
+        );
         for f in &figures {
-            println!("{:<24} {:>7} {:>10.0}", f.name, f.streams, f.mb_per_s);
+            let cpu = f
+                .server_cpu_s_per_gb
+                .map(|c| format!("{c:.2}"))
+                .unwrap_or_default();
+            println!(
+                "{:<24} {:>7} {:>8.0} {:>22}",
+                f.name, f.streams, f.mb_per_s, cpu
+            );
         }
         let find = |name: &str, streams: usize| {
             figures
@@ -356,6 +388,27 @@ async fn spawn_server(data_dir: &Path) -> anyhow::Result<ServerProcess> {
 }
 
 impl ServerProcess {
+    /// User + system CPU seconds the server has used so far (Linux /proc).
+    fn cpu_seconds(&self) -> f64 {
+        let Some(pid) = self.child.id() else {
+            return 0.0;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return 0.0;
+        };
+        // Fields after the parenthesised command name; utime and stime are
+        // the 14th and 15th fields of the whole line.
+        let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks: f64 = fields
+            .get(11..13)
+            .map(|f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum())
+            .unwrap_or(0.0);
+        // SAFETY: sysconf has no preconditions.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        ticks / per_second.max(1.0)
+    }
+
     async fn stop(&mut self) {
         if let Some(pid) = self.child.id() {
             // SAFETY: plain kill(2) on our own child's pid.
@@ -374,7 +427,11 @@ impl ServerProcess {
 pub async fn probe(addr: &str, json: bool) -> anyhow::Result<()> {
     let client = ChunkClient::new(addr)?;
     let start = Instant::now();
-    let seed = format!("probe {} {:?}", std::process::id(), std::time::SystemTime::now());
+    let seed = format!(
+        "probe {} {:?}",
+        std::process::id(),
+        std::time::SystemTime::now()
+    );
     let data = {
         let mut data = vec![0u8; 1 << 20];
         blake3::Hasher::new()

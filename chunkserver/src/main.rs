@@ -38,7 +38,11 @@ enum Command {
     /// verified, delete it, and print the server's usage.
     Probe {
         /// The server's address (host:port).
-        #[arg(long, env = "SHARDFS_CHUNK_PROBE_ADDR", default_value = "127.0.0.1:7201")]
+        #[arg(
+            long,
+            env = "SHARDFS_CHUNK_PROBE_ADDR",
+            default_value = "127.0.0.1:7201"
+        )]
         addr: String,
         /// Print one JSON object instead of a line of text.
         #[arg(long)]
