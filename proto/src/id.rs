@@ -132,3 +132,18 @@ mod tests {
         assert!(ChunkId::from_slice(&[7; 32]).is_ok());
     }
 }
+
+/// Ids travel in Raft entries and snapshots as 64-character hex strings:
+/// readable in dumps, and the same form as in file names and logs.
+impl serde::Serialize for ChunkId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ChunkId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}

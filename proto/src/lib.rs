@@ -5,6 +5,8 @@
 //! - [`id`]: [`ChunkId`], the BLAKE3-256 hash that names a chunk, and its
 //!   parsing rules (32 raw bytes on the wire, 64 lowercase hex characters in
 //!   text and on disk).
+//! - [`path`]: [`DfsPath`], a validated absolute namespace path, and the
+//!   rules every path must follow (checked where a path enters the system).
 //! - [`transport`]: HTTP/2 settings for bulk transfer, applied identically by
 //!   every server and client so that 1 MiB data messages flow at full speed.
 //! - [`chunk_client`]: a typed client for one chunk server, used by the other
@@ -12,9 +14,11 @@
 
 pub mod chunk_client;
 pub mod id;
+pub mod path;
 pub mod transport;
 
 pub use id::{ChunkId, IdError};
+pub use path::{DfsPath, PathError};
 
 /// Generated code for `shardfs.chunk.v1`.
 pub mod chunk {

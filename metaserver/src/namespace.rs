@@ -1,0 +1,612 @@
+//! The namespace: directories and committed files, as an inode tree.
+//!
+//! Directories and files are inodes; a directory's entries are kept in one
+//! ordered map keyed by (parent inode, name), so a listing is a range scan
+//! in name order and a rename of a whole directory moves one entry. The
+//! namespace is a plain, deterministic struct: the Raft state machine
+//! applies commands to it on every metaserver in the same order, and every
+//! mutation is also recorded in a [`Journal`] so the state machine can write
+//! exactly the changed keys to its store.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+use shardfs_proto::{ChunkId, DfsPath};
+
+/// The root directory's inode number.
+pub const ROOT_INODE: u64 = 1;
+
+/// One chunk of a file, in file order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRef {
+    pub id: ChunkId,
+    pub length: u64,
+}
+
+/// A committed file: immutable once committed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileMeta {
+    pub chunks: Vec<ChunkRef>,
+    pub size: u64,
+    pub replication: u32,
+    /// BLAKE3 over the chunk ids and lengths: equal content, equal id.
+    pub content_id: ChunkId,
+    pub mtime_ms: u64,
+}
+
+impl FileMeta {
+    /// The content id of a chunk list: BLAKE3 over each id and its length
+    /// (little-endian u64), in order.
+    pub fn content_id_of(chunks: &[ChunkRef]) -> ChunkId {
+        let mut hasher = blake3::Hasher::new();
+        for chunk in chunks {
+            hasher.update(chunk.id.as_bytes());
+            hasher.update(&chunk.length.to_le_bytes());
+        }
+        ChunkId::from_array(*hasher.finalize().as_bytes())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Inode {
+    Dir { mtime_ms: u64 },
+    File(FileMeta),
+}
+
+impl Inode {
+    pub fn is_dir(&self) -> bool {
+        matches!(self, Inode::Dir { .. })
+    }
+}
+
+/// Namespace failures; each names the path concerned.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum NsError {
+    #[error("{0}: no such file or directory")]
+    NotFound(String),
+    #[error("{0}: already exists")]
+    AlreadyExists(String),
+    #[error("{0}: not a directory")]
+    NotADirectory(String),
+    #[error("{0}: is a directory")]
+    IsADirectory(String),
+    #[error("{0}: directory not empty (delete it recursively to remove its contents)")]
+    DirectoryNotEmpty(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// One entry of a listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirEntry {
+    pub name: String,
+    pub inode: Inode,
+}
+
+/// A change to persist: the key of an inode or a directory entry, and its
+/// new value (None: deleted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Inode(u64, Option<Inode>),
+    Entry(u64, String, Option<u64>),
+    NextInode(u64),
+}
+
+/// The changes made by the commands applied since it was last drained.
+#[derive(Debug, Default)]
+pub struct Journal {
+    pub changes: Vec<Change>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Namespace {
+    inodes: HashMap<u64, Inode>,
+    entries: BTreeMap<(u64, String), u64>,
+    next_inode: u64,
+}
+
+impl Default for Namespace {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Namespace {
+    /// An empty namespace: only the root directory.
+    pub fn new() -> Self {
+        let mut inodes = HashMap::new();
+        inodes.insert(ROOT_INODE, Inode::Dir { mtime_ms: 0 });
+        Self {
+            inodes,
+            entries: BTreeMap::new(),
+            next_inode: ROOT_INODE + 1,
+        }
+    }
+
+    /// Rebuilds a namespace from stored parts (the state machine's store).
+    pub fn from_parts(
+        inodes: HashMap<u64, Inode>,
+        entries: BTreeMap<(u64, String), u64>,
+        next_inode: u64,
+    ) -> Self {
+        let mut ns = Self {
+            inodes,
+            entries,
+            next_inode: next_inode.max(ROOT_INODE + 1),
+        };
+        ns.inodes
+            .entry(ROOT_INODE)
+            .or_insert(Inode::Dir { mtime_ms: 0 });
+        ns
+    }
+
+    pub fn inode_count(&self) -> usize {
+        self.inodes.len()
+    }
+
+    fn resolve(&self, path: &DfsPath) -> Result<u64, NsError> {
+        let mut inode = ROOT_INODE;
+        for name in path.components() {
+            if !self.inodes[&inode].is_dir() {
+                return Err(NsError::NotADirectory(path.to_string()));
+            }
+            inode = *self
+                .entries
+                .get(&(inode, name.to_string()))
+                .ok_or_else(|| NsError::NotFound(path.to_string()))?;
+        }
+        Ok(inode)
+    }
+
+    pub fn lookup(&self, path: &DfsPath) -> Result<&Inode, NsError> {
+        Ok(&self.inodes[&self.resolve(path)?])
+    }
+
+    /// Up to `limit` entries of a directory in name order, after `after`;
+    /// and whether more follow. Listing a file lists that file alone.
+    pub fn list(
+        &self,
+        path: &DfsPath,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<DirEntry>, bool), NsError> {
+        let dir = self.resolve(path)?;
+        if let inode @ Inode::File(_) = &self.inodes[&dir] {
+            let name = path.name().unwrap_or("").to_string();
+            let entry = DirEntry {
+                name,
+                inode: inode.clone(),
+            };
+            return Ok((vec![entry], false));
+        }
+        let start = (dir, after.unwrap_or("").to_string());
+        let mut out = Vec::new();
+        let mut more = false;
+        for ((parent, name), child) in self.entries.range(start..) {
+            if *parent != dir {
+                break;
+            }
+            if after == Some(name.as_str()) {
+                continue;
+            }
+            if out.len() == limit {
+                more = true;
+                break;
+            }
+            out.push(DirEntry {
+                name: name.clone(),
+                inode: self.inodes[child].clone(),
+            });
+        }
+        Ok((out, more))
+    }
+
+    /// Creates a directory (and with `parents` its missing ancestors).
+    /// Returns false when `parents` is set and the directory already exists.
+    pub fn mkdir(
+        &mut self,
+        path: &DfsPath,
+        parents: bool,
+        mtime_ms: u64,
+        journal: &mut Journal,
+    ) -> Result<bool, NsError> {
+        match self.resolve(path) {
+            Ok(inode) if self.inodes[&inode].is_dir() => {
+                return if parents {
+                    Ok(false)
+                } else {
+                    Err(NsError::AlreadyExists(path.to_string()))
+                };
+            }
+            Ok(_) => return Err(NsError::AlreadyExists(path.to_string())),
+            Err(NsError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+        let parent = path.parent().expect("root always exists");
+        let parent_inode = if parents {
+            self.ensure_dir(&parent, mtime_ms, journal)?
+        } else {
+            self.existing_dir(&parent)?
+        };
+        let name = path.name().expect("not root").to_string();
+        self.create(parent_inode, name, Inode::Dir { mtime_ms }, journal);
+        Ok(true)
+    }
+
+    /// Commits `file` at `path`, creating missing parent directories. An
+    /// existing file is replaced (and returned, so its chunks can be
+    /// collected) unless `if_absent` is set.
+    pub fn commit(
+        &mut self,
+        path: &DfsPath,
+        file: FileMeta,
+        if_absent: bool,
+        journal: &mut Journal,
+    ) -> Result<Option<FileMeta>, NsError> {
+        if path.is_root() {
+            return Err(NsError::IsADirectory(path.to_string()));
+        }
+        let mtime_ms = file.mtime_ms;
+        let parent = self.ensure_dir(&path.parent().expect("not root"), mtime_ms, journal)?;
+        let name = path.name().expect("not root").to_string();
+        match self.entries.get(&(parent, name.clone())).copied() {
+            Some(existing) => match &self.inodes[&existing] {
+                Inode::Dir { .. } => Err(NsError::IsADirectory(path.to_string())),
+                Inode::File(_) if if_absent => Err(NsError::AlreadyExists(path.to_string())),
+                Inode::File(old) => {
+                    let old = old.clone();
+                    let inode = Inode::File(file);
+                    journal
+                        .changes
+                        .push(Change::Inode(existing, Some(inode.clone())));
+                    self.inodes.insert(existing, inode);
+                    Ok(Some(old))
+                }
+            },
+            None => {
+                self.create(parent, name, Inode::File(file), journal);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Moves a file or a whole directory. The destination must not exist
+    /// and its parent must; a directory cannot move into itself.
+    pub fn rename(
+        &mut self,
+        from: &DfsPath,
+        to: &DfsPath,
+        journal: &mut Journal,
+    ) -> Result<(), NsError> {
+        if from.is_root() || to.is_root() {
+            return Err(NsError::Invalid("cannot rename the root directory".into()));
+        }
+        let inode = self.resolve(from)?;
+        if to.starts_with(from) {
+            return Err(NsError::Invalid(format!(
+                "cannot move {from} into itself ({to})"
+            )));
+        }
+        match self.resolve(to) {
+            Ok(_) => return Err(NsError::AlreadyExists(to.to_string())),
+            Err(NsError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+        let to_parent = self.existing_dir(&to.parent().expect("not root"))?;
+        let from_parent = self.resolve(&from.parent().expect("not root"))?;
+        let from_name = from.name().expect("not root").to_string();
+        let to_name = to.name().expect("not root").to_string();
+        self.entries.remove(&(from_parent, from_name.clone()));
+        journal
+            .changes
+            .push(Change::Entry(from_parent, from_name, None));
+        self.entries.insert((to_parent, to_name.clone()), inode);
+        journal
+            .changes
+            .push(Change::Entry(to_parent, to_name, Some(inode)));
+        Ok(())
+    }
+
+    /// Deletes a file, or a directory (non-empty ones only with
+    /// `recursive`). Returns the files removed, for garbage collection.
+    pub fn delete(
+        &mut self,
+        path: &DfsPath,
+        recursive: bool,
+        journal: &mut Journal,
+    ) -> Result<Vec<FileMeta>, NsError> {
+        if path.is_root() {
+            return Err(NsError::Invalid("cannot delete the root directory".into()));
+        }
+        let inode = self.resolve(path)?;
+        if self.inodes[&inode].is_dir() && !recursive && self.has_children(inode) {
+            return Err(NsError::DirectoryNotEmpty(path.to_string()));
+        }
+        let parent = self.resolve(&path.parent().expect("not root"))?;
+        let name = path.name().expect("not root").to_string();
+        self.entries.remove(&(parent, name.clone()));
+        journal.changes.push(Change::Entry(parent, name, None));
+        let mut removed = Vec::new();
+        let mut stack = vec![inode];
+        while let Some(inode) = stack.pop() {
+            let children: Vec<((u64, String), u64)> = self
+                .entries
+                .range((inode, String::new())..)
+                .take_while(|((parent, _), _)| *parent == inode)
+                .map(|(k, v)| (k.clone(), *v))
+                .collect();
+            for ((parent, name), child) in children {
+                self.entries.remove(&(parent, name.clone()));
+                journal.changes.push(Change::Entry(parent, name, None));
+                stack.push(child);
+            }
+            if let Some(Inode::File(file)) = self.inodes.remove(&inode) {
+                removed.push(file);
+            }
+            journal.changes.push(Change::Inode(inode, None));
+        }
+        Ok(removed)
+    }
+
+    /// Every file in the namespace (for reference counting chunks).
+    pub fn files(&self) -> impl Iterator<Item = &FileMeta> {
+        self.inodes.values().filter_map(|inode| match inode {
+            Inode::File(file) => Some(file),
+            Inode::Dir { .. } => None,
+        })
+    }
+
+    fn has_children(&self, inode: u64) -> bool {
+        self.entries
+            .range((inode, String::new())..)
+            .next()
+            .is_some_and(|((parent, _), _)| *parent == inode)
+    }
+
+    fn existing_dir(&self, path: &DfsPath) -> Result<u64, NsError> {
+        let inode = self.resolve(path)?;
+        if !self.inodes[&inode].is_dir() {
+            return Err(NsError::NotADirectory(path.to_string()));
+        }
+        Ok(inode)
+    }
+
+    /// Resolves `path` as a directory, creating it and its missing ancestors.
+    fn ensure_dir(
+        &mut self,
+        path: &DfsPath,
+        mtime_ms: u64,
+        journal: &mut Journal,
+    ) -> Result<u64, NsError> {
+        let mut inode = ROOT_INODE;
+        let mut walked = DfsPath::root();
+        for name in path.components() {
+            walked = walked
+                .join(name)
+                .map_err(|e| NsError::Invalid(e.to_string()))?;
+            inode = match self.entries.get(&(inode, name.to_string())) {
+                Some(child) if self.inodes[child].is_dir() => *child,
+                Some(_) => return Err(NsError::NotADirectory(walked.to_string())),
+                None => self.create(inode, name.to_string(), Inode::Dir { mtime_ms }, journal),
+            };
+        }
+        Ok(inode)
+    }
+
+    fn create(&mut self, parent: u64, name: String, inode: Inode, journal: &mut Journal) -> u64 {
+        let number = self.next_inode;
+        self.next_inode += 1;
+        journal.changes.push(Change::NextInode(self.next_inode));
+        journal
+            .changes
+            .push(Change::Inode(number, Some(inode.clone())));
+        journal
+            .changes
+            .push(Change::Entry(parent, name.clone(), Some(number)));
+        self.inodes.insert(number, inode);
+        self.entries.insert((parent, name), number);
+        number
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(path: &str) -> DfsPath {
+        DfsPath::parse(path).unwrap()
+    }
+
+    fn file(seed: u8, mtime_ms: u64) -> FileMeta {
+        let chunks = vec![ChunkRef {
+            id: ChunkId::of(&[seed]),
+            length: 1,
+        }];
+        FileMeta {
+            content_id: FileMeta::content_id_of(&chunks),
+            chunks,
+            size: 1,
+            replication: 3,
+            mtime_ms,
+        }
+    }
+
+    fn names(ns: &Namespace, path: &str) -> Vec<String> {
+        let (entries, _) = ns.list(&p(path), None, usize::MAX).unwrap();
+        entries.into_iter().map(|e| e.name).collect()
+    }
+
+    #[test]
+    fn mkdir_commit_lookup_list() {
+        let mut ns = Namespace::new();
+        let mut j = Journal::default();
+        assert!(ns.mkdir(&p("/a/b"), true, 1, &mut j).unwrap());
+        assert!(!ns.mkdir(&p("/a/b"), true, 1, &mut j).unwrap());
+        assert_eq!(
+            ns.mkdir(&p("/a/b"), false, 1, &mut j),
+            Err(NsError::AlreadyExists("/a/b".into()))
+        );
+        assert_eq!(
+            ns.mkdir(&p("/x/y"), false, 1, &mut j),
+            Err(NsError::NotFound("/x".into()))
+        );
+        assert_eq!(
+            ns.commit(&p("/a/b/f2"), file(2, 5), false, &mut j),
+            Ok(None)
+        );
+        assert_eq!(
+            ns.commit(&p("/a/b/f1"), file(1, 5), false, &mut j),
+            Ok(None)
+        );
+        // Parents are created by a commit.
+        ns.commit(&p("/d/e/f"), file(3, 5), false, &mut j).unwrap();
+        assert!(ns.lookup(&p("/d/e")).unwrap().is_dir());
+        assert_eq!(names(&ns, "/a/b"), ["f1", "f2"]);
+        assert_eq!(names(&ns, "/"), ["a", "d"]);
+        assert_eq!(ns.lookup(&p("/a/b/f1")).unwrap(), &Inode::File(file(1, 5)));
+        assert_eq!(
+            ns.lookup(&p("/a/b/f1/x")),
+            Err(NsError::NotADirectory("/a/b/f1/x".into()))
+        );
+        // A file under a file, a directory over a file.
+        assert_eq!(
+            ns.commit(&p("/a/b/f1/x"), file(4, 5), false, &mut j),
+            Err(NsError::NotADirectory("/a/b/f1".into()))
+        );
+        assert_eq!(
+            ns.commit(&p("/a/b"), file(4, 5), false, &mut j),
+            Err(NsError::IsADirectory("/a/b".into()))
+        );
+    }
+
+    #[test]
+    fn overwrite_and_create_if_absent() {
+        let mut ns = Namespace::new();
+        let mut j = Journal::default();
+        ns.commit(&p("/f"), file(1, 1), false, &mut j).unwrap();
+        assert_eq!(
+            ns.commit(&p("/f"), file(2, 2), true, &mut j),
+            Err(NsError::AlreadyExists("/f".into()))
+        );
+        assert_eq!(ns.lookup(&p("/f")).unwrap(), &Inode::File(file(1, 1)));
+        assert_eq!(
+            ns.commit(&p("/f"), file(2, 2), false, &mut j),
+            Ok(Some(file(1, 1)))
+        );
+        assert_eq!(ns.lookup(&p("/f")).unwrap(), &Inode::File(file(2, 2)));
+    }
+
+    #[test]
+    fn paged_listing() {
+        let mut ns = Namespace::new();
+        let mut j = Journal::default();
+        for i in 0..25 {
+            ns.commit(&p(&format!("/d/f{i:02}")), file(i, 1), false, &mut j)
+                .unwrap();
+        }
+        let mut seen = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let (page, more) = ns.list(&p("/d"), after.as_deref(), 10).unwrap();
+            after = page.last().map(|e| e.name.clone());
+            seen.extend(page.into_iter().map(|e| e.name));
+            if !more {
+                break;
+            }
+        }
+        assert_eq!(
+            seen,
+            (0..25).map(|i| format!("f{i:02}")).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn rename_files_and_directories() {
+        let mut ns = Namespace::new();
+        let mut j = Journal::default();
+        ns.commit(&p("/a/b/f"), file(1, 1), false, &mut j).unwrap();
+        ns.mkdir(&p("/z"), false, 1, &mut j).unwrap();
+        ns.rename(&p("/a/b"), &p("/z/c"), &mut j).unwrap();
+        assert_eq!(ns.lookup(&p("/z/c/f")).unwrap(), &Inode::File(file(1, 1)));
+        assert_eq!(ns.lookup(&p("/a/b")), Err(NsError::NotFound("/a/b".into())));
+        assert!(matches!(
+            ns.rename(&p("/z"), &p("/z/c/inside"), &mut j),
+            Err(NsError::Invalid(_))
+        ));
+        ns.commit(&p("/g"), file(2, 1), false, &mut j).unwrap();
+        assert_eq!(
+            ns.rename(&p("/g"), &p("/z/c/f"), &mut j),
+            Err(NsError::AlreadyExists("/z/c/f".into()))
+        );
+        assert_eq!(
+            ns.rename(&p("/g"), &p("/nope/g"), &mut j),
+            Err(NsError::NotFound("/nope".into()))
+        );
+        assert_eq!(
+            ns.rename(&p("/missing"), &p("/m2"), &mut j),
+            Err(NsError::NotFound("/missing".into()))
+        );
+        ns.rename(&p("/g"), &p("/z/g2"), &mut j).unwrap();
+        assert_eq!(names(&ns, "/z"), ["c", "g2"]);
+    }
+
+    #[test]
+    fn delete_files_and_trees() {
+        let mut ns = Namespace::new();
+        let mut j = Journal::default();
+        ns.commit(&p("/t/a/1"), file(1, 1), false, &mut j).unwrap();
+        ns.commit(&p("/t/a/2"), file(2, 1), false, &mut j).unwrap();
+        ns.commit(&p("/t/3"), file(3, 1), false, &mut j).unwrap();
+        assert_eq!(
+            ns.delete(&p("/t"), false, &mut j),
+            Err(NsError::DirectoryNotEmpty("/t".into()))
+        );
+        assert!(matches!(
+            ns.delete(&p("/"), true, &mut j),
+            Err(NsError::Invalid(_))
+        ));
+        let removed = ns.delete(&p("/t/3"), false, &mut j).unwrap();
+        assert_eq!(removed, vec![file(3, 1)]);
+        let mut removed = ns.delete(&p("/t"), true, &mut j).unwrap();
+        removed.sort_by_key(|f| f.chunks[0].id);
+        let mut want = vec![file(1, 1), file(2, 1)];
+        want.sort_by_key(|f| f.chunks[0].id);
+        assert_eq!(removed, want);
+        assert_eq!(ns.inode_count(), 1, "only the root is left");
+        assert!(names(&ns, "/").is_empty());
+        assert_eq!(ns.files().count(), 0);
+    }
+
+    #[test]
+    fn journal_replays_to_the_same_namespace() {
+        let mut ns = Namespace::new();
+        let mut j = Journal::default();
+        ns.commit(&p("/a/b/f"), file(1, 1), false, &mut j).unwrap();
+        ns.mkdir(&p("/c"), false, 2, &mut j).unwrap();
+        ns.rename(&p("/a/b"), &p("/c/b"), &mut j).unwrap();
+        ns.commit(&p("/c/b/f"), file(2, 3), false, &mut j).unwrap();
+        ns.delete(&p("/a"), true, &mut j).unwrap();
+        let mut inodes = HashMap::new();
+        let mut entries = BTreeMap::new();
+        let mut next = 0;
+        inodes.insert(ROOT_INODE, Inode::Dir { mtime_ms: 0 });
+        for change in j.changes {
+            match change {
+                Change::Inode(n, Some(inode)) => {
+                    inodes.insert(n, inode);
+                }
+                Change::Inode(n, None) => {
+                    inodes.remove(&n);
+                }
+                Change::Entry(parent, name, Some(child)) => {
+                    entries.insert((parent, name), child);
+                }
+                Change::Entry(parent, name, None) => {
+                    entries.remove(&(parent, name));
+                }
+                Change::NextInode(n) => next = n,
+            }
+        }
+        assert_eq!(Namespace::from_parts(inodes, entries, next), ns);
+    }
+}
