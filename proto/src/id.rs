@@ -105,6 +105,21 @@ fn hex_digit(c: u8) -> Option<u8> {
     }
 }
 
+/// Ids travel in Raft entries and snapshots as 64-character hex strings:
+/// readable in dumps, and the same form as in file names and logs.
+impl serde::Serialize for ChunkId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ChunkId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,20 +145,5 @@ mod tests {
     fn wire_form_must_be_32_bytes() {
         assert_eq!(ChunkId::from_slice(&[0; 31]), Err(IdError::WrongLength(31)));
         assert!(ChunkId::from_slice(&[7; 32]).is_ok());
-    }
-}
-
-/// Ids travel in Raft entries and snapshots as 64-character hex strings:
-/// readable in dumps, and the same form as in file names and logs.
-impl serde::Serialize for ChunkId {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.to_hex())
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for ChunkId {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-        text.parse().map_err(serde::de::Error::custom)
     }
 }
