@@ -98,7 +98,15 @@ pub struct Journal {
     pub changes: Vec<Change>,
 }
 
+/// A namespace as plain rows, for snapshots.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamespaceParts {
+    pub inodes: Vec<(u64, Inode)>,
+    pub entries: Vec<(u64, String, u64)>,
+    pub next_inode: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Namespace {
     inodes: HashMap<u64, Inode>,
     entries: BTreeMap<(u64, String), u64>,
@@ -138,6 +146,35 @@ impl Namespace {
             .entry(ROOT_INODE)
             .or_insert(Inode::Dir { mtime_ms: 0 });
         ns
+    }
+
+    /// The namespace as plain rows: inodes, directory entries
+    /// (parent, name, child) and the next inode number.
+    pub fn to_parts(&self) -> NamespaceParts {
+        let mut inodes: Vec<(u64, Inode)> =
+            self.inodes.iter().map(|(n, i)| (*n, i.clone())).collect();
+        inodes.sort_by_key(|(n, _)| *n);
+        NamespaceParts {
+            inodes,
+            entries: self
+                .entries
+                .iter()
+                .map(|((parent, name), child)| (*parent, name.clone(), *child))
+                .collect(),
+            next_inode: self.next_inode,
+        }
+    }
+
+    pub fn from_rows(parts: NamespaceParts) -> Self {
+        Self::from_parts(
+            parts.inodes.into_iter().collect(),
+            parts
+                .entries
+                .into_iter()
+                .map(|(parent, name, child)| ((parent, name), child))
+                .collect(),
+            parts.next_inode,
+        )
     }
 
     pub fn inode_count(&self) -> usize {

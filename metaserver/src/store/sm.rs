@@ -1,0 +1,335 @@
+//! The Raft state machine: [`State`] in memory for fast reads, written
+//! through to the key-value engine.
+//!
+//! Each `apply` call writes the changed keys of all its entries and the new
+//! applied log id in one atomic batch, without flushing: the Raft log is the
+//! durable record, and a restart replays exactly what the engine lost.
+//! Snapshots are the whole state serialized; the current one is persisted
+//! (and flushed, with the state) before Raft may purge the log it covers.
+//! At start-up a snapshot newer than the stored state wins.
+
+use std::io::Cursor;
+use std::sync::{Arc, RwLock};
+
+use openraft::storage::RaftStateMachine;
+use openraft::{
+    Entry, EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, Snapshot, StorageIOError,
+};
+use serde::{Deserialize, Serialize};
+
+use super::kv::{Batch, Kv, Space};
+use super::{blocking, decode_error, io_error};
+use crate::namespace::{Change, Inode, Journal, Namespace, NamespaceParts};
+use crate::state::State;
+use crate::types::{
+    CommandResult, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
+
+const APPLIED_KEY: &[u8] = b"applied";
+const MEMBERSHIP_KEY: &[u8] = b"membership";
+const NEXT_INODE_KEY: &[u8] = b"next_inode";
+const INODE_PREFIX: u8 = b'i';
+const ENTRY_PREFIX: u8 = b'e';
+const SNAPSHOT_META_KEY: &[u8] = b"meta";
+const SNAPSHOT_DATA_KEY: &[u8] = b"data";
+
+/// What a snapshot holds.
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapshotPayload {
+    namespace: NamespaceParts,
+}
+
+pub struct StateMachine {
+    kv: Arc<dyn Kv>,
+    /// Shared with the read path (lookups and listings).
+    state: Arc<RwLock<State>>,
+    applied: Option<LogId>,
+    membership: StoredMembership,
+    /// Makes snapshot ids unique among snapshots of the same log id.
+    snapshot_seq: u64,
+}
+
+fn inode_key(n: u64) -> Vec<u8> {
+    let mut key = vec![INODE_PREFIX];
+    key.extend_from_slice(&n.to_be_bytes());
+    key
+}
+
+fn entry_key(parent: u64, name: &str) -> Vec<u8> {
+    let mut key = vec![ENTRY_PREFIX];
+    key.extend_from_slice(&parent.to_be_bytes());
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+fn json<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("state serializes")
+}
+
+fn u64_at(bytes: &[u8]) -> u64 {
+    let mut array = [0u8; 8];
+    array.copy_from_slice(&bytes[..8]);
+    u64::from_be_bytes(array)
+}
+
+/// The engine rows that make up `namespace`, applied log id and membership.
+fn full_batch(
+    namespace: &Namespace,
+    applied: &Option<LogId>,
+    membership: &StoredMembership,
+) -> Batch {
+    let parts = namespace.to_parts();
+    let mut batch: Batch = Vec::with_capacity(parts.inodes.len() + parts.entries.len() + 3);
+    for (n, inode) in &parts.inodes {
+        batch.push((inode_key(*n), Some(json(inode))));
+    }
+    for (parent, name, child) in &parts.entries {
+        batch.push((entry_key(*parent, name), Some(child.to_be_bytes().to_vec())));
+    }
+    batch.push((
+        NEXT_INODE_KEY.to_vec(),
+        Some(parts.next_inode.to_be_bytes().to_vec()),
+    ));
+    batch.push((APPLIED_KEY.to_vec(), Some(json(applied))));
+    batch.push((MEMBERSHIP_KEY.to_vec(), Some(json(membership))));
+    batch
+}
+
+impl StateMachine {
+    /// Loads the state from the engine (or from the persisted snapshot when
+    /// that is newer).
+    pub fn open(kv: Arc<dyn Kv>) -> Result<Self, StorageError> {
+        let read = |key: &[u8]| {
+            kv.get(Space::State, key)
+                .map_err(|e| io_error(ErrorSubject::StateMachine, ErrorVerb::Read, e))
+        };
+        let applied: Option<LogId> = match read(APPLIED_KEY)? {
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| decode_error(ErrorSubject::StateMachine, e))?,
+            None => None,
+        };
+        let membership: StoredMembership = match read(MEMBERSHIP_KEY)? {
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| decode_error(ErrorSubject::StateMachine, e))?,
+            None => StoredMembership::default(),
+        };
+        let next_inode = read(NEXT_INODE_KEY)?.map(|b| u64_at(&b)).unwrap_or(0);
+        let rows = |prefix: u8| {
+            kv.range(Space::State, &[prefix], Some(&[prefix + 1]))
+                .map_err(|e| io_error(ErrorSubject::StateMachine, ErrorVerb::Read, e))
+        };
+        let mut inodes = std::collections::HashMap::new();
+        for (key, value) in rows(INODE_PREFIX)? {
+            let inode: Inode = serde_json::from_slice(&value)
+                .map_err(|e| decode_error(ErrorSubject::StateMachine, e))?;
+            inodes.insert(u64_at(&key[1..]), inode);
+        }
+        let mut entries = std::collections::BTreeMap::new();
+        for (key, value) in rows(ENTRY_PREFIX)? {
+            let parent = u64_at(&key[1..9]);
+            let name = String::from_utf8_lossy(&key[9..]).into_owned();
+            entries.insert((parent, name), u64_at(&value));
+        }
+        let mut sm = Self {
+            kv,
+            state: Arc::new(RwLock::new(State {
+                namespace: Namespace::from_parts(inodes, entries, next_inode),
+            })),
+            applied,
+            membership,
+            snapshot_seq: 0,
+        };
+        if let Some((meta, data)) = sm.read_snapshot()?
+            && meta.last_log_id > sm.applied
+        {
+            sm.restore(&meta, &data)?;
+        }
+        Ok(sm)
+    }
+
+    /// The state, shared with readers.
+    pub fn state(&self) -> Arc<RwLock<State>> {
+        self.state.clone()
+    }
+
+    fn read_snapshot(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError> {
+        let read = |key: &[u8]| {
+            self.kv
+                .get(Space::Snapshot, key)
+                .map_err(|e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))
+        };
+        let (Some(meta), Some(data)) = (read(SNAPSHOT_META_KEY)?, read(SNAPSHOT_DATA_KEY)?) else {
+            return Ok(None);
+        };
+        let meta: SnapshotMeta = serde_json::from_slice(&meta)
+            .map_err(|e| decode_error(ErrorSubject::Snapshot(None), e))?;
+        Ok(Some((meta, data)))
+    }
+
+    /// Replaces the state with a snapshot's and writes it through.
+    fn restore(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
+        let payload: SnapshotPayload = serde_json::from_slice(data)
+            .map_err(|e| decode_error(ErrorSubject::Snapshot(Some(meta.signature())), e))?;
+        let namespace = Namespace::from_rows(payload.namespace);
+        let batch = full_batch(&namespace, &meta.last_log_id, &meta.last_membership);
+        let write_err = |e| io_error(ErrorSubject::StateMachine, ErrorVerb::Write, e);
+        self.kv.clear(Space::State).map_err(write_err)?;
+        self.kv.write(Space::State, batch).map_err(write_err)?;
+        *self.state.write().expect("state lock") = State { namespace };
+        self.applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+        Ok(())
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        Ok((self.applied, self.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, StorageError>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut journal = Journal::default();
+        let mut results = Vec::new();
+        let mut membership_changed = false;
+        {
+            let mut state = self.state.write().expect("state lock");
+            for entry in entries {
+                self.applied = Some(entry.log_id);
+                match entry.payload {
+                    EntryPayload::Blank => results.push(CommandResult::default()),
+                    EntryPayload::Normal(command) => {
+                        results.push(state.apply(&command, &mut journal));
+                    }
+                    EntryPayload::Membership(membership) => {
+                        self.membership = StoredMembership::new(Some(entry.log_id), membership);
+                        membership_changed = true;
+                        results.push(CommandResult::default());
+                    }
+                }
+            }
+        }
+        let mut batch: Batch = journal
+            .changes
+            .into_iter()
+            .map(|change| match change {
+                Change::Inode(n, inode) => (inode_key(n), inode.map(|i| json(&i))),
+                Change::Entry(parent, name, child) => (
+                    entry_key(parent, &name),
+                    child.map(|c| c.to_be_bytes().to_vec()),
+                ),
+                Change::NextInode(n) => (NEXT_INODE_KEY.to_vec(), Some(n.to_be_bytes().to_vec())),
+            })
+            .collect();
+        batch.push((APPLIED_KEY.to_vec(), Some(json(&self.applied))));
+        if membership_changed {
+            batch.push((MEMBERSHIP_KEY.to_vec(), Some(json(&self.membership))));
+        }
+        self.kv.write(Space::State, batch).map_err(|e| {
+            let subject = match self.applied {
+                Some(log_id) => ErrorSubject::Apply(log_id),
+                None => ErrorSubject::StateMachine,
+            };
+            io_error(subject, ErrorVerb::Write, e)
+        })?;
+        Ok(results)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        // Serialize now: the builder runs in another task while applies go on.
+        let payload = SnapshotPayload {
+            namespace: self.state.read().expect("state lock").namespace.to_parts(),
+        };
+        self.snapshot_seq += 1;
+        SnapshotBuilder {
+            kv: self.kv.clone(),
+            data: json(&payload),
+            last_log_id: self.applied,
+            membership: self.membership.clone(),
+            seq: self.snapshot_seq,
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        // Persist the snapshot first: if we crash while rewriting the state,
+        // start-up restores from it.
+        persist_snapshot(&self.kv, meta, &data).await?;
+        self.restore(meta, &data)?;
+        let kv = self.kv.clone();
+        blocking(move || kv.flush())
+            .await
+            .map_err(|e| io_error(ErrorSubject::StateMachine, ErrorVerb::Write, e))
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        Ok(self.read_snapshot()?.map(|(meta, data)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
+    }
+}
+
+/// Writes a snapshot as the current one and flushes it (with everything
+/// else written before, including the state it was taken from).
+async fn persist_snapshot(
+    kv: &Arc<dyn Kv>,
+    meta: &SnapshotMeta,
+    data: &[u8],
+) -> Result<(), StorageError> {
+    let batch = vec![
+        (SNAPSHOT_META_KEY.to_vec(), Some(json(meta))),
+        (SNAPSHOT_DATA_KEY.to_vec(), Some(data.to_vec())),
+    ];
+    let signature = Some(meta.signature());
+    kv.write(Space::Snapshot, batch)
+        .map_err(|e| StorageError::from(StorageIOError::write_snapshot(signature.clone(), &e)))?;
+    let kv = kv.clone();
+    blocking(move || kv.flush())
+        .await
+        .map_err(|e| StorageIOError::write_snapshot(signature, &e).into())
+}
+
+/// Builds a snapshot from a copy of the state taken when it was created.
+pub struct SnapshotBuilder {
+    kv: Arc<dyn Kv>,
+    data: Vec<u8>,
+    last_log_id: Option<LogId>,
+    membership: StoredMembership,
+    seq: u64,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let snapshot_id = match &self.last_log_id {
+            Some(id) => format!(
+                "{}-{}-{}-{}",
+                id.leader_id.term, id.leader_id.node_id, id.index, self.seq
+            ),
+            None => format!("empty-{}", self.seq),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: self.last_log_id,
+            last_membership: self.membership.clone(),
+            snapshot_id,
+        };
+        persist_snapshot(&self.kv, &meta, &self.data).await?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(self.data.clone())),
+        })
+    }
+}

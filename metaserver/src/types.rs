@@ -1,0 +1,78 @@
+//! The Raft type configuration and the commands that go through the log.
+//!
+//! Commands carry everything their application needs (timestamps are
+//! stamped by the leader before proposing), so every metaserver applies
+//! them to the same state with the same result.
+
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+use crate::namespace::{FileMeta, NsError};
+
+openraft::declare_raft_types!(
+    /// shardfs's Raft types: u64 node ids, nodes addressed by host:port.
+    pub TypeConfig:
+        D = Command,
+        R = CommandResult,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+pub type NodeId = u64;
+pub type LogId = openraft::LogId<NodeId>;
+pub type StorageError = openraft::StorageError<NodeId>;
+pub type StoredMembership = openraft::StoredMembership<NodeId, openraft::BasicNode>;
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, openraft::BasicNode>;
+
+/// A change to the replicated state. Paths are re-validated on apply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    Mkdir {
+        path: String,
+        parents: bool,
+        mtime_ms: u64,
+    },
+    Commit {
+        path: String,
+        file: FileMeta,
+        if_absent: bool,
+    },
+    Rename {
+        from: String,
+        to: String,
+    },
+    Delete {
+        path: String,
+        recursive: bool,
+    },
+}
+
+/// What applying a command did.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Outcome {
+    /// Blank and membership entries, and commands with nothing to report.
+    #[default]
+    Done,
+    /// mkdir: whether a directory was created.
+    Created(bool),
+    /// commit: the file that was replaced, if any.
+    Replaced(Option<FileMeta>),
+    /// delete: the files removed.
+    Deleted(Vec<FileMeta>),
+}
+
+/// The result of applying one log entry. A command that fails (a path that
+/// does not exist, say) is still applied, identically everywhere: it just
+/// changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandResult(pub Result<Outcome, NsError>);
+
+impl Default for CommandResult {
+    fn default() -> Self {
+        Self(Ok(Outcome::Done))
+    }
+}

@@ -1,0 +1,196 @@
+//! The sled-backed Raft stores: openraft's own storage test suite, plus
+//! restarts that must bring back exactly the applied state.
+
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
+use openraft::testing::{StoreBuilder, Suite};
+use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftSnapshotBuilder};
+use shardfs_meta::namespace::{ChunkRef, FileMeta, Inode};
+use shardfs_meta::store::{self, log::LogStore, sm::StateMachine};
+use shardfs_meta::types::{Command, Outcome, StorageError, TypeConfig};
+use shardfs_proto::{ChunkId, DfsPath};
+
+struct SledBuilder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for SledBuilder {
+    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (log, sm) = store::open(&dir.path().join("raft"))?;
+        Ok((dir, log, sm))
+    }
+}
+
+/// openraft's conformance suite against our log store and state machine.
+#[test]
+fn openraft_storage_suite() -> Result<(), StorageError> {
+    Suite::test_all(SledBuilder)
+}
+
+fn entry(index: u64, command: Command) -> Entry<TypeConfig> {
+    Entry {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Normal(command),
+    }
+}
+
+fn file(seed: u8) -> FileMeta {
+    let data = vec![seed; 1000];
+    let chunks = vec![ChunkRef {
+        id: ChunkId::of(&data),
+        length: 1000,
+    }];
+    FileMeta {
+        content_id: FileMeta::content_id_of(&chunks),
+        chunks,
+        size: 1000,
+        replication: 3,
+        mtime_ms: seed as u64,
+    }
+}
+
+fn commands() -> Vec<Command> {
+    vec![
+        Command::Mkdir {
+            path: "/datasets/a".into(),
+            parents: true,
+            mtime_ms: 1,
+        },
+        Command::Commit {
+            path: "/datasets/a/shard-0".into(),
+            file: file(1),
+            if_absent: false,
+        },
+        Command::Commit {
+            path: "/datasets/a/shard-1".into(),
+            file: file(2),
+            if_absent: false,
+        },
+        Command::Rename {
+            from: "/datasets/a".into(),
+            to: "/datasets/b".into(),
+        },
+        Command::Delete {
+            path: "/datasets/b/shard-0".into(),
+            recursive: false,
+        },
+        // Fails (already exists) but is still applied: changes nothing.
+        Command::Commit {
+            path: "/datasets/b/shard-1".into(),
+            file: file(3),
+            if_absent: true,
+        },
+        Command::Mkdir {
+            path: "bad//path".into(),
+            parents: true,
+            mtime_ms: 1,
+        },
+    ]
+}
+
+fn listing(sm: &StateMachine) -> Vec<(String, Inode)> {
+    let state = sm.state();
+    let state = state.read().unwrap();
+    let mut out = Vec::new();
+    let mut stack = vec![DfsPath::root()];
+    while let Some(dir) = stack.pop() {
+        let (entries, _) = state.namespace.list(&dir, None, usize::MAX).unwrap();
+        for e in entries {
+            let path = dir.join(&e.name).unwrap();
+            if e.inode.is_dir() {
+                stack.push(path.clone());
+            }
+            out.push((path.to_string(), e.inode));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+#[tokio::test]
+async fn applied_state_survives_restart_and_snapshot_restores() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("raft");
+    let expected;
+    {
+        let (_log, mut sm) = store::open(&path).unwrap();
+        let entries: Vec<_> = commands()
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| entry(i as u64 + 1, c))
+            .collect();
+        let results = sm.apply(entries).await.unwrap();
+        assert_eq!(results.len(), 7);
+        assert_eq!(results[1].0, Ok(Outcome::Replaced(None)));
+        assert!(
+            results[5].0.is_err(),
+            "create-if-absent on an existing path fails"
+        );
+        assert!(results[6].0.is_err(), "an invalid path fails");
+        expected = listing(&sm);
+        assert_eq!(
+            expected.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(),
+            ["/datasets", "/datasets/b", "/datasets/b/shard-1"]
+        );
+        assert_eq!(expected[2].1, Inode::File(file(2)));
+    }
+    // Reopen: the same state and applied id, without replaying anything.
+    let (_log, mut sm) = store::open(&path).unwrap();
+    assert_eq!(listing(&sm), expected);
+    let (applied, _) = sm.applied_state().await.unwrap();
+    assert_eq!(applied.unwrap().index, 7);
+
+    // A snapshot installed into a fresh store reproduces the state.
+    let snapshot = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let other_dir = tempfile::tempdir().unwrap();
+    let (other_log, mut other) = store::open(&other_dir.path().join("raft")).unwrap();
+    other
+        .install_snapshot(&snapshot.meta, snapshot.snapshot)
+        .await
+        .unwrap();
+    assert_eq!(listing(&other), expected);
+    assert_eq!(other.applied_state().await.unwrap().0, applied);
+    drop((other, other_log)); // release the engine's directory lock
+    let (_other_log, other) = store::open(&other_dir.path().join("raft")).unwrap();
+    assert_eq!(
+        listing(&other),
+        expected,
+        "installed snapshot survives restart"
+    );
+}
+
+#[tokio::test]
+async fn log_state_vote_and_purge_survive_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("raft");
+    {
+        let (mut log, _sm) = store::open(&path).unwrap();
+        let mut entries = Vec::new();
+        for i in 1..=10 {
+            entries.push(entry(i, commands()[0].clone()));
+        }
+        log.blocking_append(entries).await.unwrap();
+        log.save_vote(&openraft::Vote::new(3, 2)).await.unwrap();
+        log.purge(LogId::new(CommittedLeaderId::new(1, 1), 4))
+            .await
+            .unwrap();
+    }
+    let (mut log, _sm) = store::open(&path).unwrap();
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id.unwrap().index, 4);
+    assert_eq!(state.last_log_id.unwrap().index, 10);
+    assert_eq!(
+        log.read_vote().await.unwrap(),
+        Some(openraft::Vote::new(3, 2))
+    );
+    let mut reader = log.get_log_reader().await;
+    use openraft::RaftLogReader;
+    let rest = reader.try_get_log_entries(0..100).await.unwrap();
+    assert_eq!(
+        rest.iter().map(|e| e.log_id.index).collect::<Vec<_>>(),
+        (5..=10).collect::<Vec<_>>()
+    );
+}
