@@ -2,7 +2,7 @@
 //! with only the Rust toolchain builds shardfs (no system protoc).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/chunk.proto"];
+    let protos = ["proto/chunk.proto", "proto/meta.proto"];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

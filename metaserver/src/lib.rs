@@ -5,10 +5,26 @@
 //!   struct that records every change in a journal.
 //! - [`state`]: the replicated state and how a [`types::Command`] changes it.
 //! - [`types`]: the Raft type configuration, commands and their results.
+//! - [`node`]: one metaserver: the Raft node and the operations the
+//!   services call (replicated writes, linearizable reads, membership,
+//!   bootstrap of a new group).
+//! - [`network`]: the Raft transport over gRPC (client and server side).
+//! - [`service`]: the gRPC `MetaService`, thin adapters over [`node`].
+//! - [`convert`]: wire <-> domain conversions and the error -> status map.
+//! - [`server`]: `run(listener, node, shutdown)`.
+//! - [`config`]: TOML file, environment and flags.
+//! - [`error`]: [`error::MetaError`].
 //! - [`store`]: the Raft log store and state machine on sled, behind
 //!   openraft's storage traits (checked by `openraft::testing::Suite`).
 
+pub mod config;
+pub mod convert;
+pub mod error;
 pub mod namespace;
+pub mod network;
+pub mod node;
+pub mod server;
+pub mod service;
 pub mod state;
 pub mod store;
 pub mod types;

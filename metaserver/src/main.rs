@@ -1,1 +1,117 @@
-fn main() {}
+//! `shardfs-meta`: the metaserver binary.
+//!
+//! `shardfs-meta --id 1 --listen 127.0.0.1:7101 --data-dir D --peers
+//! 1=127.0.0.1:7101,2=127.0.0.1:7102,3=127.0.0.1:7103` starts (or restarts)
+//! one member of a Raft group. The first start of a new group initializes
+//! it once (from the lowest id); restarts rejoin. Once listening it prints
+//! `listening on ADDR` on standard output; logs go to standard error
+//! (`RUST_LOG`, default `info`).
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::Parser;
+use shardfs_meta::config::{Config, FileConfig};
+use shardfs_meta::node::MetaNode;
+use shardfs_meta::server;
+use tokio::net::TcpListener;
+use tracing::info;
+
+#[derive(Parser)]
+#[command(name = "shardfs-meta", version, about = "shardfs metaserver")]
+struct Cli {
+    /// This metaserver's id (1, 2, ...), unique in the group.
+    #[arg(long, env = "SHARDFS_META_ID")]
+    id: Option<u64>,
+    /// Address to listen on (host:port); defaults to this id's entry in --peers.
+    #[arg(long, env = "SHARDFS_META_LISTEN")]
+    listen: Option<String>,
+    /// Directory for the Raft log and state.
+    #[arg(long, env = "SHARDFS_META_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Voters of a new group: ID=HOST:PORT,... (this one included). Omit to
+    /// start empty and be added to a running group with AddMetaserver.
+    #[arg(long, env = "SHARDFS_META_PEERS")]
+    peers: Option<String>,
+    /// TOML configuration file (keys: id, listen, data_dir, peers,
+    /// heartbeat_ms, election_timeout_ms, snapshot_every).
+    #[arg(long, env = "SHARDFS_META_CONFIG")]
+    config: Option<PathBuf>,
+    /// Raft heartbeat interval in milliseconds (default 150).
+    #[arg(long, env = "SHARDFS_META_HEARTBEAT_MS")]
+    heartbeat_ms: Option<u64>,
+    /// Minimum election timeout in milliseconds (default 1000; max is twice).
+    #[arg(long, env = "SHARDFS_META_ELECTION_TIMEOUT_MS")]
+    election_timeout_ms: Option<u64>,
+    /// Snapshot after this many log entries (default 10000).
+    #[arg(long, env = "SHARDFS_META_SNAPSHOT_EVERY")]
+    snapshot_every: Option<u64>,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match runtime.block_on(serve(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shardfs-meta: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(cli: Cli) -> anyhow::Result<()> {
+    let file = match &cli.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    let config = Config::resolve(
+        cli.id,
+        cli.listen,
+        cli.data_dir,
+        cli.peers,
+        cli.heartbeat_ms,
+        cli.election_timeout_ms,
+        cli.snapshot_every,
+        file,
+    )?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    let node = MetaNode::start(config.id, &config.data_dir, &config.tuning).await?;
+    let addr = listener.local_addr()?;
+    info!(id = config.id, %addr, data_dir = %config.data_dir.display(), "metaserver listening");
+    println!("listening on {addr}");
+    std::io::stdout().flush()?;
+    let bootstrap = {
+        let node = node.clone();
+        let peers = config.peers.clone();
+        tokio::spawn(async move {
+            if let Err(e) = node.bootstrap(&peers).await {
+                tracing::error!("{e:#}");
+            }
+        })
+    };
+    server::run(listener, node, shutdown_signal()).await?;
+    bootstrap.abort();
+    info!("metaserver stopped");
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    info!("shutting down");
+}

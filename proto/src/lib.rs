@@ -2,6 +2,8 @@
 //!
 //! - [`chunk`]: the generated gRPC code of `proto/chunk.proto` (package
 //!   `shardfs.chunk.v1`): the chunk server's API.
+//! - [`meta`]: the generated gRPC code of `proto/meta.proto` (package
+//!   `shardfs.meta.v1`): the metaserver's API and the Raft transport.
 //! - [`id`]: [`ChunkId`], the BLAKE3-256 hash that names a chunk, and its
 //!   parsing rules (32 raw bytes on the wire, 64 lowercase hex characters in
 //!   text and on disk).
@@ -9,16 +11,26 @@
 //!   rules every path must follow (checked where a path enters the system).
 //! - [`transport`]: HTTP/2 settings for bulk transfer, applied identically by
 //!   every server and client so that 1 MiB data messages flow at full speed.
+//! - [`meta_client`]: a client for the metaserver group that finds the
+//!   leader and follows redirects.
 //! - [`chunk_client`]: a typed client for one chunk server, used by the other
 //!   servers, the client library, tests and benchmarks.
 
 pub mod chunk_client;
 pub mod id;
+pub mod meta_client;
 pub mod path;
 pub mod transport;
 
 pub use id::{ChunkId, IdError};
 pub use path::{DfsPath, PathError};
+
+/// Generated code for `shardfs.meta.v1`.
+pub mod meta {
+    pub mod v1 {
+        tonic::include_proto!("shardfs.meta.v1");
+    }
+}
 
 /// Generated code for `shardfs.chunk.v1`.
 pub mod chunk {

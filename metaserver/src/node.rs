@@ -1,0 +1,299 @@
+//! One metaserver: the Raft node, its stores, and the operations the
+//! services call (replicated writes, linearizable reads, membership).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, ForwardToLeader, InitializeError, RaftError};
+use openraft::{BasicNode, ChangeMembers, Config, Raft, ServerState, SnapshotPolicy};
+use tracing::{info, warn};
+
+use crate::error::MetaError;
+use crate::network::Network;
+use crate::state::State;
+use crate::types::{Command, NodeId, Outcome, TypeConfig};
+
+/// Raft timing and log retention.
+#[derive(Debug, Clone)]
+pub struct RaftTuning {
+    pub heartbeat: Duration,
+    pub election_timeout_min: Duration,
+    pub election_timeout_max: Duration,
+    /// Take a snapshot after this many log entries since the last one.
+    pub snapshot_every: u64,
+    /// Log entries kept behind a snapshot for slow followers.
+    pub keep_logs: u64,
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_millis(150),
+            election_timeout_min: Duration::from_millis(1000),
+            election_timeout_max: Duration::from_millis(2000),
+            snapshot_every: 10_000,
+            keep_logs: 1_000,
+        }
+    }
+}
+
+/// What one metaserver knows about the group, from its own view.
+#[derive(Debug, Clone)]
+pub struct GroupStatus {
+    pub self_id: NodeId,
+    pub leader: Option<(NodeId, String)>,
+    pub term: u64,
+    pub last_applied: u64,
+    pub role: &'static str,
+    /// id, address, voter
+    pub members: Vec<(NodeId, String, bool)>,
+}
+
+#[derive(Clone)]
+pub struct MetaNode {
+    pub id: NodeId,
+    pub raft: Raft<TypeConfig>,
+    state: Arc<RwLock<State>>,
+}
+
+impl MetaNode {
+    /// Opens the stores under `data_dir` and starts the Raft node.
+    pub async fn start(id: NodeId, data_dir: &Path, tuning: &RaftTuning) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(data_dir)?;
+        let path = data_dir.join("raft");
+        let (log_store, state_machine) =
+            tokio::task::spawn_blocking(move || crate::store::open(&path))
+                .await?
+                .map_err(|e| anyhow::anyhow!("cannot open metaserver store: {e}"))?;
+        let state = state_machine.state();
+        let config = Config {
+            cluster_name: "shardfs".into(),
+            heartbeat_interval: tuning.heartbeat.as_millis() as u64,
+            election_timeout_min: tuning.election_timeout_min.as_millis() as u64,
+            election_timeout_max: tuning.election_timeout_max.as_millis() as u64,
+            install_snapshot_timeout: 5_000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(tuning.snapshot_every),
+            max_in_snapshot_log_to_keep: tuning.keep_logs,
+            purge_batch_size: 256,
+            max_payload_entries: 1_000,
+            ..Config::default()
+        }
+        .validate()?;
+        let raft = Raft::new(
+            id,
+            Arc::new(config),
+            Network::default(),
+            log_store,
+            state_machine,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot start raft: {e}"))?;
+        Ok(Self { id, raft, state })
+    }
+
+    /// Initializes a brand-new group with `peers` as voters, exactly once:
+    /// only the lowest id does it, only on a fresh store, and not when a
+    /// peer already belongs to an initialized group.
+    pub async fn bootstrap(&self, peers: &BTreeMap<NodeId, String>) -> anyhow::Result<()> {
+        if peers.keys().next() != Some(&self.id) {
+            return Ok(());
+        }
+        if self.raft.is_initialized().await? {
+            return Ok(());
+        }
+        for (peer, addr) in peers {
+            if *peer != self.id && peer_is_initialized(addr).await {
+                warn!(
+                    peer,
+                    addr,
+                    "not initializing: a peer already belongs to a group; add this metaserver with AddMetaserver"
+                );
+                return Ok(());
+            }
+        }
+        let members: BTreeMap<NodeId, BasicNode> = peers
+            .iter()
+            .map(|(id, addr)| (*id, BasicNode::new(addr)))
+            .collect();
+        match self.raft.initialize(members).await {
+            Ok(()) => {
+                info!(voters = ?peers.keys().collect::<Vec<_>>(), "initialized a new metaserver group")
+            }
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+            Err(e) => return Err(anyhow::anyhow!("cannot initialize the group: {e}")),
+        }
+        Ok(())
+    }
+
+    /// Proposes `command` and waits until it is committed and applied.
+    pub async fn write(&self, command: Command) -> Result<Outcome, MetaError> {
+        match self.raft.client_write(command).await {
+            Ok(response) => Ok(response.data.0?),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                Err(self.not_leader(forward))
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(MetaError::Membership(e.to_string()))
+            }
+            Err(RaftError::Fatal(e)) => Err(MetaError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Runs `read` on the state once this node has confirmed it is still
+    /// the leader and has applied everything committed before the call
+    /// (read index): a linearizable read.
+    pub async fn read<T>(&self, read: impl FnOnce(&State) -> T) -> Result<T, MetaError> {
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => {}
+            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
+                return Err(self.not_leader(f));
+            }
+            Err(RaftError::APIError(e)) => return Err(MetaError::Unavailable(e.to_string())),
+            Err(RaftError::Fatal(e)) => return Err(MetaError::Unavailable(e.to_string())),
+        }
+        let state = self.state.read().expect("state lock");
+        Ok(read(&state))
+    }
+
+    /// Reads this node's state without asking the leader (status, tests).
+    pub fn read_local<T>(&self, read: impl FnOnce(&State) -> T) -> T {
+        read(&self.state.read().expect("state lock"))
+    }
+
+    fn not_leader(&self, forward: ForwardToLeader<NodeId, BasicNode>) -> MetaError {
+        MetaError::NotLeader {
+            self_id: self.id,
+            leader_id: forward.leader_id,
+            leader_addr: forward.leader_node.map(|n| n.addr),
+        }
+    }
+
+    pub fn status(&self) -> GroupStatus {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, node)| (*id, node.addr.clone(), voters.contains(id)))
+            .collect();
+        let leader = metrics.current_leader.map(|id| {
+            let addr = membership
+                .get_node(&id)
+                .map(|n| n.addr.clone())
+                .unwrap_or_default();
+            (id, addr)
+        });
+        GroupStatus {
+            self_id: self.id,
+            leader,
+            term: metrics.current_term,
+            last_applied: metrics.last_applied.map(|l| l.index).unwrap_or(0),
+            role: match metrics.state {
+                ServerState::Leader => "leader",
+                ServerState::Follower => "follower",
+                ServerState::Learner => "learner",
+                ServerState::Candidate => "candidate",
+                ServerState::Shutdown => "shutdown",
+            },
+            members,
+        }
+    }
+
+    /// Adds a metaserver: first as a learner (it catches up, by snapshot if
+    /// far behind), then, unless `learner_only`, as a voter.
+    pub async fn add_metaserver(
+        &self,
+        id: NodeId,
+        addr: &str,
+        learner_only: bool,
+    ) -> Result<(Vec<NodeId>, Vec<NodeId>), MetaError> {
+        self.membership_result(self.raft.add_learner(id, BasicNode::new(addr), true).await)?;
+        if !learner_only {
+            let change = ChangeMembers::AddVoterIds([id].into_iter().collect());
+            self.membership_result(self.raft.change_membership(change, false).await)?;
+        }
+        Ok(self.members())
+    }
+
+    /// Removes a metaserver from the group entirely.
+    pub async fn remove_metaserver(
+        &self,
+        id: NodeId,
+    ) -> Result<(Vec<NodeId>, Vec<NodeId>), MetaError> {
+        let status = self.status();
+        let is_voter = status
+            .members
+            .iter()
+            .any(|(m, _, voter)| *m == id && *voter);
+        let is_member = status.members.iter().any(|(m, _, _)| *m == id);
+        if !is_member {
+            return Err(MetaError::Membership(format!(
+                "metaserver {id} is not a member"
+            )));
+        }
+        if is_voter {
+            let change = ChangeMembers::RemoveVoters([id].into_iter().collect());
+            self.membership_result(self.raft.change_membership(change, false).await)?;
+        }
+        let change = ChangeMembers::RemoveNodes([id].into_iter().collect());
+        self.membership_result(self.raft.change_membership(change, false).await)?;
+        Ok(self.members())
+    }
+
+    fn members(&self) -> (Vec<NodeId>, Vec<NodeId>) {
+        let status = self.status();
+        let voters = status.members.iter().filter(|m| m.2).map(|m| m.0).collect();
+        let learners = status
+            .members
+            .iter()
+            .filter(|m| !m.2)
+            .map(|m| m.0)
+            .collect();
+        (voters, learners)
+    }
+
+    fn membership_result<T>(
+        &self,
+        result: Result<T, RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>>,
+    ) -> Result<T, MetaError> {
+        match result {
+            Ok(value) => Ok(value),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(self.not_leader(f))
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(MetaError::Membership(e.to_string()))
+            }
+            Err(RaftError::Fatal(e)) => Err(MetaError::Unavailable(e.to_string())),
+        }
+    }
+
+    pub async fn shutdown(&self) {
+        let _ = self.raft.shutdown().await;
+    }
+}
+
+/// Asks a peer whether it already belongs to a group (has a term or log).
+async fn peer_is_initialized(addr: &str) -> bool {
+    use shardfs_proto::meta::v1::ClusterStatusRequest;
+    use shardfs_proto::meta::v1::meta_service_client::MetaServiceClient;
+    let Ok(endpoint) = shardfs_proto::transport::endpoint(addr) else {
+        return false;
+    };
+    let ask = async {
+        let channel = endpoint.connect().await.ok()?;
+        let status = MetaServiceClient::new(channel)
+            .cluster_status(ClusterStatusRequest {})
+            .await
+            .ok()?
+            .into_inner();
+        Some(status.term > 0 || status.last_applied > 0)
+    };
+    tokio::time::timeout(Duration::from_secs(2), ask)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}

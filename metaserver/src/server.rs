@@ -1,0 +1,58 @@
+//! Serving a metaserver (its API and the Raft transport on one port) on a
+//! bound listener until a shutdown future resolves.
+
+use std::future::Future;
+use std::time::Duration;
+
+use shardfs_proto::meta::v1::meta_service_server::MetaServiceServer;
+use shardfs_proto::meta::v1::raft_service_server::RaftServiceServer;
+use shardfs_proto::transport;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio_stream::wrappers::TcpListenerStream;
+use tracing::warn;
+
+use crate::network::RaftServer;
+use crate::node::MetaNode;
+use crate::service::MetaServiceImpl;
+
+/// How long in-flight calls may run on after shutdown is asked for.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Largest client request accepted (a file of 262,144 chunks is about
+/// 11 MiB on the wire).
+pub const MAX_REQUEST_BYTES: usize = 16 << 20;
+/// Largest Raft message accepted between metaservers (batches of entries,
+/// snapshot pieces).
+pub const MAX_RAFT_MESSAGE_BYTES: usize = 256 << 20;
+
+pub async fn run(
+    listener: TcpListener,
+    node: MetaNode,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let meta = MetaServiceServer::new(MetaServiceImpl::new(node.clone()))
+        .max_decoding_message_size(MAX_REQUEST_BYTES)
+        .max_encoding_message_size(MAX_REQUEST_BYTES);
+    let raft = RaftServiceServer::new(RaftServer::new(node.raft.clone()))
+        .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let serve = transport::server()
+        .add_service(meta)
+        .add_service(raft)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            let _ = stop_rx.await;
+        });
+    tokio::pin!(serve);
+    tokio::select! {
+        result = &mut serve => result?,
+        () = shutdown => {
+            let _ = stop_tx.send(());
+            if tokio::time::timeout(SHUTDOWN_GRACE, &mut serve).await.is_err() {
+                warn!("in-flight calls still running after {SHUTDOWN_GRACE:?}; stopping anyway");
+            }
+        }
+    }
+    node.shutdown().await;
+    Ok(())
+}

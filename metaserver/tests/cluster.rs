@@ -1,0 +1,411 @@
+//! Three real metaserver processes: elections, redirects, kill -9 of the
+//! leader under load, full restarts, membership changes, snapshots, and
+//! bad input.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Cluster, file_info, listing, offline_listing};
+use tonic::Code;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_reads_and_redirects() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), 3, &[]);
+    let leader = cluster.wait_for_leader(Duration::from_secs(15)).await;
+    let client = cluster.client();
+    assert!(client.mkdir("/datasets/imagenet", true).await.unwrap());
+    let file = file_info(1, 4);
+    let committed = client
+        .commit("/datasets/imagenet/shard-0.tar", file.clone(), false)
+        .await
+        .unwrap();
+    assert!(!committed.replaced);
+    let entry = client
+        .lookup("/datasets/imagenet/shard-0.tar")
+        .await
+        .unwrap();
+    let got = entry.file.unwrap();
+    assert_eq!(got.chunks, file.chunks);
+    assert_eq!(got.size, file.size);
+    assert_eq!(got.content_id, committed.content_id);
+
+    // A follower names the leader.
+    let follower = *cluster.nodes.keys().find(|id| **id != leader).unwrap();
+    let mut direct = client.direct(&cluster.addrs[&follower]).unwrap();
+    let status = direct
+        .mkdir(shardfs_proto::meta::v1::MkdirRequest {
+            path: "/x".into(),
+            parents: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(
+        status
+            .metadata()
+            .get("shardfs-leader")
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        cluster.addrs[&leader]
+    );
+    assert!(
+        status.message().contains(&cluster.addrs[&leader]),
+        "{}",
+        status.message()
+    );
+    cluster.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_killed_under_load_loses_no_acknowledged_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), 3, &[]);
+    let leader = cluster.wait_for_leader(Duration::from_secs(15)).await;
+    let client = cluster.client();
+    let acked: Arc<Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..4u64 {
+        let client = client.clone();
+        let acked = acked.clone();
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let path = format!("/load/w{w}/f{i}");
+                if let Ok(response) = client
+                    .commit(&path, file_info(w * 1_000_000 + i, 4), false)
+                    .await
+                {
+                    acked
+                        .lock()
+                        .unwrap()
+                        .push((path, response.content_id.to_vec()));
+                }
+                i += 1;
+            }
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while acked.lock().unwrap().len() < 50 {
+        assert!(Instant::now() < deadline, "writers made no progress");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let killed_at = Instant::now();
+    cluster.kill9(leader);
+    // A new leader within 5 s.
+    let new_leader = cluster.wait_for_leader(Duration::from_secs(5)).await;
+    let elected_after = killed_at.elapsed();
+    assert_ne!(new_leader, leader);
+    let before = acked.lock().unwrap().len();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while acked.lock().unwrap().len() < before + 50 {
+        assert!(
+            Instant::now() < deadline,
+            "writes did not resume after the leader died"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    eprintln!(
+        "{} commits acknowledged; new leader after {elected_after:?}",
+        acked.len()
+    );
+
+    // Bring the old leader back; every acknowledged commit is everywhere.
+    cluster.start_node(leader);
+    cluster.wait_for_leader(Duration::from_secs(15)).await;
+    let client = cluster.client();
+    for (path, content_id) in &acked {
+        let entry = client.lookup(path).await.unwrap();
+        assert_eq!(
+            &entry.file.unwrap().content_id.to_vec(),
+            content_id,
+            "{path}"
+        );
+    }
+    let through_leader = listing(&client).await;
+    // Let the restarted node catch up, then compare every node's own store.
+    let target = cluster.status_of(new_leader).await.unwrap().last_applied;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let mut behind = false;
+        for id in [1, 2, 3] {
+            let applied = cluster
+                .status_of(id)
+                .await
+                .map(|s| s.last_applied)
+                .unwrap_or(0);
+            behind |= applied < target;
+        }
+        if !behind {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a node did not catch up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster.stop_all().await;
+    let files: BTreeSet<&str> = through_leader
+        .iter()
+        .filter(|(_, e)| !e.is_dir)
+        .map(|(p, _)| p.as_str())
+        .collect();
+    for (path, _) in &acked {
+        assert!(
+            files.contains(path.as_str()),
+            "{path} missing from the listing"
+        );
+    }
+    let reference = offline_listing(&cluster.data_dir(1));
+    for id in [2, 3] {
+        assert_eq!(
+            offline_listing(&cluster.data_dir(id)),
+            reference,
+            "node {id} differs"
+        );
+    }
+    // Nothing half-committed: every file is whole (4 chunks, size matches).
+    for (path, inode) in &reference {
+        if let shardfs_meta::namespace::Inode::File(file) = inode {
+            assert_eq!(file.chunks.len(), 4, "{path}");
+            assert_eq!(file.size, file.chunks.iter().map(|c| c.length).sum::<u64>());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_restart_keeps_identical_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), 3, &[]);
+    cluster.wait_for_leader(Duration::from_secs(15)).await;
+    let client = cluster.client();
+    for i in 0..30u64 {
+        client
+            .commit(&format!("/r/d{}/f{i}", i % 3), file_info(i, 2), false)
+            .await
+            .unwrap();
+    }
+    client.rename("/r/d0", "/r/moved").await.unwrap();
+    client.delete("/r/d1", true).await.unwrap();
+    let before = listing(&client).await;
+    assert_eq!(before.iter().filter(|(_, e)| !e.is_dir).count(), 20);
+    cluster.stop_all().await;
+    for id in [1, 2, 3] {
+        cluster.start_node(id);
+    }
+    cluster.wait_for_leader(Duration::from_secs(15)).await;
+    let client = cluster.client();
+    assert_eq!(listing(&client).await, before);
+    cluster.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_promote_and_remove_metaservers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), 3, &[]);
+    let leader = cluster.wait_for_leader(Duration::from_secs(15)).await;
+    let client = cluster.client();
+    for i in 0..20u64 {
+        client
+            .commit(&format!("/m/f{i}"), file_info(i, 1), false)
+            .await
+            .unwrap();
+    }
+    cluster.start_extra_node(4);
+    let membership = client
+        .add_metaserver(4, &cluster.addrs[&4].clone(), false)
+        .await
+        .unwrap();
+    assert_eq!(membership.voters, vec![1, 2, 3, 4]);
+    // Remove a follower; the group keeps serving.
+    let removed = *[1, 2, 3].iter().find(|id| **id != leader).unwrap();
+    let membership = cluster.client().remove_metaserver(removed).await.unwrap();
+    assert!(!membership.voters.contains(&removed) && !membership.learners.contains(&removed));
+    assert!(cluster.terminate(removed).await);
+    let client = cluster.client();
+    client
+        .commit("/m/after", file_info(99, 1), false)
+        .await
+        .unwrap();
+    let names: Vec<String> = client
+        .list("/m")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(names.len(), 21);
+    // The new member holds everything.
+    let status = cluster.status_of(4).await.unwrap();
+    assert!(status.metaservers.iter().any(|m| m.id == 4 && m.voter));
+    cluster.stop_all().await;
+    assert_eq!(
+        offline_listing(&cluster.data_dir(4)),
+        offline_listing(&cluster.data_dir(leader))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_far_behind_catches_up_by_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), 3, &["--snapshot-every", "50"]);
+    let leader = cluster.wait_for_leader(Duration::from_secs(15)).await;
+    let lagger = *[1, 2, 3].iter().find(|id| **id != leader).unwrap();
+    assert!(cluster.terminate(lagger).await);
+    let client = cluster.client();
+    for i in 0..300u64 {
+        client
+            .commit(&format!("/s/f{i:03}"), file_info(i, 1), false)
+            .await
+            .unwrap();
+    }
+    let target = cluster.status_of(leader).await.unwrap().last_applied;
+    cluster.start_node(lagger);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let applied = cluster
+            .status_of(lagger)
+            .await
+            .map(|s| s.last_applied)
+            .unwrap_or(0);
+        if applied >= target {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "lagging follower stuck at {applied} < {target}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster.stop_all().await;
+    let reference = offline_listing(&cluster.data_dir(leader));
+    assert_eq!(
+        reference
+            .iter()
+            .filter(|(p, _)| p.starts_with("/s/f"))
+            .count(),
+        300
+    );
+    assert_eq!(offline_listing(&cluster.data_dir(lagger)), reference);
+    // It caught up through a snapshot: the log it missed was purged.
+    let (mut log, _) = shardfs_meta::store::open(&cluster.data_dir(lagger).join("raft")).unwrap();
+    use openraft::storage::RaftLogStorage;
+    let state = log.get_log_state().await.unwrap();
+    assert!(
+        state.last_purged_log_id.is_some(),
+        "the lagging node never installed a snapshot"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_clear_errors_and_harms_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), 3, &[]);
+    cluster.wait_for_leader(Duration::from_secs(15)).await;
+    let client = cluster.client();
+    client
+        .commit("/ok/file", file_info(1, 2), false)
+        .await
+        .unwrap();
+    let before = listing(&client).await;
+
+    for bad in [
+        "relative",
+        "/a//b",
+        "/a/../b",
+        "/a/./b",
+        "/trailing/",
+        "/nul\0x",
+    ] {
+        let status = client.mkdir(bad, true).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{bad:?}");
+        assert!(
+            status.message().contains("invalid path"),
+            "{}",
+            status.message()
+        );
+    }
+    let long = format!("/{}", "n".repeat(300));
+    let status = client
+        .commit(&long, file_info(2, 1), false)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("255"), "{}", status.message());
+
+    let status = client
+        .commit("/ok/file", file_info(3, 1), true)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::AlreadyExists);
+    assert!(status.message().contains("/ok/file"));
+
+    let mut wrong_size = file_info(4, 2);
+    wrong_size.size += 1;
+    let status = client
+        .commit("/ok/other", wrong_size, false)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("sum of its chunk lengths"),
+        "{}",
+        status.message()
+    );
+    let mut bad_id = file_info(5, 1);
+    bad_id.chunks[0].id = vec![1u8; 5].into();
+    let status = client.commit("/ok/other", bad_id, false).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("32 bytes"),
+        "{}",
+        status.message()
+    );
+    let mut zero_r = file_info(6, 1);
+    zero_r.replication = 0;
+    assert_eq!(
+        client
+            .commit("/ok/other", zero_r, false)
+            .await
+            .unwrap_err()
+            .code(),
+        Code::InvalidArgument
+    );
+
+    // Oversized: a request over the 16 MiB limit, and a file with more
+    // chunks than a file may have.
+    let status = client
+        .commit("/ok/huge", file_info(7, 420_000), false)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    let status = client
+        .commit("/ok/huge", file_info(8, 300_000), false)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("262144"), "{}", status.message());
+    assert_eq!(
+        client.lookup("/missing").await.unwrap_err().code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        client.delete("/ok", false).await.unwrap_err().code(),
+        Code::FailedPrecondition
+    );
+    assert_eq!(
+        client.rename("/ok", "/ok/inside").await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    assert_eq!(listing(&client).await, before, "state harmed by bad input");
+    cluster.stop_all().await;
+}

@@ -1,0 +1,293 @@
+//! A client for the metaserver group: finds the leader, follows redirects,
+//! and keeps one cached channel per metaserver.
+//!
+//! Writes and linearizable reads must reach the leader. A follower answers
+//! UNAVAILABLE naming the leader in the `shardfs-leader` metadata; the
+//! client switches to it and retries. When no metaserver answers, or none
+//! knows a leader (an election is running), it tries the others in turn
+//! until its deadline.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use crate::meta::v1 as pb;
+use crate::meta::v1::meta_service_client::MetaServiceClient;
+use crate::transport;
+
+/// The response metadata key naming the leader's address.
+pub const LEADER_METADATA: &str = "shardfs-leader";
+/// How long a call keeps looking for a leader before it gives up.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(15);
+
+#[derive(Clone)]
+pub struct MetaClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    addrs: Vec<String>,
+    channels: Mutex<HashMap<String, Channel>>,
+    /// Where the last call succeeded: tried first.
+    leader: Mutex<Option<String>>,
+    deadline: Duration,
+}
+
+impl MetaClient {
+    /// A client for the metaservers at `addrs` (host:port each).
+    pub fn new(addrs: &[String]) -> Result<Self, Status> {
+        if addrs.is_empty() {
+            return Err(Status::invalid_argument("no metaserver addresses given"));
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                addrs: addrs.to_vec(),
+                channels: Mutex::new(HashMap::new()),
+                leader: Mutex::new(None),
+                deadline: DEFAULT_DEADLINE,
+            }),
+        })
+    }
+
+    /// The same client with another deadline for finding a leader.
+    pub fn with_deadline(&self, deadline: Duration) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                addrs: self.inner.addrs.clone(),
+                channels: Mutex::new(self.inner.channels.lock().unwrap().clone()),
+                leader: Mutex::new(self.inner.leader.lock().unwrap().clone()),
+                deadline,
+            }),
+        }
+    }
+
+    /// A client for one metaserver, without redirects.
+    pub fn direct(&self, addr: &str) -> Result<MetaServiceClient<Channel>, Status> {
+        let mut channels = self.inner.channels.lock().unwrap();
+        let channel = match channels.get(addr) {
+            Some(channel) => channel.clone(),
+            None => {
+                let channel = transport::lazy_channel(addr).map_err(|e| {
+                    Status::invalid_argument(format!("bad metaserver address {addr:?}: {e}"))
+                })?;
+                channels.insert(addr.to_string(), channel.clone());
+                channel
+            }
+        };
+        Ok(MetaServiceClient::new(channel)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20))
+    }
+
+    /// Runs `call` against the leader, following redirects and trying other
+    /// metaservers until one answers or the deadline passes.
+    pub async fn call<T, F, Fut>(&self, mut call: F) -> Result<T, Status>
+    where
+        F: FnMut(MetaServiceClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let started = Instant::now();
+        let mut next = 0usize;
+        let mut target = self.inner.leader.lock().unwrap().clone();
+        let mut last_error: Option<Status>;
+        loop {
+            let addr = match target.take() {
+                Some(addr) => addr,
+                None => {
+                    let addr = self.inner.addrs[next % self.inner.addrs.len()].clone();
+                    next += 1;
+                    addr
+                }
+            };
+            match call(self.direct(&addr)?).await {
+                Ok(response) => {
+                    *self.inner.leader.lock().unwrap() = Some(addr);
+                    return Ok(response.into_inner());
+                }
+                Err(status) if status.code() == Code::Unavailable => {
+                    let leader = status
+                        .metadata()
+                        .get(LEADER_METADATA)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
+                    *self.inner.leader.lock().unwrap() = None;
+                    last_error = Some(status);
+                    if let Some(leader) = leader
+                        && leader != addr
+                    {
+                        target = Some(leader);
+                        continue;
+                    }
+                }
+                Err(status) => return Err(status),
+            }
+            if started.elapsed() > self.inner.deadline {
+                let detail = last_error
+                    .map(|s| s.message().to_string())
+                    .unwrap_or_default();
+                return Err(Status::unavailable(format!(
+                    "no metaserver leader reachable at {} within {:?}: {detail}",
+                    self.inner.addrs.join(","),
+                    self.inner.deadline
+                )));
+            }
+            if next.is_multiple_of(self.inner.addrs.len()) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    pub async fn mkdir(&self, path: &str, parents: bool) -> Result<bool, Status> {
+        let request = pb::MkdirRequest {
+            path: path.to_string(),
+            parents,
+        };
+        let response = self
+            .call(|mut c| {
+                let request = request.clone();
+                async move { c.mkdir(request).await }
+            })
+            .await?;
+        Ok(response.created)
+    }
+
+    pub async fn commit(
+        &self,
+        path: &str,
+        file: pb::FileInfo,
+        if_absent: bool,
+    ) -> Result<pb::CommitFileResponse, Status> {
+        let request = pb::CommitFileRequest {
+            path: path.to_string(),
+            file: Some(file),
+            if_absent,
+        };
+        self.call(|mut c| {
+            let request = request.clone();
+            async move { c.commit_file(request).await }
+        })
+        .await
+    }
+
+    pub async fn lookup(&self, path: &str) -> Result<pb::Entry, Status> {
+        let request = pb::LookupRequest {
+            path: path.to_string(),
+        };
+        let response = self
+            .call(|mut c| {
+                let request = request.clone();
+                async move { c.lookup(request).await }
+            })
+            .await?;
+        response
+            .entry
+            .ok_or_else(|| Status::internal("lookup answered without an entry"))
+    }
+
+    /// One page of a directory listing.
+    pub async fn list_page(
+        &self,
+        path: &str,
+        after: &str,
+        limit: u32,
+    ) -> Result<pb::ListResponse, Status> {
+        let request = pb::ListRequest {
+            path: path.to_string(),
+            after: after.to_string(),
+            limit,
+        };
+        self.call(|mut c| {
+            let request = request.clone();
+            async move { c.list(request).await }
+        })
+        .await
+    }
+
+    /// A whole directory listing, page by page.
+    pub async fn list(&self, path: &str) -> Result<Vec<pb::Entry>, Status> {
+        let mut all: Vec<pb::Entry> = Vec::new();
+        loop {
+            let after = all.last().map(|e| e.name.clone()).unwrap_or_default();
+            let page = self.list_page(path, &after, 0).await?;
+            all.extend(page.entries);
+            if !page.more {
+                return Ok(all);
+            }
+        }
+    }
+
+    pub async fn rename(&self, from: &str, to: &str) -> Result<(), Status> {
+        let request = pb::RenameRequest {
+            from: from.to_string(),
+            to: to.to_string(),
+        };
+        self.call(|mut c| {
+            let request = request.clone();
+            async move { c.rename(request).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Deletes a file or directory; returns how many files went.
+    pub async fn delete(&self, path: &str, recursive: bool) -> Result<u64, Status> {
+        let request = pb::DeleteRequest {
+            path: path.to_string(),
+            recursive,
+        };
+        let response = self
+            .call(|mut c| {
+                let request = request.clone();
+                async move { c.delete(request).await }
+            })
+            .await?;
+        Ok(response.files_deleted)
+    }
+
+    /// The group's status as the leader sees it.
+    pub async fn cluster_status(&self) -> Result<pb::ClusterStatusResponse, Status> {
+        self.call(|mut c| async move {
+            let status = c.cluster_status(pb::ClusterStatusRequest {}).await?;
+            // Only a leader's view is authoritative: redirect otherwise.
+            let inner = status.get_ref();
+            if inner.leader_id != inner.self_id {
+                let mut redirect = Status::unavailable("not the leader");
+                if let Ok(value) = inner.leader_addr.parse() {
+                    redirect.metadata_mut().insert(LEADER_METADATA, value);
+                }
+                return Err(redirect);
+            }
+            Ok(status)
+        })
+        .await
+    }
+
+    pub async fn add_metaserver(
+        &self,
+        id: u64,
+        addr: &str,
+        learner_only: bool,
+    ) -> Result<pb::MembershipResponse, Status> {
+        let request = pb::AddMetaserverRequest {
+            id,
+            addr: addr.to_string(),
+            learner_only,
+        };
+        self.call(|mut c| {
+            let request = request.clone();
+            async move { c.add_metaserver(request).await }
+        })
+        .await
+    }
+
+    pub async fn remove_metaserver(&self, id: u64) -> Result<pb::MembershipResponse, Status> {
+        self.call(|mut c| async move {
+            c.remove_metaserver(pb::RemoveMetaserverRequest { id })
+                .await
+        })
+        .await
+    }
+}
