@@ -13,7 +13,7 @@
 //! - [`convert`]: wire <-> domain conversions and the error -> status map.
 //! - [`server`]: `run(listener, node, shutdown)`.
 //! - [`config`]: TOML file, environment and flags.
-//! - [`error`]: [`error::MetaError`].
+//! - [`error`]: `MetaError`, one variant per failure a caller can act on.
 //! - [`store`]: the Raft log store and state machine on sled, behind
 //!   openraft's storage traits (checked by `openraft::testing::Suite`).
 
