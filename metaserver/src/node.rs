@@ -63,10 +63,11 @@ impl MetaNode {
     pub async fn start(id: NodeId, data_dir: &Path, tuning: &RaftTuning) -> anyhow::Result<Self> {
         std::fs::create_dir_all(data_dir)?;
         let path = data_dir.join("raft");
-        let (log_store, state_machine) =
-            tokio::task::spawn_blocking(move || crate::store::open(&path))
-                .await?
-                .map_err(|e| anyhow::anyhow!("cannot open metaserver store: {e}"))?;
+        let (log_store, state_machine) = tokio::task::spawn_blocking(move || {
+            crate::store::open(&path)
+                .map_err(|e| anyhow::anyhow!("cannot open metaserver store: {e}"))
+        })
+        .await??;
         let state = state_machine.state();
         let config = Config {
             cluster_name: "shardfs".into(),
