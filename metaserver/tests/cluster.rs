@@ -61,13 +61,16 @@ async fn writes_reads_and_redirects() {
     cluster.stop_all().await;
 }
 
+/// An acknowledged commit: its path and content id.
+type Acked = (String, Vec<u8>);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_killed_under_load_loses_no_acknowledged_commit() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = Cluster::start(dir.path(), 3, &[]);
     let leader = cluster.wait_for_leader(Duration::from_secs(15)).await;
     let client = cluster.client();
-    let acked: Arc<Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
+    let acked: Arc<Mutex<Vec<Acked>>> = Arc::default();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut writers = Vec::new();
     for w in 0..4u64 {
