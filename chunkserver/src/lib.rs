@@ -10,6 +10,8 @@
 //! - [`convert`]: wire <-> domain conversions and the single error -> status map.
 //! - [`server`]: `run(listener, store, .., shutdown)`.
 //! - [`config`]: TOML file, environment and flags.
+//! - [`heartbeat`]: registration and heartbeats to the metaservers (with
+//!   `--meta`): usage and the chunks stored or removed since the last beat.
 //! - [`error`]: [`ChunkError`], one variant per failure a caller can act on.
 //! - [`bench`]: the put/get throughput benchmark (`shardfs-chunk bench`).
 
@@ -17,6 +19,7 @@ pub mod bench;
 pub mod config;
 pub mod convert;
 pub mod error;
+pub mod heartbeat;
 pub mod index;
 pub mod server;
 pub mod service;

@@ -15,7 +15,8 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use shardfs_chunk::bench::{self, BenchArgs};
 use shardfs_chunk::config::{Config, FileConfig, Overrides};
-use shardfs_chunk::{ChunkStore, StoreConfig, server};
+use shardfs_chunk::{ChunkStore, StoreConfig, heartbeat, server};
+use shardfs_proto::meta_client::MetaClient;
 use tokio::net::TcpListener;
 use tracing::info;
 
@@ -68,6 +69,19 @@ struct ServeArgs {
     /// Put data buffered at once across all streams (default 1 GiB).
     #[arg(long, env = "SHARDFS_CHUNK_PUT_MEMORY_BYTES")]
     put_memory_bytes: Option<u64>,
+    /// Metaservers to register and heartbeat with (host:port,...). Without
+    /// it the chunk server runs standalone.
+    #[arg(long, env = "SHARDFS_META", value_delimiter = ',')]
+    meta: Vec<String>,
+    /// This chunk server's id in the cluster (required with --meta).
+    #[arg(long, env = "SHARDFS_CHUNK_ID")]
+    id: Option<u64>,
+    /// Zone label (rack, host, availability zone): replicas spread across zones.
+    #[arg(long, env = "SHARDFS_CHUNK_ZONE", default_value = "")]
+    zone: String,
+    /// Address to register with the metaservers (default: the listen address).
+    #[arg(long, env = "SHARDFS_CHUNK_ADVERTISE")]
+    advertise: Option<String>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -102,8 +116,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None => FileConfig::default(),
     };
     let overrides = Overrides {
-        listen: args.listen,
-        data_dir: args.data_dir,
+        listen: args.listen.clone(),
+        data_dir: args.data_dir.clone(),
         capacity_bytes: args.capacity_bytes,
         put_memory_bytes: args.put_memory_bytes,
     };
@@ -122,7 +136,25 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     info!(%addr, data_dir = %config.data_dir.display(), "chunk server listening");
     println!("listening on {addr}");
     std::io::stdout().flush()?;
+    let reporter = if args.meta.is_empty() {
+        None
+    } else {
+        let id = args
+            .id
+            .filter(|id| *id > 0)
+            .context("--meta needs --id N (N > 0): this chunk server's id in the cluster")?;
+        let meta = MetaClient::new(&args.meta).map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+        let me = heartbeat::Identity {
+            id,
+            addr: args.advertise.clone().unwrap_or_else(|| addr.to_string()),
+            zone: args.zone.clone(),
+        };
+        Some(tokio::spawn(heartbeat::run(store.clone(), meta, me)))
+    };
     server::run(listener, store, config.put_memory_bytes, shutdown_signal()).await?;
+    if let Some(reporter) = reporter {
+        reporter.abort();
+    }
     info!("chunk server stopped");
     Ok(())
 }

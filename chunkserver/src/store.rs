@@ -151,6 +151,9 @@ struct Inner {
     chunk_count: AtomicU64,
     /// Makes temp file names unique among concurrent writers of one chunk.
     tmp_seq: AtomicU64,
+    /// Chunks stored (true) or removed (false) since the metaserver last
+    /// heard of them; the heartbeat drains it. The last event per chunk wins.
+    changes: Mutex<HashMap<ChunkId, bool>>,
 }
 
 impl ChunkStore {
@@ -191,6 +194,7 @@ impl ChunkStore {
             used_bytes: AtomicU64::new(0),
             chunk_count: AtomicU64::new(0),
             tmp_seq: AtomicU64::new(0),
+            changes: Mutex::new(HashMap::new()),
         };
         inner.reconcile(&mut report)?;
         info!(
@@ -290,6 +294,32 @@ impl ChunkStore {
     pub async fn stats(&self) -> Result<StoreStats> {
         let inner = self.inner.clone();
         blocking(move || inner.stats()).await
+    }
+
+    /// Chunks stored and removed since the last call, for the heartbeat.
+    pub fn take_changes(&self) -> (Vec<ChunkId>, Vec<ChunkId>) {
+        let changes =
+            std::mem::take(&mut *self.inner.changes.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut added = Vec::new();
+        let mut removed = Vec::new();
+        for (id, present) in changes {
+            if present {
+                added.push(id);
+            } else {
+                removed.push(id);
+            }
+        }
+        (added, removed)
+    }
+
+    /// Puts back changes a heartbeat failed to deliver (newer events win).
+    pub fn requeue_changes(&self, added: &[ChunkId], removed: &[ChunkId]) {
+        let mut changes = self.inner.changes.lock().unwrap_or_else(|p| p.into_inner());
+        for (ids, present) in [(added, true), (removed, false)] {
+            for id in ids {
+                changes.entry(*id).or_insert(present);
+            }
+        }
     }
 
     /// Makes the index durable (at shutdown; chunk files are already).
@@ -538,6 +568,7 @@ impl Inner {
     fn index_insert(&self, id: &ChunkId, entry: &IndexEntry) -> Result<()> {
         let previous = self.index.get(id)?;
         self.index.insert(id, entry)?;
+        self.record_change(id, true);
         match previous {
             Some(old) => {
                 self.used_bytes.fetch_sub(old.length, Ordering::Relaxed);
@@ -554,12 +585,20 @@ impl Inner {
     fn index_remove(&self, id: &ChunkId) -> Result<bool> {
         match self.index.remove(id)? {
             Some(old) => {
+                self.record_change(id, false);
                 self.used_bytes.fetch_sub(old.length, Ordering::Relaxed);
                 self.chunk_count.fetch_sub(1, Ordering::Relaxed);
                 Ok(true)
             }
             None => Ok(false),
         }
+    }
+
+    fn record_change(&self, id: &ChunkId, present: bool) {
+        self.changes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(*id, present);
     }
 
     /// Brings the index in line with the chunk files: files are the truth.

@@ -25,7 +25,8 @@ impl From<MetaError> for Status {
                 NsError::AlreadyExists(_) => Code::AlreadyExists,
                 NsError::NotADirectory(_)
                 | NsError::IsADirectory(_)
-                | NsError::DirectoryNotEmpty(_) => Code::FailedPrecondition,
+                | NsError::DirectoryNotEmpty(_)
+                | NsError::Unreplicated(_) => Code::FailedPrecondition,
                 NsError::Invalid(_) => Code::InvalidArgument,
             },
             MetaError::NotLeader { .. } | MetaError::Unavailable(_) => Code::Unavailable,
@@ -47,12 +48,7 @@ impl From<MetaError> for Status {
 /// Checks a file as a client describes it and computes its content id.
 pub fn file_from_wire(file: &pb::FileInfo, mtime_ms: u64) -> Result<FileMeta, MetaError> {
     let invalid = |why: String| MetaError::InvalidArgument(why);
-    if file.replication == 0 || file.replication > MAX_REPLICATION {
-        return Err(invalid(format!(
-            "replication factor {} is outside 1..={MAX_REPLICATION}",
-            file.replication
-        )));
-    }
+    check_replication(file.replication)?;
     if file.chunks.len() > MAX_CHUNKS_PER_FILE {
         return Err(invalid(format!(
             "file has {} chunks; at most {MAX_CHUNKS_PER_FILE} are allowed (use bigger chunks)",
@@ -122,4 +118,21 @@ pub fn entry_to_wire(name: &str, inode: &Inode) -> pb::Entry {
             file: Some(file_to_wire(file)),
         },
     }
+}
+
+pub fn check_replication(replication: u32) -> Result<u32, MetaError> {
+    if replication == 0 || replication > MAX_REPLICATION {
+        return Err(MetaError::InvalidArgument(format!(
+            "replication factor {replication} is outside 1..={MAX_REPLICATION}"
+        )));
+    }
+    Ok(replication)
+}
+
+pub fn id_from_wire(bytes: &[u8]) -> Result<ChunkId, MetaError> {
+    ChunkId::from_slice(bytes).map_err(|e| MetaError::InvalidArgument(e.to_string()))
+}
+
+pub fn ids_from_wire(ids: &[bytes::Bytes]) -> Result<Vec<ChunkId>, MetaError> {
+    ids.iter().map(|id| id_from_wire(id)).collect()
 }

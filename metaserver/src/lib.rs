@@ -3,6 +3,11 @@
 //!
 //! - [`namespace`]: the directory tree and committed files, a deterministic
 //!   struct that records every change in a journal.
+//! - [`chunks`]: registration, heartbeats, allocation and the replica
+//!   check before a commit (the leader's dealings with chunk servers).
+//! - [`cluster`]: chunk servers and chunk locations (replicated), and the
+//!   placement policy for new replicas.
+//! - [`liveness`]: which chunk servers are alive (the leader's soft state).
 //! - [`state`]: the replicated state and how a [`types::Command`] changes it.
 //! - [`types`]: the Raft type configuration, commands and their results.
 //! - [`node`]: one metaserver: the Raft node and the operations the
@@ -17,9 +22,12 @@
 //! - [`store`]: the Raft log store and state machine on sled, behind
 //!   openraft's storage traits (checked by `openraft::testing::Suite`).
 
+pub mod chunks;
+pub mod cluster;
 pub mod config;
 pub mod convert;
 pub mod error;
+pub mod liveness;
 pub mod namespace;
 pub mod network;
 pub mod node;

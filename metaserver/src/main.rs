@@ -46,6 +46,9 @@ struct Cli {
     /// Snapshot after this many log entries (default 10000).
     #[arg(long, env = "SHARDFS_META_SNAPSHOT_EVERY")]
     snapshot_every: Option<u64>,
+    /// Seconds without a heartbeat after which a chunk server is dead.
+    #[arg(long, env = "SHARDFS_META_DEAD_AFTER_SECS", default_value_t = 10)]
+    dead_after_secs: u64,
 }
 
 fn main() -> std::process::ExitCode {
@@ -85,7 +88,8 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
-    let node = MetaNode::start(config.id, &config.data_dir, &config.tuning).await?;
+    let dead_after = std::time::Duration::from_secs(cli.dead_after_secs);
+    let node = MetaNode::start(config.id, &config.data_dir, &config.tuning, dead_after).await?;
     let addr = listener.local_addr()?;
     info!(id = config.id, %addr, data_dir = %config.data_dir.display(), "metaserver listening");
     println!("listening on {addr}");

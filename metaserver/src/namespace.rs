@@ -74,6 +74,9 @@ pub enum NsError {
     DirectoryNotEmpty(String),
     #[error("{0}")]
     Invalid(String),
+    /// A commit whose chunks are not yet stored on enough chunk servers.
+    #[error("{0}")]
+    Unreplicated(String),
 }
 
 /// One entry of a listing.
@@ -96,6 +99,8 @@ pub enum Change {
 #[derive(Debug, Default)]
 pub struct Journal {
     pub changes: Vec<Change>,
+    /// Changes to the chunk server registry and chunk locations.
+    pub cluster: Vec<crate::cluster::ClusterChange>,
 }
 
 /// A namespace as plain rows, for snapshots.

@@ -10,7 +10,10 @@ use openraft::error::{ClientWriteError, ForwardToLeader, InitializeError, RaftEr
 use openraft::{BasicNode, ChangeMembers, Config, Raft, ServerState, SnapshotPolicy};
 use tracing::{info, warn};
 
+use shardfs_proto::chunk_client::ChunkClient;
+
 use crate::error::MetaError;
+use crate::liveness::Liveness;
 use crate::network::Network;
 use crate::state::State;
 use crate::types::{Command, NodeId, Outcome, TypeConfig};
@@ -56,11 +59,20 @@ pub struct MetaNode {
     pub id: NodeId,
     pub raft: Raft<TypeConfig>,
     state: Arc<RwLock<State>>,
+    /// Chunk server liveness (meaningful on the leader).
+    pub liveness: Arc<Liveness>,
+    /// One cached client per chunk server, by id (address, client).
+    chunk_clients: Arc<std::sync::Mutex<std::collections::HashMap<u64, (String, ChunkClient)>>>,
 }
 
 impl MetaNode {
     /// Opens the stores under `data_dir` and starts the Raft node.
-    pub async fn start(id: NodeId, data_dir: &Path, tuning: &RaftTuning) -> anyhow::Result<Self> {
+    pub async fn start(
+        id: NodeId,
+        data_dir: &Path,
+        tuning: &RaftTuning,
+        dead_after: Duration,
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(data_dir)?;
         let path = data_dir.join("raft");
         let (log_store, state_machine) = tokio::task::spawn_blocking(move || {
@@ -91,7 +103,13 @@ impl MetaNode {
         )
         .await
         .map_err(|e| anyhow::anyhow!("cannot start raft: {e}"))?;
-        Ok(Self { id, raft, state })
+        Ok(Self {
+            id,
+            raft,
+            state,
+            liveness: Arc::new(Liveness::new(dead_after)),
+            chunk_clients: Arc::default(),
+        })
     }
 
     /// Initializes a brand-new group with `peers` as voters, exactly once:
@@ -269,6 +287,43 @@ impl MetaNode {
             }
             Err(RaftError::Fatal(e)) => Err(MetaError::Unavailable(e.to_string())),
         }
+    }
+
+    /// Fails with NotLeader unless this node currently leads (a cheap local
+    /// check, for calls that need no linearizability, like heartbeats).
+    pub fn ensure_leader(&self) -> Result<(), MetaError> {
+        let metrics = self.raft.metrics().borrow().clone();
+        self.liveness.observe_term(metrics.current_term);
+        if metrics.current_leader == Some(self.id) {
+            return Ok(());
+        }
+        let leader_addr = metrics.current_leader.and_then(|l| {
+            metrics
+                .membership_config
+                .membership()
+                .get_node(&l)
+                .map(|n| n.addr.clone())
+        });
+        Err(MetaError::NotLeader {
+            self_id: self.id,
+            leader_id: metrics.current_leader,
+            leader_addr,
+        })
+    }
+
+    /// A cached client for chunk server `id` at `addr`.
+    pub fn chunk_client(&self, id: u64, addr: &str) -> Result<ChunkClient, MetaError> {
+        let mut clients = self.chunk_clients.lock().expect("chunk clients");
+        if let Some((cached, client)) = clients.get(&id)
+            && cached == addr
+        {
+            return Ok(client.clone());
+        }
+        let client = ChunkClient::new(addr).map_err(|e| {
+            MetaError::InvalidArgument(format!("chunk server {id} has a bad address {addr:?}: {e}"))
+        })?;
+        clients.insert(id, (addr.to_string(), client.clone()));
+        Ok(client)
     }
 
     pub async fn shutdown(&self) {

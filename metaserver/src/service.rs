@@ -6,8 +6,13 @@ use shardfs_proto::meta::v1 as pb;
 use shardfs_proto::meta::v1::meta_service_server::MetaService;
 use tonic::{Request, Response, Status};
 
-use crate::convert::{entry_to_wire, file_from_wire};
+use crate::chunks::Beat;
+use crate::cluster::ChunkServerInfo;
+use crate::convert::{
+    check_replication, entry_to_wire, file_from_wire, id_from_wire, ids_from_wire,
+};
 use crate::error::MetaError;
+use crate::liveness::Usage;
 use crate::namespace::NsError;
 use crate::node::MetaNode;
 use crate::types::{Command, Outcome};
@@ -63,12 +68,9 @@ impl MetaService for MetaServiceImpl {
             .ok_or_else(|| MetaError::InvalidArgument("commit without a file".into()))?;
         let file = file_from_wire(&file, now_ms())?;
         let content_id = file.content_id.to_vec().into();
-        let command = Command::Commit {
-            path: path(&request.path)?.to_string(),
-            file,
-            if_absent: request.if_absent,
-        };
-        let replaced = matches!(self.node.write(command).await?, Outcome::Replaced(Some(_)));
+        let path = path(&request.path)?.to_string();
+        let outcome = self.node.commit_file(path, file, request.if_absent).await?;
+        let replaced = matches!(outcome, Outcome::Replaced(Some(_)));
         Ok(Response::new(pb::CommitFileResponse {
             replaced,
             content_id,
@@ -175,6 +177,23 @@ impl MetaService for MetaServiceImpl {
             })
             .collect();
         let (leader_id, leader_addr) = status.leader.clone().unwrap_or_default();
+        let (servers, under_replicated) = self.node.chunk_server_view();
+        let chunk_servers = servers
+            .into_iter()
+            .map(|v| pb::ChunkServerStatus {
+                id: v.id,
+                addr: v.info.addr,
+                zone: v.info.zone,
+                alive: v.alive,
+                chunks: v.chunks,
+                used_bytes: v.usage.map(|u| u.used_bytes).unwrap_or(0),
+                capacity_bytes: v
+                    .usage
+                    .map(|u| u.capacity_bytes)
+                    .unwrap_or(v.info.capacity_bytes),
+                free_bytes: v.usage.map(|u| u.free_bytes).unwrap_or(0),
+            })
+            .collect();
         Ok(Response::new(pb::ClusterStatusResponse {
             leader_id,
             leader_addr,
@@ -182,6 +201,8 @@ impl MetaService for MetaServiceImpl {
             self_id: status.self_id,
             metaservers,
             last_applied: status.last_applied,
+            chunk_servers,
+            under_replicated,
         }))
     }
 
@@ -201,6 +222,65 @@ impl MetaService for MetaServiceImpl {
             .add_metaserver(request.id, &request.addr, request.learner_only)
             .await?;
         Ok(Response::new(pb::MembershipResponse { voters, learners }))
+    }
+
+    async fn register_chunk_server(
+        &self,
+        request: Request<pb::RegisterChunkServerRequest>,
+    ) -> Result<Response<pb::RegisterChunkServerResponse>, Status> {
+        let request = request.into_inner();
+        let info = ChunkServerInfo {
+            addr: request.addr,
+            zone: request.zone,
+            capacity_bytes: request.capacity_bytes,
+        };
+        self.node.register_chunk_server(request.id, info).await?;
+        Ok(Response::new(pb::RegisterChunkServerResponse {}))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let request = request.into_inner();
+        let beat = Beat {
+            server: request.id,
+            usage: Usage {
+                used_bytes: request.used_bytes,
+                free_bytes: request.free_bytes,
+                capacity_bytes: request.capacity_bytes,
+            },
+            added: ids_from_wire(&request.added)?,
+            removed: ids_from_wire(&request.removed)?,
+            full_inventory: request.full_inventory,
+            full_inventory_first: request.full_inventory_first,
+        };
+        let known = self.node.heartbeat(beat).await?;
+        Ok(Response::new(pb::HeartbeatResponse { reregister: !known }))
+    }
+
+    async fn allocate_chunks(
+        &self,
+        request: Request<pb::AllocateChunksRequest>,
+    ) -> Result<Response<pb::AllocateChunksResponse>, Status> {
+        let request = request.into_inner();
+        let replication = check_replication(request.replication)?;
+        let chunks = request
+            .chunks
+            .iter()
+            .map(|c| Ok((id_from_wire(&c.id)?, c.length)))
+            .collect::<Result<Vec<_>, MetaError>>()?;
+        let placements = self
+            .node
+            .allocate(&chunks, replication)?
+            .into_iter()
+            .map(|p| pb::ChunkPlacement {
+                id: p.id.to_vec().into(),
+                stored_at: p.stored_at,
+                targets: p.targets,
+            })
+            .collect();
+        Ok(Response::new(pb::AllocateChunksResponse { placements }))
     }
 
     async fn remove_metaserver(

@@ -3,13 +3,15 @@
 
 use shardfs_proto::DfsPath;
 
-use crate::namespace::{Journal, Namespace, NsError};
+use crate::cluster::Cluster;
+use crate::namespace::{FileMeta, Journal, Namespace, NsError};
 use crate::types::{Command, CommandResult, Outcome};
 
 /// Everything the state machine replicates.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct State {
     pub namespace: Namespace,
+    pub cluster: Cluster,
 }
 
 fn path(text: &str) -> Result<DfsPath, NsError> {
@@ -20,6 +22,7 @@ impl State {
     /// Applies one command, recording what changed in `journal`.
     pub fn apply(&mut self, command: &Command, journal: &mut Journal) -> CommandResult {
         let ns = &mut self.namespace;
+        let cluster = &mut self.cluster;
         CommandResult(match command {
             Command::Mkdir {
                 path: p,
@@ -33,7 +36,13 @@ impl State {
                 path: p,
                 file,
                 if_absent,
+                confirmed,
+                min_replicas,
             } => path(p).and_then(|p| {
+                for (server, chunks) in confirmed {
+                    cluster.report(*server, chunks, &[], false, &mut journal.cluster);
+                }
+                check_replicas(cluster, file, *min_replicas)?;
                 ns.commit(&p, file.clone(), *if_absent, journal)
                     .map(Outcome::Replaced)
             }),
@@ -43,6 +52,39 @@ impl State {
             Command::Delete { path: p, recursive } => {
                 path(p).and_then(|p| ns.delete(&p, *recursive, journal).map(Outcome::Deleted))
             }
+            Command::RegisterChunkServer { id, info } => {
+                cluster.register(*id, info.clone(), &mut journal.cluster);
+                Ok(Outcome::Done)
+            }
+            Command::ChunkReport {
+                server,
+                added,
+                removed,
+                replace,
+            } => {
+                cluster.report(*server, added, removed, *replace, &mut journal.cluster);
+                Ok(Outcome::Done)
+            }
         })
     }
+}
+
+/// Every chunk of `file` must be held by at least `min` registered servers.
+fn check_replicas(cluster: &Cluster, file: &FileMeta, min: u32) -> Result<(), NsError> {
+    let missing: Vec<String> = file
+        .chunks
+        .iter()
+        .filter(|c| (cluster.holders(&c.id).count() as u32) < min)
+        .map(|c| c.id.to_hex())
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let shown: Vec<&str> = missing.iter().take(5).map(String::as_str).collect();
+    Err(NsError::Unreplicated(format!(
+        "{} chunk(s) are not stored on at least {min} live chunk servers: {}{}",
+        missing.len(),
+        shown.join(", "),
+        if missing.len() > 5 { ", ..." } else { "" }
+    )))
 }

@@ -36,10 +36,16 @@ pub enum Command {
         parents: bool,
         mtime_ms: u64,
     },
+    /// Commits a file. `confirmed` lists chunk locations the leader has
+    /// just confirmed with the chunk servers themselves; they are recorded
+    /// first, then every chunk must be held by at least `min_replicas`
+    /// registered chunk servers or nothing changes.
     Commit {
         path: String,
         file: FileMeta,
         if_absent: bool,
+        confirmed: Vec<(u64, Vec<shardfs_proto::ChunkId>)>,
+        min_replicas: u32,
     },
     Rename {
         from: String,
@@ -48,6 +54,18 @@ pub enum Command {
     Delete {
         path: String,
         recursive: bool,
+    },
+    RegisterChunkServer {
+        id: u64,
+        info: crate::cluster::ChunkServerInfo,
+    },
+    /// Chunks a chunk server stored or removed (with `replace`, its whole
+    /// inventory).
+    ChunkReport {
+        server: u64,
+        added: Vec<shardfs_proto::ChunkId>,
+        removed: Vec<shardfs_proto::ChunkId>,
+        replace: bool,
     },
 }
 

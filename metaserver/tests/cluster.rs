@@ -16,6 +16,7 @@ async fn writes_reads_and_redirects() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = Cluster::start(dir.path(), 3, &[]);
     let leader = cluster.wait_for_leader(Duration::from_secs(15)).await;
+    cluster.with_chunk_servers(3).await;
     let client = cluster.client();
     assert!(client.mkdir("/datasets/imagenet", true).await.unwrap());
     let file = file_info(1, 4);
@@ -69,6 +70,7 @@ async fn leader_killed_under_load_loses_no_acknowledged_commit() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = Cluster::start(dir.path(), 3, &[]);
     let leader = cluster.wait_for_leader(Duration::from_secs(15)).await;
+    cluster.with_chunk_servers(3).await;
     let client = cluster.client();
     let acked: Arc<Mutex<Vec<Acked>>> = Arc::default();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -190,6 +192,7 @@ async fn full_restart_keeps_identical_state() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = Cluster::start(dir.path(), 3, &[]);
     cluster.wait_for_leader(Duration::from_secs(15)).await;
+    cluster.with_chunk_servers(3).await;
     let client = cluster.client();
     for i in 0..30u64 {
         client
@@ -216,6 +219,7 @@ async fn add_promote_and_remove_metaservers() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = Cluster::start(dir.path(), 3, &[]);
     let leader = cluster.wait_for_leader(Duration::from_secs(15)).await;
+    cluster.with_chunk_servers(3).await;
     let client = cluster.client();
     for i in 0..20u64 {
         client
@@ -262,6 +266,7 @@ async fn follower_far_behind_catches_up_by_snapshot() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = Cluster::start(dir.path(), 3, &["--snapshot-every", "50"]);
     let leader = cluster.wait_for_leader(Duration::from_secs(15)).await;
+    cluster.with_chunk_servers(3).await;
     let lagger = *[1, 2, 3].iter().find(|id| **id != leader).unwrap();
     assert!(cluster.terminate(lagger).await);
     let client = cluster.client();
@@ -314,6 +319,7 @@ async fn bad_input_gets_clear_errors_and_harms_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = Cluster::start(dir.path(), 3, &[]);
     cluster.wait_for_leader(Duration::from_secs(15)).await;
+    cluster.with_chunk_servers(3).await;
     let client = cluster.client();
     client
         .commit("/ok/file", file_info(1, 2), false)
@@ -387,7 +393,7 @@ async fn bad_input_gets_clear_errors_and_harms_nothing() {
     // Oversized: a request over the 16 MiB limit, and a file with more
     // chunks than a file may have.
     let status = client
-        .commit("/ok/huge", file_info(7, 420_000), false)
+        .commit("/ok/huge", file_info(7, 500_000), false)
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
@@ -397,6 +403,22 @@ async fn bad_input_gets_clear_errors_and_harms_nothing() {
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert!(status.message().contains("262144"), "{}", status.message());
+    // A commit naming chunks no chunk server holds.
+    let mut unknown = file_info(9, 2);
+    unknown.chunks[1].id = blake3::hash(b"never stored").as_bytes().to_vec().into();
+    let status = client
+        .commit("/ok/unknown", unknown, false)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    let missing = blake3::hash(b"never stored").to_hex().to_string();
+    assert!(status.message().contains(&missing), "{}", status.message());
+    assert!(
+        status.message().contains("1 chunk(s)"),
+        "{}",
+        status.message()
+    );
+
     assert_eq!(
         client.lookup("/missing").await.unwrap_err().code(),
         Code::NotFound
@@ -410,5 +432,133 @@ async fn bad_input_gets_clear_errors_and_harms_nothing() {
         Code::InvalidArgument
     );
     assert_eq!(listing(&client).await, before, "state harmed by bad input");
+    cluster.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunk_servers_placement_dedup_and_death() {
+    use shardfs_proto::meta::v1::{AllocateChunksRequest, ChunkToPlace};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), 3, &["--dead-after-secs", "2"]);
+    cluster.wait_for_leader(Duration::from_secs(15)).await;
+    cluster.with_chunk_servers(4).await;
+    let client = cluster.client();
+    let allocate = |chunks: Vec<ChunkToPlace>| {
+        let client = client.clone();
+        let request = AllocateChunksRequest {
+            chunks,
+            replication: 3,
+        };
+        async move {
+            client
+                .call(|mut c| {
+                    let request = request.clone();
+                    async move { c.allocate_chunks(request).await }
+                })
+                .await
+        }
+    };
+
+    // New chunks go to R distinct servers.
+    let new_chunks: Vec<ChunkToPlace> = (0..8u8)
+        .map(|i| ChunkToPlace {
+            id: blake3::hash(&[i; 9]).as_bytes().to_vec().into(),
+            length: 1 << 20,
+        })
+        .collect();
+    let placements = allocate(new_chunks).await.unwrap().placements;
+    assert_eq!(placements.len(), 8);
+    for p in &placements {
+        assert!(p.stored_at.is_empty());
+        let distinct: BTreeSet<&String> = p.targets.iter().collect();
+        assert_eq!(distinct.len(), 3, "{p:?}");
+    }
+    // Chunks already stored are reported where they are (dedup).
+    let (pool_id, _) = common::pool_chunk(0);
+    let pool_chunk = vec![ChunkToPlace {
+        id: pool_id.to_vec().into(),
+        length: 1000,
+    }];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let placement = allocate(pool_chunk.clone())
+            .await
+            .unwrap()
+            .placements
+            .remove(0);
+        // Heartbeats report the pool within a second or two.
+        if placement.stored_at.len() == 4 {
+            assert!(placement.targets.is_empty());
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pool chunk never reported: {placement:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    client.commit("/d/f", file_info(3, 4), false).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = client.cluster_status().await.unwrap();
+        if status
+            .chunk_servers
+            .iter()
+            .all(|c| c.alive && c.chunks >= 64)
+        {
+            assert_eq!(status.under_replicated, 0);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "inventories not reported: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A silent chunk server is declared dead; its replicas stop counting.
+    // With one of four gone, every chunk still has R = 3 live replicas.
+    let wait_dead = |id: u64| {
+        let client = client.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let status = client.cluster_status().await.unwrap();
+                let server = status.chunk_servers.iter().find(|c| c.id == id).unwrap();
+                if !server.alive {
+                    return status;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "dead chunk server {id} still alive"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let (mut victim, _) = cluster.chunk_servers.remove(&1).unwrap();
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    let status = wait_dead(1).await;
+    assert_eq!(status.chunk_servers.iter().filter(|c| c.alive).count(), 3);
+    assert_eq!(status.under_replicated, 0);
+    client.commit("/d/g", file_info(4, 2), false).await.unwrap();
+
+    // With two gone, the file's chunks are under-replicated and R = 3
+    // cannot be placed.
+    let (mut second, _) = cluster.chunk_servers.remove(&2).unwrap();
+    second.kill().unwrap();
+    second.wait().unwrap();
+    let status = wait_dead(2).await;
+    assert!(status.under_replicated > 0, "{status:?}");
+    let status = allocate(pool_chunk.clone()).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(
+        status.message().contains("live chunk server"),
+        "{}",
+        status.message()
+    );
+    // Commits that need min(R, 2) = 2 live replicas still succeed.
+    client.commit("/d/h", file_info(5, 2), false).await.unwrap();
     cluster.stop_all().await;
 }

@@ -60,11 +60,15 @@ fn commands() -> Vec<Command> {
             path: "/datasets/a/shard-0".into(),
             file: file(1),
             if_absent: false,
+            confirmed: vec![],
+            min_replicas: 0,
         },
         Command::Commit {
             path: "/datasets/a/shard-1".into(),
             file: file(2),
             if_absent: false,
+            confirmed: vec![],
+            min_replicas: 0,
         },
         Command::Rename {
             from: "/datasets/a".into(),
@@ -79,6 +83,8 @@ fn commands() -> Vec<Command> {
             path: "/datasets/b/shard-1".into(),
             file: file(3),
             if_absent: true,
+            confirmed: vec![],
+            min_replicas: 0,
         },
         Command::Mkdir {
             path: "bad//path".into(),

@@ -19,6 +19,9 @@ use serde::{Deserialize, Serialize};
 
 use super::kv::{Batch, Kv, Space};
 use super::{blocking, decode_error, io_error};
+use shardfs_proto::ChunkId;
+
+use crate::cluster::{ChunkServerInfo, Cluster, ClusterChange};
 use crate::namespace::{Change, Inode, Journal, Namespace, NamespaceParts};
 use crate::state::State;
 use crate::types::{
@@ -30,6 +33,8 @@ const MEMBERSHIP_KEY: &[u8] = b"membership";
 const NEXT_INODE_KEY: &[u8] = b"next_inode";
 const INODE_PREFIX: u8 = b'i';
 const ENTRY_PREFIX: u8 = b'e';
+const SERVER_PREFIX: u8 = b's';
+const LOCATION_PREFIX: u8 = b'c';
 const SNAPSHOT_META_KEY: &[u8] = b"meta";
 const SNAPSHOT_DATA_KEY: &[u8] = b"data";
 
@@ -37,6 +42,34 @@ const SNAPSHOT_DATA_KEY: &[u8] = b"data";
 #[derive(Debug, Serialize, Deserialize)]
 struct SnapshotPayload {
     namespace: NamespaceParts,
+    #[serde(default)]
+    servers: Vec<(u64, ChunkServerInfo)>,
+    #[serde(default)]
+    locations: Vec<(ChunkId, Vec<u64>)>,
+}
+
+impl SnapshotPayload {
+    fn of(state: &State) -> Self {
+        let (servers, locations) = state.cluster.to_parts();
+        Self {
+            namespace: state.namespace.to_parts(),
+            servers,
+            locations,
+        }
+    }
+
+    fn into_state(self) -> State {
+        State {
+            namespace: Namespace::from_rows(self.namespace),
+            cluster: Cluster::from_parts(
+                self.servers.into_iter().collect(),
+                self.locations
+                    .into_iter()
+                    .map(|(c, s)| (c, s.into_iter().collect()))
+                    .collect(),
+            ),
+        }
+    }
 }
 
 pub struct StateMachine {
@@ -66,19 +99,36 @@ fn json<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("state serializes")
 }
 
+fn server_key(id: u64) -> Vec<u8> {
+    let mut key = vec![SERVER_PREFIX];
+    key.extend_from_slice(&id.to_be_bytes());
+    key
+}
+
+fn location_key(chunk: &ChunkId) -> Vec<u8> {
+    let mut key = vec![LOCATION_PREFIX];
+    key.extend_from_slice(chunk.as_bytes());
+    key
+}
+
+fn cluster_row(change: ClusterChange) -> (Vec<u8>, Option<Vec<u8>>) {
+    match change {
+        ClusterChange::Server(id, info) => (server_key(id), info.map(|i| json(&i))),
+        ClusterChange::Locations(chunk, holders) => {
+            (location_key(&chunk), holders.map(|h| json(&h)))
+        }
+    }
+}
+
 fn u64_at(bytes: &[u8]) -> u64 {
     let mut array = [0u8; 8];
     array.copy_from_slice(&bytes[..8]);
     u64::from_be_bytes(array)
 }
 
-/// The engine rows that make up `namespace`, applied log id and membership.
-fn full_batch(
-    namespace: &Namespace,
-    applied: &Option<LogId>,
-    membership: &StoredMembership,
-) -> Batch {
-    let parts = namespace.to_parts();
+/// The engine rows that make up `state`, applied log id and membership.
+fn full_batch(state: &State, applied: &Option<LogId>, membership: &StoredMembership) -> Batch {
+    let parts = state.namespace.to_parts();
     let mut batch: Batch = Vec::with_capacity(parts.inodes.len() + parts.entries.len() + 3);
     for (n, inode) in &parts.inodes {
         batch.push((inode_key(*n), Some(json(inode))));
@@ -90,6 +140,13 @@ fn full_batch(
         NEXT_INODE_KEY.to_vec(),
         Some(parts.next_inode.to_be_bytes().to_vec()),
     ));
+    let (servers, locations) = state.cluster.to_parts();
+    for (id, info) in servers {
+        batch.push(cluster_row(ClusterChange::Server(id, Some(info))));
+    }
+    for (chunk, holders) in locations {
+        batch.push(cluster_row(ClusterChange::Locations(chunk, Some(holders))));
+    }
     batch.push((APPLIED_KEY.to_vec(), Some(json(applied))));
     batch.push((MEMBERSHIP_KEY.to_vec(), Some(json(membership))));
     batch
@@ -130,10 +187,26 @@ impl StateMachine {
             let name = String::from_utf8_lossy(&key[9..]).into_owned();
             entries.insert((parent, name), u64_at(&value));
         }
+        let mut servers = std::collections::BTreeMap::new();
+        for (key, value) in rows(SERVER_PREFIX)? {
+            let info: ChunkServerInfo = serde_json::from_slice(&value)
+                .map_err(|e| decode_error(ErrorSubject::StateMachine, e))?;
+            servers.insert(u64_at(&key[1..]), info);
+        }
+        let mut locations = std::collections::HashMap::new();
+        for (key, value) in rows(LOCATION_PREFIX)? {
+            let chunk = ChunkId::from_slice(&key[1..]).map_err(|e| {
+                decode_error(ErrorSubject::StateMachine, serde::de::Error::custom(e))
+            })?;
+            let holders: Vec<u64> = serde_json::from_slice(&value)
+                .map_err(|e| decode_error(ErrorSubject::StateMachine, e))?;
+            locations.insert(chunk, holders.into_iter().collect());
+        }
         let mut sm = Self {
             kv,
             state: Arc::new(RwLock::new(State {
                 namespace: Namespace::from_parts(inodes, entries, next_inode),
+                cluster: Cluster::from_parts(servers, locations),
             })),
             applied,
             membership,
@@ -170,12 +243,12 @@ impl StateMachine {
     fn restore(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
         let payload: SnapshotPayload = serde_json::from_slice(data)
             .map_err(|e| decode_error(ErrorSubject::Snapshot(Some(meta.signature())), e))?;
-        let namespace = Namespace::from_rows(payload.namespace);
-        let batch = full_batch(&namespace, &meta.last_log_id, &meta.last_membership);
+        let state = payload.into_state();
+        let batch = full_batch(&state, &meta.last_log_id, &meta.last_membership);
         let write_err = |e| io_error(ErrorSubject::StateMachine, ErrorVerb::Write, e);
         self.kv.clear(Space::State).map_err(write_err)?;
         self.kv.write(Space::State, batch).map_err(write_err)?;
-        *self.state.write().expect("state lock") = State { namespace };
+        *self.state.write().expect("state lock") = state;
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         Ok(())
@@ -226,6 +299,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 Change::NextInode(n) => (NEXT_INODE_KEY.to_vec(), Some(n.to_be_bytes().to_vec())),
             })
             .collect();
+        batch.extend(journal.cluster.into_iter().map(cluster_row));
         batch.push((APPLIED_KEY.to_vec(), Some(json(&self.applied))));
         if membership_changed {
             batch.push((MEMBERSHIP_KEY.to_vec(), Some(json(&self.membership))));
@@ -242,9 +316,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         // Serialize now: the builder runs in another task while applies go on.
-        let payload = SnapshotPayload {
-            namespace: self.state.read().expect("state lock").namespace.to_parts(),
-        };
+        let payload = SnapshotPayload::of(&self.state.read().expect("state lock"));
         self.snapshot_seq += 1;
         SnapshotBuilder {
             kv: self.kv.clone(),

@@ -32,6 +32,15 @@ pub struct MetaProcess {
     pub addr: String,
 }
 
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for (child, _) in self.chunk_servers.values_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 impl Drop for MetaProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -40,6 +49,8 @@ impl Drop for MetaProcess {
 }
 
 pub struct Cluster {
+    /// Chunk servers registered with this group (id -> process, address).
+    pub chunk_servers: BTreeMap<u64, (Child, String)>,
     pub dir: PathBuf,
     /// id -> address of every node ever started.
     pub addrs: BTreeMap<u64, String>,
@@ -63,6 +74,7 @@ impl Cluster {
             .collect::<Vec<_>>()
             .join(",");
         let mut cluster = Self {
+            chunk_servers: BTreeMap::new(),
             dir: dir.to_path_buf(),
             addrs,
             peers,
@@ -128,6 +140,76 @@ impl Cluster {
             self.log(id)
         );
         self.nodes.insert(id, MetaProcess { child, id, addr });
+    }
+
+    /// Starts chunk server `id` (the real `shardfs-chunk` binary, built by
+    /// `cargo test --workspace` next to `shardfs-meta`) reporting to this group.
+    pub fn start_chunk_server(&mut self, id: u64) {
+        use std::io::BufRead;
+        let binary =
+            PathBuf::from(env!("CARGO_BIN_EXE_shardfs-meta")).with_file_name("shardfs-chunk");
+        assert!(
+            binary.exists(),
+            "{} is missing: run the tests with `cargo test --workspace` (or `cargo build --bins` first)",
+            binary.display()
+        );
+        let meta = self.addrs.values().cloned().collect::<Vec<_>>().join(",");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("chunk-{id}.log")))
+            .unwrap();
+        let mut child = Command::new(binary)
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--id",
+                &id.to_string(),
+                "--meta",
+                &meta,
+            ])
+            .args(["--zone", &format!("zone-{id}"), "--data-dir"])
+            .arg(self.dir.join(format!("chunk-{id}")))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn shardfs-chunk");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("chunk server {id} did not start: {line:?}"))
+            .to_string();
+        self.chunk_servers.insert(id, (child, addr));
+    }
+
+    /// Starts `n` chunk servers, stores the chunk pool on each, and waits
+    /// until the leader sees them all alive.
+    pub async fn with_chunk_servers(&mut self, n: u64) {
+        for id in 1..=n {
+            self.start_chunk_server(id);
+        }
+        for (_, addr) in self.chunk_servers.values() {
+            let client = shardfs_proto::chunk_client::ChunkClient::new(addr).unwrap();
+            for i in 0..POOL_SIZE {
+                let (id, data) = pool_chunk(i);
+                client.put(id, data).await.unwrap();
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(status) = self.client().cluster_status().await
+                && status.chunk_servers.iter().filter(|c| c.alive).count() == n as usize
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "chunk servers did not register");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub fn kill9(&mut self, id: u64) {
@@ -247,14 +329,29 @@ pub fn offline_listing(data_dir: &Path) -> Vec<(String, Inode)> {
     out
 }
 
-/// A file description for a commit: `chunks` distinct chunk ids.
+/// Chunks stored on every chunk server by `with_chunk_servers`; files in
+/// tests are made of them.
+pub const POOL_SIZE: usize = 64;
+
+/// Pool chunk `i`: its id and bytes.
+pub fn pool_chunk(i: usize) -> (shardfs_proto::ChunkId, bytes::Bytes) {
+    let mut data = vec![0u8; 1000 + i];
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(format!("pool-{i}").as_bytes());
+    hasher.finalize_xof().fill(&mut data);
+    (shardfs_proto::ChunkId::of(&data), data.into())
+}
+
+/// A file description for a commit: `chunks` chunks of the pool, chosen
+/// by `seed`.
 pub fn file_info(seed: u64, chunks: usize) -> pb::FileInfo {
     let refs: Vec<pb::ChunkRef> = (0..chunks)
-        .map(|i| {
-            let id = blake3::hash(format!("{seed}/{i}").as_bytes());
+        .map(|j| {
+            let i = (seed as usize).wrapping_mul(7).wrapping_add(j * 13) % POOL_SIZE;
+            let (id, data) = pool_chunk(i);
             pb::ChunkRef {
-                id: id.as_bytes().to_vec().into(),
-                length: 1000 + i as u64,
+                id: id.to_vec().into(),
+                length: data.len() as u64,
             }
         })
         .collect();

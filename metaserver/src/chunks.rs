@@ -1,0 +1,316 @@
+//! The metaserver's dealings with chunk servers: registration, heartbeats
+//! and their chunk reports, allocation of new replicas, the replica check
+//! before a commit, and the cluster view for status.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use shardfs_proto::ChunkId;
+
+use crate::cluster::{Candidate, ChunkServerInfo, ServerId, place};
+use crate::error::MetaError;
+use crate::liveness::Usage;
+use crate::namespace::FileMeta;
+use crate::node::MetaNode;
+use crate::types::{Command, Outcome};
+
+/// How long the leader waits for a chunk server to confirm it holds chunks.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A heartbeat as the service received it.
+pub struct Beat {
+    pub server: ServerId,
+    pub usage: Usage,
+    pub added: Vec<ChunkId>,
+    pub removed: Vec<ChunkId>,
+    pub full_inventory: bool,
+    pub full_inventory_first: bool,
+}
+
+/// Where one chunk goes.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    pub id: ChunkId,
+    pub stored_at: Vec<String>,
+    pub targets: Vec<String>,
+}
+
+/// One chunk server as status shows it.
+#[derive(Debug, Clone)]
+pub struct ServerView {
+    pub id: ServerId,
+    pub info: ChunkServerInfo,
+    pub alive: bool,
+    pub chunks: u64,
+    pub usage: Option<Usage>,
+}
+
+impl MetaNode {
+    pub async fn register_chunk_server(
+        &self,
+        id: ServerId,
+        info: ChunkServerInfo,
+    ) -> Result<(), MetaError> {
+        if id == 0 || info.addr.is_empty() {
+            return Err(MetaError::InvalidArgument(
+                "a chunk server registers with a non-zero id and an address".into(),
+            ));
+        }
+        self.ensure_leader()?;
+        let capacity = info.capacity_bytes;
+        self.write(Command::RegisterChunkServer { id, info })
+            .await?;
+        self.liveness.heartbeat(
+            id,
+            Usage {
+                used_bytes: 0,
+                free_bytes: capacity,
+                capacity_bytes: capacity,
+            },
+        );
+        Ok(())
+    }
+
+    /// Records a heartbeat; returns false when the server must register
+    /// again (this group does not know it).
+    pub async fn heartbeat(&self, beat: Beat) -> Result<bool, MetaError> {
+        self.ensure_leader()?;
+        if !self.read_local(|s| s.cluster.servers.contains_key(&beat.server)) {
+            return Ok(false);
+        }
+        self.liveness.heartbeat(beat.server, beat.usage);
+        if !beat.added.is_empty() || !beat.removed.is_empty() || beat.full_inventory_first {
+            self.write(Command::ChunkReport {
+                server: beat.server,
+                added: beat.added,
+                removed: beat.removed,
+                replace: beat.full_inventory && beat.full_inventory_first,
+            })
+            .await?;
+        }
+        Ok(true)
+    }
+
+    /// Live chunk servers with their usage.
+    fn live_candidates(&self) -> Vec<Candidate> {
+        let servers = self.read_local(|s| s.cluster.servers.clone());
+        servers
+            .into_iter()
+            .filter(|(id, _)| self.liveness.is_alive(*id))
+            .map(|(id, info)| {
+                let usage = self.liveness.usage(id).unwrap_or(Usage {
+                    used_bytes: 0,
+                    free_bytes: info.capacity_bytes,
+                    capacity_bytes: info.capacity_bytes,
+                });
+                Candidate {
+                    id,
+                    zone: info.zone,
+                    used_bytes: usage.used_bytes,
+                    capacity_bytes: usage.capacity_bytes.max(1),
+                    free_bytes: usage.free_bytes,
+                }
+            })
+            .collect()
+    }
+
+    /// Per chunk: the live servers that already hold it, and new targets
+    /// so that it ends up on `replication` distinct live servers.
+    pub fn allocate(
+        &self,
+        chunks: &[(ChunkId, u64)],
+        replication: u32,
+    ) -> Result<Vec<Placement>, MetaError> {
+        self.ensure_leader()?;
+        let r = replication as usize;
+        let candidates = self.live_candidates();
+        if candidates.len() < r {
+            return Err(MetaError::Unavailable(format!(
+                "only {} live chunk server(s); replication {r} needs {r}",
+                candidates.len()
+            )));
+        }
+        let by_id: HashMap<ServerId, &Candidate> = candidates.iter().map(|c| (c.id, c)).collect();
+        let addrs = self.read_local(|s| {
+            s.cluster
+                .servers
+                .iter()
+                .map(|(id, info)| (*id, info.addr.clone()))
+                .collect::<HashMap<_, _>>()
+        });
+        let mut planned = HashMap::new();
+        let mut placements = Vec::with_capacity(chunks.len());
+        for (id, length) in chunks {
+            let holders: BTreeSet<ServerId> = self.read_local(|s| {
+                s.cluster
+                    .holders(id)
+                    .filter(|h| by_id.contains_key(h))
+                    .collect()
+            });
+            let zones: BTreeSet<String> = holders.iter().map(|h| by_id[h].zone.clone()).collect();
+            let need = r.saturating_sub(holders.len());
+            let targets = place(&candidates, &holders, &zones, need, *length, &mut planned);
+            if targets.len() < need {
+                return Err(MetaError::Unavailable(format!(
+                    "chunk {id}: only {} of {need} new replica(s) can be placed (chunk servers full?)",
+                    targets.len()
+                )));
+            }
+            placements.push(Placement {
+                id: *id,
+                stored_at: holders.iter().map(|h| addrs[h].clone()).collect(),
+                targets: targets.iter().map(|t| addrs[t].clone()).collect(),
+            });
+        }
+        Ok(placements)
+    }
+
+    /// Commits `file` once every chunk is stored on at least min(R, 2) live
+    /// chunk servers, as those servers themselves confirm: locations not
+    /// yet reported by heartbeat are checked with the servers directly.
+    pub async fn commit_file(
+        &self,
+        path: String,
+        file: FileMeta,
+        if_absent: bool,
+    ) -> Result<Outcome, MetaError> {
+        self.ensure_leader()?;
+        let min = file.replication.min(2) as usize;
+        let live: Vec<(ServerId, String)> = self.read_local(|s| {
+            s.cluster
+                .servers
+                .iter()
+                .filter(|(id, _)| self.liveness.is_alive(**id))
+                .map(|(id, info)| (*id, info.addr.clone()))
+                .collect()
+        });
+        let live_ids: BTreeSet<ServerId> = live.iter().map(|(id, _)| *id).collect();
+        let chunks: Vec<ChunkId> = {
+            let mut seen = BTreeSet::new();
+            file.chunks
+                .iter()
+                .map(|c| c.id)
+                .filter(|id| seen.insert(*id))
+                .collect()
+        };
+        let mut known: HashMap<ChunkId, BTreeSet<ServerId>> = self.read_local(|s| {
+            chunks
+                .iter()
+                .map(|c| {
+                    (
+                        *c,
+                        s.cluster
+                            .holders(c)
+                            .filter(|h| live_ids.contains(h))
+                            .collect(),
+                    )
+                })
+                .collect()
+        });
+        let short: Vec<ChunkId> = chunks
+            .iter()
+            .filter(|c| known[*c].len() < min)
+            .copied()
+            .collect();
+        let mut confirmed: Vec<(ServerId, Vec<ChunkId>)> = Vec::new();
+        if !short.is_empty() {
+            let asks = live.iter().map(|(server, addr)| {
+                let ask: Vec<ChunkId> = short
+                    .iter()
+                    .filter(|c| !known[*c].contains(server))
+                    .copied()
+                    .collect();
+                let client = self.chunk_client(*server, addr);
+                async move {
+                    let client = client.ok()?;
+                    if ask.is_empty() {
+                        return None;
+                    }
+                    let present = tokio::time::timeout(CONFIRM_TIMEOUT, client.has(&ask))
+                        .await
+                        .ok()?
+                        .ok()?;
+                    let held: Vec<ChunkId> = ask
+                        .iter()
+                        .zip(present)
+                        .filter(|(_, p)| *p)
+                        .map(|(c, _)| *c)
+                        .collect();
+                    Some((*server, held))
+                }
+            });
+            for (server, held) in futures::future::join_all(asks).await.into_iter().flatten() {
+                for chunk in &held {
+                    known.get_mut(chunk).expect("asked chunk").insert(server);
+                }
+                if !held.is_empty() {
+                    confirmed.push((server, held));
+                }
+            }
+            let missing: Vec<String> = short
+                .iter()
+                .filter(|c| known[*c].len() < min)
+                .map(|c| c.to_hex())
+                .collect();
+            if !missing.is_empty() {
+                let shown: Vec<&str> = missing.iter().take(5).map(String::as_str).collect();
+                return Err(crate::namespace::NsError::Unreplicated(format!(
+                    "{} chunk(s) are not stored on at least {min} live chunk servers: {}{}",
+                    missing.len(),
+                    shown.join(", "),
+                    if missing.len() > 5 { ", ..." } else { "" }
+                ))
+                .into());
+            }
+        }
+        self.write(Command::Commit {
+            path,
+            file,
+            if_absent,
+            confirmed,
+            min_replicas: min as u32,
+        })
+        .await
+    }
+
+    /// Chunk servers as this node sees them, and (on the leader) the number
+    /// of chunks of committed files with fewer live replicas than wanted.
+    pub fn chunk_server_view(&self) -> (Vec<ServerView>, u64) {
+        let leader = self.ensure_leader().is_ok();
+        self.read_local(|s| {
+            let counts = s.cluster.chunk_counts();
+            let views = s
+                .cluster
+                .servers
+                .iter()
+                .map(|(id, info)| ServerView {
+                    id: *id,
+                    info: info.clone(),
+                    alive: leader && self.liveness.is_alive(*id),
+                    chunks: counts.get(id).copied().unwrap_or(0),
+                    usage: self.liveness.usage(*id),
+                })
+                .collect();
+            let mut under = 0u64;
+            if leader {
+                let mut seen = BTreeSet::new();
+                for file in s.namespace.files() {
+                    for chunk in &file.chunks {
+                        if !seen.insert(chunk.id) {
+                            continue;
+                        }
+                        let live = s
+                            .cluster
+                            .holders(&chunk.id)
+                            .filter(|h| self.liveness.is_alive(*h))
+                            .count();
+                        if (live as u32) < file.replication {
+                            under += 1;
+                        }
+                    }
+                }
+            }
+            (views, under)
+        })
+    }
+}
