@@ -4,7 +4,7 @@ use shardfs_proto::PathError;
 
 use crate::namespace::NsError;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum MetaError {
     #[error("{0}")]
     InvalidPath(#[from] PathError),

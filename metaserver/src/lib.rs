@@ -3,6 +3,7 @@
 //!
 //! - [`namespace`]: the directory tree and committed files, a deterministic
 //!   struct that records every change in a journal.
+//! - [`bench`]: `shardfs-meta status` and `shardfs-meta bench`.
 //! - [`chunks`]: registration, heartbeats, allocation and the replica
 //!   check before a commit (the leader's dealings with chunk servers).
 //! - [`cluster`]: chunk servers and chunk locations (replicated), and the
@@ -22,6 +23,7 @@
 //! - [`store`]: the Raft log store and state machine on sled, behind
 //!   openraft's storage traits (checked by `openraft::testing::Suite`).
 
+pub mod bench;
 pub mod chunks;
 pub mod cluster;
 pub mod config;

@@ -19,6 +19,31 @@ use tracing::info;
 
 #[derive(Parser)]
 #[command(name = "shardfs-meta", version, about = "shardfs metaserver")]
+#[command(args_conflicts_with_subcommands = true)]
+struct Top {
+    #[command(subcommand)]
+    command: Option<Sub>,
+    #[command(flatten)]
+    serve: Cli,
+}
+
+#[derive(clap::Subcommand)]
+enum Sub {
+    /// Show the group and its chunk servers as the leader sees them.
+    Status {
+        /// Metaservers (host:port,...).
+        #[arg(long, env = "SHARDFS_META", value_delimiter = ',', required = true)]
+        meta: Vec<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure commits/s and lookups/s on a fresh local cluster of three
+    /// metaservers and three chunk servers.
+    Bench(shardfs_meta::bench::BenchArgs),
+}
+
+#[derive(clap::Args)]
 struct Cli {
     /// This metaserver's id (1, 2, ...), unique in the group.
     #[arg(long, env = "SHARDFS_META_ID")]
@@ -52,7 +77,7 @@ struct Cli {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let top = Top::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -61,7 +86,14 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    match runtime.block_on(serve(cli)) {
+    let result = runtime.block_on(async {
+        match top.command {
+            Some(Sub::Status { meta, json }) => shardfs_meta::bench::status(&meta, json).await,
+            Some(Sub::Bench(args)) => shardfs_meta::bench::run(args).await,
+            None => serve(top.serve).await,
+        }
+    });
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("shardfs-meta: {e:#}");

@@ -42,6 +42,13 @@ impl Default for RaftTuning {
     }
 }
 
+/// Readers waiting for the next leadership check.
+#[derive(Default)]
+struct ReadBarrier {
+    running: bool,
+    waiting: Vec<tokio::sync::oneshot::Sender<Result<(), MetaError>>>,
+}
+
 /// What one metaserver knows about the group, from its own view.
 #[derive(Debug, Clone)]
 pub struct GroupStatus {
@@ -61,6 +68,11 @@ pub struct MetaNode {
     state: Arc<RwLock<State>>,
     /// Chunk server liveness (meaningful on the leader).
     pub liveness: Arc<Liveness>,
+    /// Reads are served locally while a quorum acknowledged this leader
+    /// less than this long ago (see `holds_read_lease`).
+    read_lease_ms: u64,
+    /// Shares one leadership check among all reads waiting at once.
+    read_barrier: Arc<std::sync::Mutex<ReadBarrier>>,
     /// One cached client per chunk server, by id (address, client).
     chunk_clients: Arc<std::sync::Mutex<std::collections::HashMap<u64, (String, ChunkClient)>>>,
 }
@@ -108,6 +120,8 @@ impl MetaNode {
             raft,
             state,
             liveness: Arc::new(Liveness::new(dead_after)),
+            read_barrier: Arc::default(),
+            read_lease_ms: tuning.election_timeout_max.as_millis() as u64 / 4,
             chunk_clients: Arc::default(),
         })
     }
@@ -164,16 +178,76 @@ impl MetaNode {
     /// the leader and has applied everything committed before the call
     /// (read index): a linearizable read.
     pub async fn read<T>(&self, read: impl FnOnce(&State) -> T) -> Result<T, MetaError> {
-        match self.raft.ensure_linearizable().await {
-            Ok(_) => {}
-            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
-                return Err(self.not_leader(f));
-            }
-            Err(RaftError::APIError(e)) => return Err(MetaError::Unavailable(e.to_string())),
-            Err(RaftError::Fatal(e)) => return Err(MetaError::Unavailable(e.to_string())),
+        if !self.holds_read_lease() {
+            self.linearizable().await?;
         }
         let state = self.state.read().expect("state lock");
         Ok(read(&state))
+    }
+
+    /// True when this node can serve a linearizable read from its own state
+    /// without asking the group: it is the leader, a quorum acknowledged it
+    /// within the read lease, and it has applied an entry of its own term
+    /// (so everything committed before it took over is applied, and every
+    /// write it acknowledged since was applied before the acknowledgement).
+    /// Followers refuse to vote for anyone else for `election_timeout_max`
+    /// after hearing from the leader (openraft's leader lease); our lease is
+    /// a quarter of that, which leaves room for the metrics being up to one
+    /// Raft tick old.
+    fn holds_read_lease(&self) -> bool {
+        let metrics = self.raft.metrics().borrow().clone();
+        metrics.state == ServerState::Leader
+            && metrics.current_leader == Some(self.id)
+            && metrics
+                .millis_since_quorum_ack
+                .is_some_and(|ms| ms < self.read_lease_ms)
+            && metrics
+                .last_applied
+                .is_some_and(|applied| applied.leader_id.term == metrics.current_term)
+    }
+
+    /// Waits for a leadership check (read index) that started after this
+    /// call did. Concurrent readers share one check: those arriving while a
+    /// check runs wait for the next one, which serves them all, so a burst
+    /// of reads costs two quorum round trips, not one per read.
+    async fn linearizable(&self) -> Result<(), MetaError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let start_driver = {
+            let mut barrier = self.read_barrier.lock().expect("read barrier");
+            barrier.waiting.push(tx);
+            !std::mem::replace(&mut barrier.running, true)
+        };
+        if start_driver {
+            let node = self.clone();
+            tokio::spawn(async move { node.drive_read_barrier().await });
+        }
+        rx.await
+            .unwrap_or_else(|_| Err(MetaError::Unavailable("metaserver shutting down".into())))
+    }
+
+    async fn drive_read_barrier(&self) {
+        loop {
+            let batch = {
+                let mut barrier = self.read_barrier.lock().expect("read barrier");
+                if barrier.waiting.is_empty() {
+                    barrier.running = false;
+                    return;
+                }
+                std::mem::take(&mut barrier.waiting)
+            };
+            // Every waiter in `batch` arrived before this check starts.
+            let result = match self.raft.ensure_linearizable().await {
+                Ok(_) => Ok(()),
+                Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(
+                    f,
+                ))) => Err(self.not_leader(f)),
+                Err(RaftError::APIError(e)) => Err(MetaError::Unavailable(e.to_string())),
+                Err(RaftError::Fatal(e)) => Err(MetaError::Unavailable(e.to_string())),
+            };
+            for waiter in batch {
+                let _ = waiter.send(result.clone());
+            }
+        }
     }
 
     /// Reads this node's state without asking the leader (status, tests).
