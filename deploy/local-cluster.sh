@@ -1,30 +1,35 @@
 #!/usr/bin/env bash
 # A whole shardfs cluster on this machine, on loopback.
 #
-#   deploy/local-cluster.sh up [--chunk M] [--dir DIR]   build, start, check
+#   deploy/local-cluster.sh up [--meta N] [--chunk M] [--dir DIR]   build, start, check
 #   deploy/local-cluster.sh status [--dir DIR]           what runs, with a live probe
 #   deploy/local-cluster.sh down [--purge] [--dir DIR]   stop (--purge: delete data too)
 #   deploy/local-cluster.sh restart [--dir DIR]          down, then up with the same layout
 #
 # Layout under DIR (default: .shardfs-cluster in the repository):
-#   chunk-<id>/      data of chunk server <id> (listening on 127.0.0.1:720<id>)
-#   chunk-<id>.pid   its pid
+#   meta-<id>/       data of metaserver <id> (listening on 127.0.0.1:71<id>, e.g. 7101)
+#   chunk-<id>/      data of chunk server <id> (listening on 127.0.0.1:72<id>, zone zone-<id>)
+#   meta-<id>.pid, chunk-<id>.pid
 #   logs/            one log per process
-#   cluster.env      `source` it to get the addresses
+#   cluster.env      `source` it: export SHARDFS_META=127.0.0.1:7101,...
 #
-# The metaserver is not built yet (issue 3); until then the cluster is M chunk
-# servers, and "up" proves each one works with a real put/get round trip.
+# Defaults: 3 metaservers, 3 chunk servers. "up" waits until the metaservers
+# have a leader and every chunk server is registered and alive, then proves
+# each chunk server with a real put/get round trip.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 dir="$repo/.shardfs-cluster"
 chunks=3
+metas=3
 purge=0
 explicit_count=0
+explicit_meta=0
 base_port=7200
+meta_base_port=7100
 
 usage() {
-    sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
     exit 2
 }
 
@@ -34,18 +39,22 @@ shift
 while [ $# -gt 0 ]; do
     case "$1" in
         --chunk) chunks="${2:?--chunk needs a number}"; explicit_count=1; shift 2 ;;
+        --meta) metas="${2:?--meta needs a number}"; explicit_meta=1; shift 2 ;;
         --dir) dir="${2:?--dir needs a directory}"; shift 2 ;;
         --purge) purge=1; shift ;;
         -h|--help) usage ;;
         *) echo "local-cluster.sh: unknown option $1" >&2; usage ;;
     esac
 done
-case "$chunks" in
-    ''|*[!0-9]*) echo "local-cluster.sh: --chunk must be a number from 1 to 99" >&2; exit 2 ;;
-esac
-if [ "$chunks" -lt 1 ] || [ "$chunks" -gt 99 ]; then
-    echo "local-cluster.sh: --chunk must be a number from 1 to 99" >&2; exit 2
-fi
+for pair in "chunk:$chunks" "meta:$metas"; do
+    n=${pair#*:}
+    case "$n" in
+        ''|*[!0-9]*) echo "local-cluster.sh: --${pair%%:*} must be a number from 1 to 99" >&2; exit 2 ;;
+    esac
+    if [ "$n" -lt 1 ] || [ "$n" -gt 99 ]; then
+        echo "local-cluster.sh: --${pair%%:*} must be a number from 1 to 99" >&2; exit 2
+    fi
+done
 case "$dir" in /*) ;; *) dir="$PWD/$dir" ;; esac
 bin="$repo/target/release"
 
@@ -63,6 +72,45 @@ chunk_ids() {
     if [ -n "$found" ] && [ "$explicit_count" = 0 ]; then echo "$found"; else seq 1 "$chunks"; fi
 }
 
+meta_ids() {
+    local found=""
+    [ -d "$dir" ] && found=$(cd "$dir" && ls -d meta-* 2>/dev/null | sed -n 's/^meta-\([0-9]*\)$/\1/p' | sort -n)
+    if [ -n "$found" ] && [ "$explicit_meta" = 0 ]; then echo "$found"; else seq 1 "$metas"; fi
+}
+
+meta_list() {
+    local id addrs=()
+    for id in $META_IDS; do addrs+=("127.0.0.1:$((meta_base_port + id))"); done
+    (IFS=,; echo "${addrs[*]}")
+}
+
+start_meta() {
+    local id=$1 port=$((meta_base_port + id)) peers="" other
+    local pidfile="$dir/meta-$id.pid"
+    if alive "$pidfile"; then
+        echo "metaserver $id already running (pid $(cat "$pidfile"))"
+        return
+    fi
+    for other in $META_IDS; do peers="$peers${peers:+,}$other=127.0.0.1:$((meta_base_port + other))"; done
+    mkdir -p "$dir/meta-$id" "$dir/logs"
+    nohup "$bin/shardfs-meta" --id "$id" --listen "127.0.0.1:$port" --peers "$peers" \
+        --data-dir "$dir/meta-$id" >>"$dir/logs/meta-$id.log" 2>&1 </dev/null &
+    echo $! >"$pidfile"
+}
+
+wait_cluster() {
+    local deadline=$((SECONDS + 60)) want
+    want=$(echo $CHUNK_IDS | wc -w)
+    until [ "$("$bin/shardfs-meta" status --meta "$(meta_list)" --json 2>/dev/null | grep -c '"alive": true')" = "$want" ]; do
+        if [ $SECONDS -ge $deadline ]; then
+            echo "cluster not healthy after 60 s; logs in $dir/logs" >&2
+            "$bin/shardfs-meta" status --meta "$(meta_list)" >&2 || true
+            exit 1
+        fi
+        sleep 0.3
+    done
+}
+
 start_chunk() {
     local id=$1 port=$((base_port + id))
     local pidfile="$dir/chunk-$id.pid"
@@ -72,6 +120,7 @@ start_chunk() {
     fi
     mkdir -p "$dir/chunk-$id" "$dir/logs"
     nohup "$bin/shardfs-chunk" --listen "127.0.0.1:$port" --data-dir "$dir/chunk-$id" \
+        --id "$id" --zone "zone-$id" --meta "$(meta_list)" \
         >>"$dir/logs/chunk-$id.log" 2>&1 </dev/null &
     echo $! >"$pidfile"
 }
@@ -93,16 +142,23 @@ wait_healthy() {
 }
 
 write_env() {
-    local addrs=() id
-    for id in $(chunk_ids); do addrs+=("127.0.0.1:$((base_port + id))"); done
-    local joined
-    joined=$(IFS=,; echo "${addrs[*]}")
-    printf 'export SHARDFS_CHUNK_SERVERS=%s\n' "$joined" >"$dir/cluster.env"
+    printf 'export SHARDFS_META=%s\n' "$(meta_list)" >"$dir/cluster.env"
 }
 
 status() {
     local id pidfile any=0 down=0
-    for id in $(chunk_ids); do
+    for id in $META_IDS; do
+        pidfile="$dir/meta-$id.pid"
+        [ -f "$pidfile" ] || [ -d "$dir/meta-$id" ] || continue
+        any=1
+        if alive "$pidfile"; then
+            echo "metaserver $id pid $(cat "$pidfile"): 127.0.0.1:$((meta_base_port + id))"
+        else
+            echo "metaserver $id: not running (data kept in $dir/meta-$id)"
+            down=1
+        fi
+    done
+    for id in $CHUNK_IDS; do
         pidfile="$dir/chunk-$id.pid"
         [ -f "$pidfile" ] || [ -d "$dir/chunk-$id" ] || continue
         any=1
@@ -118,6 +174,7 @@ status() {
         echo "no local cluster in $dir; start one with: deploy/local-cluster.sh up"
         return 1
     fi
+    "$bin/shardfs-meta" status --meta "$(meta_list)" || down=1
     return $down
 }
 
@@ -137,11 +194,18 @@ stop_all() {
     done
 }
 
+# The layout is fixed once, before anything is created: an existing
+# cluster's ids, or 1..N for a new one.
+META_IDS=$(meta_ids)
+CHUNK_IDS=$(chunk_ids)
+
 case "$cmd" in
     up)
         build
-        for id in $(chunk_ids); do start_chunk "$id"; done
-        for id in $(chunk_ids); do wait_healthy "$id"; done
+        for id in $META_IDS; do start_meta "$id"; done
+        for id in $CHUNK_IDS; do start_chunk "$id"; done
+        for id in $CHUNK_IDS; do wait_healthy "$id"; done
+        wait_cluster
         write_env
         echo "local cluster up in $dir"
         status
@@ -158,8 +222,10 @@ case "$cmd" in
     restart)
         stop_all
         build
-        for id in $(chunk_ids); do start_chunk "$id"; done
-        for id in $(chunk_ids); do wait_healthy "$id"; done
+        for id in $META_IDS; do start_meta "$id"; done
+        for id in $CHUNK_IDS; do start_chunk "$id"; done
+        for id in $CHUNK_IDS; do wait_healthy "$id"; done
+        wait_cluster
         write_env
         status
         ;;

@@ -116,6 +116,7 @@ impl MetaClient {
                     *self.inner.leader.lock().unwrap() = None;
                     last_error = Some(status);
                     if let Some(leader) = leader
+                        && !leader.is_empty()
                         && leader != addr
                     {
                         target = Some(leader);
@@ -254,8 +255,18 @@ impl MetaClient {
             // Only a leader's view is authoritative: redirect otherwise.
             let inner = status.get_ref();
             if inner.leader_id != inner.self_id {
-                let mut redirect = Status::unavailable("not the leader");
-                if let Ok(value) = inner.leader_addr.parse() {
+                let mut redirect = Status::unavailable(format!(
+                    "metaserver {} is not the leader{}",
+                    inner.self_id,
+                    if inner.leader_addr.is_empty() {
+                        "; no leader is known yet".to_string()
+                    } else {
+                        format!("; the leader is at {}", inner.leader_addr)
+                    }
+                ));
+                if !inner.leader_addr.is_empty()
+                    && let Ok(value) = inner.leader_addr.parse()
+                {
                     redirect.metadata_mut().insert(LEADER_METADATA, value);
                 }
                 return Err(redirect);
