@@ -52,6 +52,7 @@ struct MetaJson {
     addr: String,
     role: String,
     voter: bool,
+    last_applied: u64,
 }
 
 #[derive(Serialize)]
@@ -89,6 +90,7 @@ pub async fn status(meta: &[String], json: bool) -> anyhow::Result<()> {
                     addr: m.addr.clone(),
                     role: m.role.clone(),
                     voter: m.voter,
+                    last_applied: m.last_applied,
                 })
                 .collect(),
             chunk_servers: status
@@ -116,10 +118,11 @@ pub async fn status(meta: &[String], json: bool) -> anyhow::Result<()> {
     );
     for m in &status.metaservers {
         println!(
-            "  metaserver {:<3} {:<22} {}{}",
+            "  metaserver {:<3} {:<22} {:<9} applied {}{}",
             m.id,
             m.addr,
             m.role,
+            m.last_applied,
             if m.voter { "" } else { " (learner)" }
         );
     }

@@ -59,6 +59,8 @@ pub struct GroupStatus {
     pub role: &'static str,
     /// id, address, voter
     pub members: Vec<(NodeId, String, bool)>,
+    /// On the leader: the last log index each member has matched.
+    pub matched: BTreeMap<NodeId, u64>,
 }
 
 #[derive(Clone)]
@@ -278,7 +280,17 @@ impl MetaNode {
                 .unwrap_or_default();
             (id, addr)
         });
+        let matched = metrics
+            .replication
+            .as_ref()
+            .map(|r| {
+                r.iter()
+                    .map(|(id, log)| (*id, log.map(|l| l.index).unwrap_or(0)))
+                    .collect()
+            })
+            .unwrap_or_default();
         GroupStatus {
+            matched,
             self_id: self.id,
             leader,
             term: metrics.current_term,

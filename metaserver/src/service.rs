@@ -168,10 +168,11 @@ impl MetaService for MetaServiceImpl {
                 } else {
                     "learner".to_string()
                 },
+                // Others' progress is known on the leader (matched log index).
                 last_applied: if *id == status.self_id {
                     status.last_applied
                 } else {
-                    0
+                    status.matched.get(id).copied().unwrap_or(0)
                 },
                 voter: *voter,
             })
