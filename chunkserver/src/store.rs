@@ -470,9 +470,12 @@ impl Inner {
         let mut file = match File::open(&path) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                warn!(chunk = %id, "indexed chunk has no file; dropping it from the index");
                 let _guard = self.stripe(&id);
-                self.index_remove(&id)?;
+                // A put may have stored the chunk again in the meantime.
+                if !path.exists() {
+                    warn!(chunk = %id, "indexed chunk has no file; dropping it from the index");
+                    self.index_remove(&id)?;
+                }
                 return Err(ChunkError::NotFound { id });
             }
             Err(e) => return Err(ChunkError::io(None, format!("opening chunk {id}"), e)),
@@ -497,7 +500,7 @@ impl Inner {
             .map_err(|e| ChunkError::io(None, format!("reading chunk {id}"), e))?;
         let actual = ChunkId::of(&data);
         if actual != id {
-            self.quarantine(&id, &actual)?;
+            self.quarantine(&id, &actual, &file)?;
             return Err(ChunkError::Corrupt { id, actual });
         }
         let data = Bytes::from(data);
@@ -509,9 +512,19 @@ impl Inner {
 
     /// Moves a chunk whose bytes hash to `actual` out of service, keeping the
     /// bytes under `quarantine/` for inspection.
-    fn quarantine(&self, id: &ChunkId, actual: &ChunkId) -> Result<()> {
+    /// `read` is the handle the bad bytes came from: only that very file is
+    /// quarantined, never a good copy stored at the same path since.
+    fn quarantine(&self, id: &ChunkId, actual: &ChunkId, read: &File) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
         let _guard = self.stripe(id);
         let from = self.chunk_path(id);
+        let same_file = match (read.metadata(), fs::metadata(&from)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        };
+        if !same_file {
+            return Ok(()); // already quarantined (and perhaps stored again)
+        }
         let to = self.quarantine_dir.join(format!("{id}.{}", now_ms()));
         match fs::rename(&from, &to) {
             Ok(()) => {

@@ -73,6 +73,11 @@ pub struct MetaNode {
     /// Reads are served locally while a quorum acknowledged this leader
     /// less than this long ago (see `holds_read_lease`).
     read_lease_ms: u64,
+    /// When openraft last published metrics, in ms since `epoch`: the
+    /// quorum-ack age in the metrics is as of that moment, and a Raft core
+    /// stuck on a slow disk stops publishing.
+    metrics_published_ms: Arc<std::sync::atomic::AtomicU64>,
+    epoch: std::time::Instant,
     /// Shares one leadership check among all reads waiting at once.
     read_barrier: Arc<std::sync::Mutex<ReadBarrier>>,
     /// One cached client per chunk server, by id (address, client).
@@ -117,7 +122,23 @@ impl MetaNode {
         )
         .await
         .map_err(|e| anyhow::anyhow!("cannot start raft: {e}"))?;
+        let epoch = std::time::Instant::now();
+        let metrics_published_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        {
+            let published = metrics_published_ms.clone();
+            let mut metrics = raft.metrics();
+            tokio::spawn(async move {
+                while metrics.changed().await.is_ok() {
+                    published.store(
+                        epoch.elapsed().as_millis() as u64,
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
+                }
+            });
+        }
         Ok(Self {
+            metrics_published_ms,
+            epoch,
             id,
             raft,
             state,
@@ -194,15 +215,19 @@ impl MetaNode {
     /// write it acknowledged since was applied before the acknowledgement).
     /// Followers refuse to vote for anyone else for `election_timeout_max`
     /// after hearing from the leader (openraft's leader lease); our lease is
-    /// a quarter of that, which leaves room for the metrics being up to one
-    /// Raft tick old.
+    /// a quarter of that. The ack age counts from when the metrics were
+    /// published, so a Raft core that stalls (slow disk) loses the lease.
     fn holds_read_lease(&self) -> bool {
         let metrics = self.raft.metrics().borrow().clone();
+        let published = self
+            .metrics_published_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let metrics_age_ms = (self.epoch.elapsed().as_millis() as u64).saturating_sub(published);
         metrics.state == ServerState::Leader
             && metrics.current_leader == Some(self.id)
             && metrics
                 .millis_since_quorum_ack
-                .is_some_and(|ms| ms < self.read_lease_ms)
+                .is_some_and(|ms| ms + metrics_age_ms < self.read_lease_ms)
             && metrics
                 .last_applied
                 .is_some_and(|applied| applied.leader_id.term == metrics.current_term)

@@ -355,13 +355,29 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 }
 
+/// Serializes writers of the current snapshot: a snapshot built in the
+/// background must never replace a newer one installed meanwhile.
+static SNAPSHOT_WRITE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Writes a snapshot as the current one and flushes it (with everything
-/// else written before, including the state it was taken from).
+/// else written before, including the state it was taken from), unless the
+/// stored snapshot is already as new.
 async fn persist_snapshot(
     kv: &Arc<dyn Kv>,
     meta: &SnapshotMeta,
     data: &[u8],
 ) -> Result<(), StorageError> {
+    let _write = SNAPSHOT_WRITE.lock().await;
+    let stored = kv
+        .get(Space::Snapshot, SNAPSHOT_META_KEY)
+        .map_err(|e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
+    if let Some(stored) = stored
+        && let Ok(stored) = serde_json::from_slice::<SnapshotMeta>(&stored)
+        && stored.last_log_id > meta.last_log_id
+        && stored.snapshot_id != meta.snapshot_id
+    {
+        return Ok(());
+    }
     let batch = vec![
         (SNAPSHOT_META_KEY.to_vec(), Some(json(meta))),
         (SNAPSHOT_DATA_KEY.to_vec(), Some(data.to_vec())),
