@@ -35,7 +35,7 @@ pub struct BenchArgs {
     pub streams: Vec<usize>,
     /// Times each get measurement reads every chunk (more rounds, steadier
     /// figures).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 4)]
     pub get_rounds: usize,
     /// Print one JSON object instead of a table.
     #[arg(long)]
