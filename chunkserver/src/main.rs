@@ -151,21 +151,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         };
         Some(tokio::spawn(heartbeat::run(store.clone(), meta, me)))
     };
-    server::run(listener, store, config.put_memory_bytes, shutdown_signal()).await?;
+    server::run(
+        listener,
+        store,
+        config.put_memory_bytes,
+        shardfs_proto::transport::shutdown_signal(),
+    )
+    .await?;
     if let Some(reporter) = reporter {
         reporter.abort();
     }
     info!("chunk server stopped");
     Ok(())
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    info!("shutting down");
 }

@@ -7,9 +7,6 @@ use std::time::Duration;
 use shardfs_proto::chunk::v1::chunk_service_server::ChunkServiceServer;
 use shardfs_proto::transport;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio_stream::wrappers::TcpListenerStream;
-use tracing::warn;
 
 use crate::service::ChunkServiceImpl;
 use crate::store::ChunkStore;
@@ -29,23 +26,8 @@ pub async fn run(
     let service = ChunkServiceServer::new(ChunkServiceImpl::new(store.clone(), put_memory_bytes))
         .max_decoding_message_size(transport::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(transport::MAX_MESSAGE_BYTES);
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let serve = transport::server()
-        .add_service(service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-            let _ = stop_rx.await;
-        });
-    tokio::pin!(serve);
-    tokio::select! {
-        result = &mut serve => result?,
-        () = shutdown => {
-            let _ = stop_tx.send(());
-            match tokio::time::timeout(SHUTDOWN_GRACE, &mut serve).await {
-                Ok(result) => result?,
-                Err(_) => warn!("in-flight calls still running after {SHUTDOWN_GRACE:?}; stopping anyway"),
-            }
-        }
-    }
+    let router = transport::server().add_service(service);
+    transport::serve_with_grace(router, listener, shutdown, SHUTDOWN_GRACE).await?;
     store.flush().await?;
     Ok(())
 }

@@ -6,17 +6,21 @@ mod common;
 use bytes::Bytes;
 use common::{chunk, chunk_files, files_in};
 use shardfs_chunk::error::ChunkError;
-use shardfs_chunk::store::{ChunkRead, PutOutcome};
+use shardfs_chunk::store::{ChunkRead, OpenReport, PutOutcome};
 use shardfs_chunk::{ChunkStore, StoreConfig};
 use shardfs_proto::ChunkId;
 
 fn open(dir: &std::path::Path) -> ChunkStore {
+    open_with_report(dir).0
+}
+
+/// Opens the store and returns what start-up found and repaired.
+fn open_with_report(dir: &std::path::Path) -> (ChunkStore, OpenReport) {
     ChunkStore::open(&StoreConfig {
         data_dir: dir.to_path_buf(),
         capacity_bytes: None,
     })
     .unwrap()
-    .0
 }
 
 /// Reads a range through the store, verified or streamed, as one buffer.
@@ -280,11 +284,7 @@ async fn start_up_reconciles_index_with_files() {
     let stray = dir.path().join("chunks").join("README");
     std::fs::write(&stray, b"not a chunk").unwrap();
 
-    let (store, report) = ChunkStore::open(&StoreConfig {
-        data_dir: dir.path().to_path_buf(),
-        capacity_bytes: None,
-    })
-    .unwrap();
+    let (store, report) = open_with_report(dir.path());
     assert_eq!(report.temp_files_removed, 1);
     assert_eq!(report.dropped_from_index, 1);
     assert_eq!(report.chunks, 19);
@@ -314,11 +314,7 @@ async fn lost_or_unreadable_index_is_rebuilt_from_chunk_files() {
     // Lost entirely.
     std::fs::remove_dir_all(dir.path().join("index")).unwrap();
     {
-        let (store, report) = ChunkStore::open(&StoreConfig {
-            data_dir: dir.path().to_path_buf(),
-            capacity_bytes: None,
-        })
-        .unwrap();
+        let (store, report) = open_with_report(dir.path());
         assert!(report.index_rebuilt);
         assert_eq!(report.added_to_index, 30);
         assert_eq!(store.has(ids.clone()).await.unwrap(), vec![true; 30]);
@@ -327,11 +323,7 @@ async fn lost_or_unreadable_index_is_rebuilt_from_chunk_files() {
     // Replaced by garbage.
     std::fs::remove_dir_all(dir.path().join("index")).unwrap();
     std::fs::write(dir.path().join("index"), b"this is not a sled database").unwrap();
-    let (store, report) = ChunkStore::open(&StoreConfig {
-        data_dir: dir.path().to_path_buf(),
-        capacity_bytes: None,
-    })
-    .unwrap();
+    let (store, report) = open_with_report(dir.path());
     assert!(report.index_rebuilt);
     assert_eq!(report.added_to_index, 30);
     for id in &ids {

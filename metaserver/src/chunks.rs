@@ -131,22 +131,28 @@ impl MetaNode {
             )));
         }
         let by_id: HashMap<ServerId, &Candidate> = candidates.iter().map(|c| (c.id, c)).collect();
-        let addrs = self.read_local(|s| {
-            s.cluster
+        // One look at the state for the whole batch.
+        let (addrs, live_holders) = self.read_local(|s| {
+            let addrs: HashMap<ServerId, String> = s
+                .cluster
                 .servers
                 .iter()
                 .map(|(id, info)| (*id, info.addr.clone()))
-                .collect::<HashMap<_, _>>()
+                .collect();
+            let holders: Vec<BTreeSet<ServerId>> = chunks
+                .iter()
+                .map(|(id, _)| {
+                    s.cluster
+                        .holders(id)
+                        .filter(|h| by_id.contains_key(h))
+                        .collect()
+                })
+                .collect();
+            (addrs, holders)
         });
         let mut planned = HashMap::new();
         let mut placements = Vec::with_capacity(chunks.len());
-        for (id, length) in chunks {
-            let holders: BTreeSet<ServerId> = self.read_local(|s| {
-                s.cluster
-                    .holders(id)
-                    .filter(|h| by_id.contains_key(h))
-                    .collect()
-            });
+        for ((id, length), holders) in chunks.iter().zip(live_holders) {
             let zones: BTreeSet<String> = holders.iter().map(|h| by_id[h].zone.clone()).collect();
             let need = r.saturating_sub(holders.len());
             let targets = place(&candidates, &holders, &zones, need, *length, &mut planned);
@@ -253,14 +259,7 @@ impl MetaNode {
                 .map(|c| c.to_hex())
                 .collect();
             if !missing.is_empty() {
-                let shown: Vec<&str> = missing.iter().take(5).map(String::as_str).collect();
-                return Err(crate::namespace::NsError::Unreplicated(format!(
-                    "{} chunk(s) are not stored on at least {min} live chunk servers: {}{}",
-                    missing.len(),
-                    shown.join(", "),
-                    if missing.len() > 5 { ", ..." } else { "" }
-                ))
-                .into());
+                return Err(crate::state::unreplicated(&missing, min as u32).into());
             }
         }
         self.write(Command::Commit {

@@ -135,19 +135,8 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
             }
         })
     };
-    server::run(listener, node, shutdown_signal()).await?;
+    server::run(listener, node, shardfs_proto::transport::shutdown_signal()).await?;
     bootstrap.abort();
     info!("metaserver stopped");
     Ok(())
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    info!("shutting down");
 }

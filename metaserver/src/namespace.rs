@@ -390,6 +390,31 @@ impl Namespace {
         Ok(removed)
     }
 
+    /// Every path below the root with its inode, sorted by path.
+    pub fn walk(&self) -> Vec<(String, Inode)> {
+        let mut out = Vec::new();
+        let mut stack = vec![DfsPath::root()];
+        while let Some(dir) = stack.pop() {
+            let Ok(inode) = self.resolve(&dir) else {
+                continue;
+            };
+            let children = self
+                .entries
+                .range((inode, String::new())..)
+                .take_while(|((parent, _), _)| *parent == inode);
+            for ((_, name), child) in children {
+                let Ok(path) = dir.join(name) else { continue };
+                let child = &self.inodes[child];
+                if child.is_dir() {
+                    stack.push(path.clone());
+                }
+                out.push((path.to_string(), child.clone()));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
     /// Every file in the namespace (for reference counting chunks).
     pub fn files(&self) -> impl Iterator<Item = &FileMeta> {
         self.inodes.values().filter_map(|inode| match inode {
@@ -590,6 +615,8 @@ mod tests {
         );
         ns.rename(&p("/g"), &p("/z/g2"), &mut j).unwrap();
         assert_eq!(names(&ns, "/z"), ["c", "g2"]);
+        let paths: Vec<String> = ns.walk().into_iter().map(|(path, _)| path).collect();
+        assert_eq!(paths, ["/a", "/z", "/z/c", "/z/c/f", "/z/g2"]);
     }
 
     #[test]

@@ -218,7 +218,8 @@ impl MetaNode {
     /// a quarter of that. The ack age counts from when the metrics were
     /// published, so a Raft core that stalls (slow disk) loses the lease.
     fn holds_read_lease(&self) -> bool {
-        let metrics = self.raft.metrics().borrow().clone();
+        let receiver = self.raft.metrics();
+        let metrics = receiver.borrow();
         let published = self
             .metrics_published_ms
             .load(std::sync::atomic::Ordering::Relaxed);
@@ -403,7 +404,8 @@ impl MetaNode {
     /// Fails with NotLeader unless this node currently leads (a cheap local
     /// check, for calls that need no linearizability, like heartbeats).
     pub fn ensure_leader(&self) -> Result<(), MetaError> {
-        let metrics = self.raft.metrics().borrow().clone();
+        let receiver = self.raft.metrics();
+        let metrics = receiver.borrow();
         self.liveness.observe_term(metrics.current_term);
         if metrics.current_leader == Some(self.id) {
             return Ok(());

@@ -8,9 +8,6 @@ use shardfs_proto::meta::v1::meta_service_server::MetaServiceServer;
 use shardfs_proto::meta::v1::raft_service_server::RaftServiceServer;
 use shardfs_proto::transport;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio_stream::wrappers::TcpListenerStream;
-use tracing::warn;
 
 use crate::network::RaftServer;
 use crate::node::MetaNode;
@@ -36,23 +33,8 @@ pub async fn run(
     let raft = RaftServiceServer::new(RaftServer::new(node.raft.clone()))
         .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let serve = transport::server()
-        .add_service(meta)
-        .add_service(raft)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-            let _ = stop_rx.await;
-        });
-    tokio::pin!(serve);
-    tokio::select! {
-        result = &mut serve => result?,
-        () = shutdown => {
-            let _ = stop_tx.send(());
-            if tokio::time::timeout(SHUTDOWN_GRACE, &mut serve).await.is_err() {
-                warn!("in-flight calls still running after {SHUTDOWN_GRACE:?}; stopping anyway");
-            }
-        }
-    }
+    let router = transport::server().add_service(meta).add_service(raft);
+    transport::serve_with_grace(router, listener, shutdown, SHUTDOWN_GRACE).await?;
     node.shutdown().await;
     Ok(())
 }

@@ -80,11 +80,16 @@ fn check_replicas(cluster: &Cluster, file: &FileMeta, min: u32) -> Result<(), Ns
     if missing.is_empty() {
         return Ok(());
     }
+    Err(unreplicated(&missing, min))
+}
+
+/// The error for chunks held by fewer than `min` chunk servers (hex ids).
+pub fn unreplicated(missing: &[String], min: u32) -> NsError {
     let shown: Vec<&str> = missing.iter().take(5).map(String::as_str).collect();
-    Err(NsError::Unreplicated(format!(
+    NsError::Unreplicated(format!(
         "{} chunk(s) are not stored on at least {min} live chunk servers: {}{}",
         missing.len(),
         shown.join(", "),
         if missing.len() > 5 { ", ..." } else { "" }
-    )))
+    ))
 }

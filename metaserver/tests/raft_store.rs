@@ -7,7 +7,7 @@ use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftSnapshotBuilde
 use shardfs_meta::namespace::{ChunkRef, FileMeta, Inode};
 use shardfs_meta::store::{self, log::LogStore, sm::StateMachine};
 use shardfs_meta::types::{Command, Outcome, StorageError, TypeConfig};
-use shardfs_proto::{ChunkId, DfsPath};
+use shardfs_proto::ChunkId;
 
 struct SledBuilder;
 
@@ -96,21 +96,7 @@ fn commands() -> Vec<Command> {
 
 fn listing(sm: &StateMachine) -> Vec<(String, Inode)> {
     let state = sm.state();
-    let state = state.read().unwrap();
-    let mut out = Vec::new();
-    let mut stack = vec![DfsPath::root()];
-    while let Some(dir) = stack.pop() {
-        let (entries, _) = state.namespace.list(&dir, None, usize::MAX).unwrap();
-        for e in entries {
-            let path = dir.join(&e.name).unwrap();
-            if e.inode.is_dir() {
-                stack.push(path.clone());
-            }
-            out.push((path.to_string(), e.inode));
-        }
-    }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
+    state.read().unwrap().namespace.walk()
 }
 
 #[tokio::test]

@@ -30,19 +30,17 @@ impl Space {
     }
 }
 
+/// A stored key and its value.
+pub type Row = (Vec<u8>, Vec<u8>);
+
 /// Puts (Some) and deletes (None) applied atomically.
 pub type Batch = Vec<(Vec<u8>, Option<Vec<u8>>)>;
 
 pub trait Kv: Send + Sync + 'static {
     fn get(&self, space: Space, key: &[u8]) -> std::io::Result<Option<Vec<u8>>>;
     /// Keys in `[start, end)` (end None: to the last key), in order.
-    fn range(
-        &self,
-        space: Space,
-        start: &[u8],
-        end: Option<&[u8]>,
-    ) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>>;
-    fn last(&self, space: Space) -> std::io::Result<Option<(Vec<u8>, Vec<u8>)>>;
+    fn range(&self, space: Space, start: &[u8], end: Option<&[u8]>) -> std::io::Result<Vec<Row>>;
+    fn last(&self, space: Space) -> std::io::Result<Option<Row>>;
     /// Applies every change of `batch` atomically (not yet durable).
     fn write(&self, space: Space, batch: Batch) -> std::io::Result<()>;
     /// Removes every key of a space (not atomic with other writes).
@@ -81,12 +79,7 @@ impl Kv for SledKv {
         Ok(self.tree(space).get(key)?.map(|v| v.to_vec()))
     }
 
-    fn range(
-        &self,
-        space: Space,
-        start: &[u8],
-        end: Option<&[u8]>,
-    ) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    fn range(&self, space: Space, start: &[u8], end: Option<&[u8]>) -> std::io::Result<Vec<Row>> {
         let tree = self.tree(space);
         let iter = match end {
             Some(end) => tree.range(start..end),
@@ -99,7 +92,7 @@ impl Kv for SledKv {
         .collect()
     }
 
-    fn last(&self, space: Space) -> std::io::Result<Option<(Vec<u8>, Vec<u8>)>> {
+    fn last(&self, space: Space) -> std::io::Result<Option<Row>> {
         Ok(self
             .tree(space)
             .last()?

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{Entry, ErrorSubject, ErrorVerb, LogState, RaftLogReader, Vote};
 
-use super::kv::{Kv, Space};
+use super::kv::{Kv, Row, Space};
 use super::{blocking, decode_error, io_error};
 use crate::types::{LogId, NodeId, StorageError, TypeConfig};
 
@@ -64,18 +64,25 @@ impl LogStore {
             .map_err(|e| io_error(subject, ErrorVerb::Write, e))
     }
 
-    /// Deletes the entries with index in `[start, end)`.
-    fn delete_range(&self, start: u64, end: Option<u64>) -> Result<(), StorageError> {
+    /// The stored entries with index in `[start, end)` (end None: all).
+    fn rows(&self, start: u64, end: Option<u64>) -> Result<Vec<Row>, StorageError> {
         let end_key = end.map(|e| e.to_be_bytes());
-        let keys = self
-            .kv
+        self.kv
             .range(
                 Space::Log,
                 &start.to_be_bytes(),
                 end_key.as_ref().map(|k| &k[..]),
             )
-            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))?;
-        let batch = keys.into_iter().map(|(k, _)| (k, None)).collect();
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))
+    }
+
+    /// Deletes the entries with index in `[start, end)`.
+    fn delete_range(&self, start: u64, end: Option<u64>) -> Result<(), StorageError> {
+        let batch = self
+            .rows(start, end)?
+            .into_iter()
+            .map(|(k, _)| (k, None))
+            .collect();
         self.kv
             .write(Space::Log, batch)
             .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, e))
@@ -104,15 +111,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         if end.is_some_and(|end| end <= start) {
             return Ok(Vec::new());
         }
-        let end_key = end.map(|e| e.to_be_bytes());
-        let rows = self
-            .kv
-            .range(
-                Space::Log,
-                &start.to_be_bytes(),
-                end_key.as_ref().map(|k| &k[..]),
-            )
-            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+        let rows = self.rows(start, end)?;
         rows.iter().map(|(_, v)| decode_entry(v)).collect()
     }
 }

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use shardfs_meta::namespace::Inode;
 use shardfs_meta::store;
-use shardfs_proto::DfsPath;
 use shardfs_proto::meta::v1 as pb;
 use shardfs_proto::meta_client::MetaClient;
 
@@ -312,21 +311,7 @@ pub async fn listing(client: &MetaClient) -> Vec<(String, pb::Entry)> {
 pub fn offline_listing(data_dir: &Path) -> Vec<(String, Inode)> {
     let (_log, sm) = store::open(&data_dir.join("raft")).expect("open stopped node's store");
     let state = sm.state();
-    let state = state.read().unwrap();
-    let mut out = Vec::new();
-    let mut stack = vec![DfsPath::root()];
-    while let Some(dir) = stack.pop() {
-        let (entries, _) = state.namespace.list(&dir, None, usize::MAX).unwrap();
-        for e in entries {
-            let path = dir.join(&e.name).unwrap();
-            if e.inode.is_dir() {
-                stack.push(path.clone());
-            }
-            out.push((path.to_string(), e.inode));
-        }
-    }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
+    state.read().unwrap().namespace.walk()
 }
 
 /// Chunks stored on every chunk server by `with_chunk_servers`; files in
