@@ -11,6 +11,10 @@
 use std::io::Write;
 use std::path::PathBuf;
 
+/// mimalloc, tuned by `shardfs_proto::alloc::keep_freed_memory`.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use shardfs_chunk::bench::{self, BenchArgs};
@@ -85,6 +89,7 @@ struct ServeArgs {
 }
 
 fn main() -> std::process::ExitCode {
+    shardfs_proto::alloc::keep_freed_memory();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

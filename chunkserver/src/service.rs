@@ -9,9 +9,9 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use shardfs_proto::chunk::v1::chunk_service_server::ChunkService;
 use shardfs_proto::chunk::v1::{
-    DeleteChunksRequest, DeleteChunksResponse, GetChunkRequest, GetChunkResponse, HasChunksRequest,
+    ChunkVerdict, DeleteChunksRequest, DeleteChunksResponse, GetChunkRequest, GetChunkResponse, HasChunksRequest,
     HasChunksResponse, ListChunksRequest, ListChunksResponse, PutChunkRequest, PutChunkResponse,
-    StatsRequest, StatsResponse, put_chunk_request,
+    StatsRequest, StatsResponse, VerifyChunksRequest, VerifyChunksResponse, put_chunk_request,
 };
 use shardfs_proto::{ChunkId, MAX_CHUNK_BYTES, MAX_DATA_MESSAGE_BYTES};
 use tokio::sync::{Semaphore, mpsc};
@@ -20,13 +20,15 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::convert::{chunk_info, id_from_wire, ids_from_wire, stats_response};
 use crate::error::ChunkError;
-use crate::store::{ChunkRead, ChunkStore, PutOutcome};
+use crate::store::{ChunkRead, ChunkStore, PutOutcome, Verdict};
 
 /// Default page size of ListChunks, and the most it returns at once.
 const LIST_DEFAULT_LIMIT: usize = 1000;
 const LIST_MAX_LIMIT: usize = 10_000;
 /// Most ids accepted by one HasChunks or DeleteChunks call.
 const MAX_IDS_PER_CALL: usize = 100_000;
+/// Most ids one VerifyChunks call re-hashes (each may be 64 MiB of reading).
+const MAX_VERIFY_PER_CALL: usize = 1024;
 
 pub struct ChunkServiceImpl {
     store: ChunkStore,
@@ -127,6 +129,34 @@ impl ChunkService for ChunkServiceImpl {
     async fn stats(&self, _: Request<StatsRequest>) -> Result<Response<StatsResponse>, Status> {
         let stats = self.store.stats().await?;
         Ok(Response::new(stats_response(&stats)))
+    }
+
+    async fn verify_chunks(
+        &self,
+        request: Request<VerifyChunksRequest>,
+    ) -> Result<Response<VerifyChunksResponse>, Status> {
+        let ids = request.into_inner().ids;
+        if ids.len() > MAX_VERIFY_PER_CALL {
+            return Err(Status::invalid_argument(format!(
+                "{} ids in one VerifyChunks call; at most {MAX_VERIFY_PER_CALL} are accepted",
+                ids.len()
+            )));
+        }
+        let verdicts = self
+            .store
+            .verify(ids_from_wire(&ids)?)
+            .await?
+            .into_iter()
+            .map(|v| {
+                let wire = match v {
+                    Verdict::Ok => ChunkVerdict::Ok,
+                    Verdict::Corrupt => ChunkVerdict::Corrupt,
+                    Verdict::Missing => ChunkVerdict::Missing,
+                };
+                wire as i32
+            })
+            .collect();
+        Ok(Response::new(VerifyChunksResponse { verdicts }))
     }
 }
 

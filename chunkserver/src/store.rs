@@ -74,6 +74,15 @@ pub enum PutOutcome {
     AlreadyStored,
 }
 
+/// What re-hashing one chunk found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Ok,
+    /// The bytes did not match; the copy is quarantined.
+    Corrupt,
+    Missing,
+}
+
 /// Usage figures for stats and heartbeats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoreStats {
@@ -256,6 +265,14 @@ impl ChunkStore {
     ) -> Result<ChunkRead> {
         let inner = self.inner.clone();
         blocking(move || inner.read(id, offset, length, verify)).await
+    }
+
+    /// Re-hashes each chunk from disk. A copy that no longer matches its id
+    /// is quarantined (its removal reaches the metaserver with the next
+    /// heartbeat); a good one has its verification time recorded.
+    pub async fn verify(&self, ids: Vec<ChunkId>) -> Result<Vec<Verdict>> {
+        let inner = self.inner.clone();
+        blocking(move || ids.iter().map(|id| inner.verify(*id)).collect()).await
     }
 
     /// Deletes chunks; returns how many were stored.
@@ -508,6 +525,25 @@ impl Inner {
             chunk_length,
             data: data.slice(offset as usize..(offset + length) as usize),
         })
+    }
+
+    fn verify(&self, id: ChunkId) -> Result<Verdict> {
+        match self.read(id, 0, None, true) {
+            Ok(_) => {
+                let _guard = self.stripe(&id);
+                if let Some(entry) = self.index.get(&id)? {
+                    let entry = IndexEntry {
+                        last_verified_unix_ms: now_ms(),
+                        ..entry
+                    };
+                    self.index.insert(&id, &entry)?;
+                }
+                Ok(Verdict::Ok)
+            }
+            Err(ChunkError::Corrupt { .. }) => Ok(Verdict::Corrupt),
+            Err(ChunkError::NotFound { .. }) => Ok(Verdict::Missing),
+            Err(e) => Err(e),
+        }
     }
 
     /// Moves a chunk whose bytes hash to `actual` out of service, keeping the

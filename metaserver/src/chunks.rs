@@ -3,9 +3,12 @@
 //! before a commit, and the cluster view for status.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use shardfs_proto::ChunkId;
+use shardfs_proto::chunk::v1::ChunkVerdict;
+use tracing::warn;
 
 use crate::cluster::{Candidate, ChunkServerInfo, ServerId, place};
 use crate::error::MetaError;
@@ -16,6 +19,15 @@ use crate::types::{Command, Outcome};
 
 /// How long the leader waits for a chunk server to confirm it holds chunks.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long the leader waits for a chunk server to re-hash a reported copy.
+const VERIFY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bad replicas reported by readers to this node while it led.
+#[derive(Debug, Default)]
+pub struct BadReplicaCounts {
+    pub reported: AtomicU64,
+    pub confirmed: AtomicU64,
+}
 
 /// A heartbeat as the service received it.
 pub struct Beat {
@@ -116,17 +128,33 @@ impl MetaNode {
 
     /// Per chunk: the live servers that already hold it, and new targets
     /// so that it ends up on `replication` distinct live servers.
+    /// Servers whose address is in `exclude` are neither targets nor
+    /// counted as holders.
     pub fn allocate(
         &self,
         chunks: &[(ChunkId, u64)],
         replication: u32,
+        exclude: &[String],
     ) -> Result<Vec<Placement>, MetaError> {
         self.ensure_leader()?;
         let r = replication as usize;
-        let candidates = self.live_candidates();
+        let mut candidates = self.live_candidates();
+        let excluded = self.read_local(|s| {
+            s.cluster
+                .servers
+                .iter()
+                .filter(|(_, info)| exclude.contains(&info.addr))
+                .map(|(id, _)| *id)
+                .collect::<BTreeSet<ServerId>>()
+        });
+        candidates.retain(|c| !excluded.contains(&c.id));
         if candidates.len() < r {
+            let left_out = match excluded.len() {
+                0 => String::new(),
+                n => format!(" ({n} left out as asked)"),
+            };
             return Err(MetaError::Unavailable(format!(
-                "only {} live chunk server(s); replication {r} needs {r}",
+                "only {} live chunk server(s){left_out}; replication {r} needs {r}",
                 candidates.len()
             )));
         }
@@ -169,6 +197,74 @@ impl MetaNode {
             });
         }
         Ok(placements)
+    }
+
+    /// Per chunk: the addresses of live servers that reported holding it.
+    pub fn locate(&self, chunks: &[ChunkId]) -> Result<Vec<Vec<String>>, MetaError> {
+        self.ensure_leader()?;
+        Ok(self.read_local(|s| {
+            chunks
+                .iter()
+                .map(|c| {
+                    s.cluster
+                        .holders(c)
+                        .filter(|h| self.liveness.is_alive(*h))
+                        .filter_map(|h| s.cluster.servers.get(&h).map(|i| i.addr.clone()))
+                        .collect()
+                })
+                .collect()
+        }))
+    }
+
+    /// A reader got bytes that do not match `chunk` from the server at
+    /// `addr`. That server re-hashes its copy; when it is bad it is
+    /// quarantined there, and the location is dropped here at once rather
+    /// than at the next heartbeat. Returns whether the server confirmed it.
+    pub async fn report_bad_replica(
+        &self,
+        chunk: ChunkId,
+        addr: &str,
+        reason: &str,
+    ) -> Result<bool, MetaError> {
+        self.ensure_leader()?;
+        let server = self.read_local(|s| {
+            s.cluster
+                .servers
+                .iter()
+                .find(|(_, info)| info.addr == addr)
+                .map(|(id, _)| *id)
+        });
+        let Some(server) = server else {
+            return Err(MetaError::InvalidArgument(format!(
+                "no chunk server is registered at {addr}"
+            )));
+        };
+        self.bad_replicas.reported.fetch_add(1, Ordering::Relaxed);
+        warn!(chunk = %chunk, server, addr, reason, "reader reported a bad replica");
+        let client = self.chunk_client(server, addr)?;
+        let verdict = tokio::time::timeout(VERIFY_TIMEOUT, client.verify(&[chunk])).await;
+        let confirmed = match verdict {
+            Ok(Ok(verdicts)) => verdicts.first() == Some(&ChunkVerdict::Corrupt),
+            Ok(Err(status)) => {
+                warn!(chunk = %chunk, server, "could not verify the reported replica: {status}");
+                false
+            }
+            Err(_) => {
+                warn!(chunk = %chunk, server, "verifying the reported replica timed out");
+                false
+            }
+        };
+        if confirmed {
+            self.bad_replicas.confirmed.fetch_add(1, Ordering::Relaxed);
+            self.write(Command::ChunkReport {
+                server,
+                added: Vec::new(),
+                removed: vec![chunk],
+                replace: false,
+            })
+            .await?;
+        }
+        Ok(confirmed)
     }
 
     /// Commits `file` once every chunk is stored on at least min(R, 2) live

@@ -10,6 +10,10 @@
 use std::io::Write;
 use std::path::PathBuf;
 
+/// mimalloc, tuned by `shardfs_proto::alloc::keep_freed_memory`.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 use shardfs_meta::config::{Config, FileConfig};
 use shardfs_meta::node::MetaNode;
@@ -77,6 +81,7 @@ struct Cli {
 }
 
 fn main() -> std::process::ExitCode {
+    shardfs_proto::alloc::keep_freed_memory();
     let top = Top::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

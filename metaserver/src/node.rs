@@ -12,6 +12,7 @@ use tracing::{info, warn};
 
 use shardfs_proto::chunk_client::ChunkClient;
 
+use crate::chunks::BadReplicaCounts;
 use crate::error::MetaError;
 use crate::liveness::Liveness;
 use crate::network::Network;
@@ -82,6 +83,8 @@ pub struct MetaNode {
     read_barrier: Arc<std::sync::Mutex<ReadBarrier>>,
     /// One cached client per chunk server, by id (address, client).
     chunk_clients: Arc<std::sync::Mutex<std::collections::HashMap<u64, (String, ChunkClient)>>>,
+    /// Bad replicas readers reported here (leader soft state).
+    pub bad_replicas: Arc<BadReplicaCounts>,
 }
 
 impl MetaNode {
@@ -146,6 +149,7 @@ impl MetaNode {
             read_barrier: Arc::default(),
             read_lease_ms: tuning.election_timeout_max.as_millis() as u64 / 4,
             chunk_clients: Arc::default(),
+            bad_replicas: Arc::default(),
         })
     }
 

@@ -1,6 +1,8 @@
 //! The gRPC `MetaService`: thin adapters from requests to [`MetaNode`]
 //! calls. Writes go through Raft; reads are linearizable (read index).
 
+use std::sync::atomic::Ordering;
+
 use shardfs_proto::DfsPath;
 use shardfs_proto::meta::v1 as pb;
 use shardfs_proto::meta::v1::meta_service_server::MetaService;
@@ -20,6 +22,8 @@ use crate::types::{Command, Outcome};
 /// Default and largest page of a listing.
 const LIST_DEFAULT_LIMIT: usize = 1000;
 const LIST_MAX_LIMIT: usize = 10_000;
+/// Most chunks one LocateChunks call answers for.
+const MAX_LOCATE: usize = 100_000;
 
 pub struct MetaServiceImpl {
     node: MetaNode,
@@ -204,6 +208,8 @@ impl MetaService for MetaServiceImpl {
             last_applied: status.last_applied,
             chunk_servers,
             under_replicated,
+            bad_replicas_reported: self.node.bad_replicas.reported.load(Ordering::Relaxed),
+            bad_replicas_confirmed: self.node.bad_replicas.confirmed.load(Ordering::Relaxed),
         }))
     }
 
@@ -273,7 +279,7 @@ impl MetaService for MetaServiceImpl {
             .collect::<Result<Vec<_>, MetaError>>()?;
         let placements = self
             .node
-            .allocate(&chunks, replication)?
+            .allocate(&chunks, replication, &request.exclude)?
             .into_iter()
             .map(|p| pb::ChunkPlacement {
                 id: p.id.to_vec().into(),
@@ -282,6 +288,44 @@ impl MetaService for MetaServiceImpl {
             })
             .collect();
         Ok(Response::new(pb::AllocateChunksResponse { placements }))
+    }
+
+    async fn locate_chunks(
+        &self,
+        request: Request<pb::LocateChunksRequest>,
+    ) -> Result<Response<pb::LocateChunksResponse>, Status> {
+        let ids = ids_from_wire(&request.into_inner().ids)?;
+        if ids.len() > MAX_LOCATE {
+            return Err(MetaError::InvalidArgument(format!(
+                "{} chunks in one LocateChunks call; at most {MAX_LOCATE} are accepted",
+                ids.len()
+            ))
+            .into());
+        }
+        let chunks = self
+            .node
+            .locate(&ids)?
+            .into_iter()
+            .zip(&ids)
+            .map(|(addrs, id)| pb::ChunkLocations {
+                id: id.to_vec().into(),
+                addrs,
+            })
+            .collect();
+        Ok(Response::new(pb::LocateChunksResponse { chunks }))
+    }
+
+    async fn report_bad_replica(
+        &self,
+        request: Request<pb::ReportBadReplicaRequest>,
+    ) -> Result<Response<pb::ReportBadReplicaResponse>, Status> {
+        let request = request.into_inner();
+        let id = id_from_wire(&request.id)?;
+        let confirmed = self
+            .node
+            .report_bad_replica(id, &request.addr, &request.reason)
+            .await?;
+        Ok(Response::new(pb::ReportBadReplicaResponse { confirmed }))
     }
 
     async fn remove_metaserver(

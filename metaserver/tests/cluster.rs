@@ -448,6 +448,7 @@ async fn chunk_servers_placement_dedup_and_death() {
         let request = AllocateChunksRequest {
             chunks,
             replication: 3,
+            exclude: Vec::new(),
         };
         async move {
             client

@@ -16,8 +16,9 @@ use tonic::transport::Channel;
 
 use crate::chunk::v1::chunk_service_client::ChunkServiceClient;
 use crate::chunk::v1::{
-    ChunkInfo, DeleteChunksRequest, GetChunkRequest, HasChunksRequest, ListChunksRequest,
-    PutChunkRequest, PutHeader, StatsRequest, StatsResponse, put_chunk_request,
+    ChunkInfo, ChunkVerdict, DeleteChunksRequest, GetChunkRequest, HasChunksRequest, ListChunksRequest,
+    PutChunkRequest, PutHeader, StatsRequest, StatsResponse, VerifyChunksRequest,
+    put_chunk_request,
 };
 use crate::{ChunkId, MAX_DATA_MESSAGE_BYTES, transport};
 
@@ -217,6 +218,19 @@ impl ChunkClient {
                 return Ok(all);
             }
         }
+    }
+
+    /// Asks the server to re-hash `ids` from disk; one verdict per id.
+    pub async fn verify(&self, ids: &[ChunkId]) -> Result<Vec<ChunkVerdict>, Status> {
+        let request = VerifyChunksRequest {
+            ids: ids.iter().map(|id| id.to_vec().into()).collect(),
+        };
+        let response = self.rpc().verify_chunks(request).await?.into_inner();
+        Ok(response
+            .verdicts
+            .into_iter()
+            .map(|v| ChunkVerdict::try_from(v).unwrap_or(ChunkVerdict::Unspecified))
+            .collect())
     }
 
     pub async fn stats(&self) -> Result<StatsResponse, Status> {

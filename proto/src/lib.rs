@@ -16,6 +16,7 @@
 //! - [`chunk_client`]: a typed client for one chunk server, used by the other
 //!   servers, the client library, tests and benchmarks.
 
+pub mod alloc;
 pub mod chunk_client;
 pub mod id;
 pub mod meta_client;

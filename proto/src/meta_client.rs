@@ -276,6 +276,77 @@ impl MetaClient {
         .await
     }
 
+    /// Where to store `chunks` (id, length) so each ends up on
+    /// `replication` live chunk servers, leaving out the servers at `exclude`.
+    pub async fn allocate(
+        &self,
+        chunks: &[(crate::ChunkId, u64)],
+        replication: u32,
+        exclude: &[String],
+    ) -> Result<Vec<pb::ChunkPlacement>, Status> {
+        let request = pb::AllocateChunksRequest {
+            chunks: chunks
+                .iter()
+                .map(|(id, length)| pb::ChunkToPlace {
+                    id: id.to_vec().into(),
+                    length: *length,
+                })
+                .collect(),
+            replication,
+            exclude: exclude.to_vec(),
+        };
+        let response = self
+            .call(|mut c| {
+                let request = request.clone();
+                async move { c.allocate_chunks(request).await }
+            })
+            .await?;
+        Ok(response.placements)
+    }
+
+    /// The live chunk servers holding each of `ids`, in order.
+    pub async fn locate(&self, ids: &[crate::ChunkId]) -> Result<Vec<Vec<String>>, Status> {
+        let request = pb::LocateChunksRequest {
+            ids: ids.iter().map(|id| id.to_vec().into()).collect(),
+        };
+        let response = self
+            .call(|mut c| {
+                let request = request.clone();
+                async move { c.locate_chunks(request).await }
+            })
+            .await?;
+        if response.chunks.len() != ids.len() {
+            return Err(Status::internal(format!(
+                "LocateChunks answered for {} of {} chunks",
+                response.chunks.len(),
+                ids.len()
+            )));
+        }
+        Ok(response.chunks.into_iter().map(|c| c.addrs).collect())
+    }
+
+    /// Tells the leader that the chunk server at `addr` served bytes that
+    /// do not match `id`. Returns whether that server confirmed it.
+    pub async fn report_bad_replica(
+        &self,
+        id: crate::ChunkId,
+        addr: &str,
+        reason: &str,
+    ) -> Result<bool, Status> {
+        let request = pb::ReportBadReplicaRequest {
+            id: id.to_vec().into(),
+            addr: addr.to_string(),
+            reason: reason.to_string(),
+        };
+        let response = self
+            .call(|mut c| {
+                let request = request.clone();
+                async move { c.report_bad_replica(request).await }
+            })
+            .await?;
+        Ok(response.confirmed)
+    }
+
     pub async fn add_metaserver(
         &self,
         id: u64,

@@ -1,0 +1,355 @@
+//! The entry point: a [`Client`] holds one metaserver client (leader
+//! discovery and redirects) and one cached [`ChunkClient`] per chunk
+//! server, shared by every put, get and reader made from it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use shardfs_proto::chunk_client::ChunkClient;
+use shardfs_proto::meta::v1 as pb;
+use shardfs_proto::meta_client::MetaClient;
+use shardfs_proto::{ChunkId, DEFAULT_CHUNK_BYTES, DfsPath, MAX_CHUNK_BYTES};
+use tokio::sync::Semaphore;
+
+use crate::error::{ClientError, Result, status_cause};
+
+/// How a client moves data. The defaults suit a training node reading and
+/// writing with a few GiB of memory to spare.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Bytes per chunk for new files.
+    pub chunk_size: u64,
+    /// Replicas per chunk for new files.
+    pub replication: u32,
+    /// Bytes of chunk data a client holds for puts in progress, across all
+    /// of them.
+    pub put_memory_bytes: u64,
+    /// Bytes a reader fetches ahead of its position, in parallel.
+    pub read_ahead_bytes: u64,
+    /// Files transferred at once by directory puts and gets.
+    pub parallel_files: usize,
+    /// How long one chunk request to one replica may take before the next
+    /// replica is tried (plus a second per 16 MiB of chunk).
+    pub chunk_timeout: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            chunk_size: DEFAULT_CHUNK_BYTES,
+            replication: 3,
+            put_memory_bytes: 256 << 20,
+            read_ahead_bytes: 64 << 20,
+            parallel_files: 8,
+            chunk_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ClientConfig {
+    pub fn check(&self) -> Result<()> {
+        if self.chunk_size == 0 || self.chunk_size > MAX_CHUNK_BYTES {
+            return Err(ClientError::InvalidArgument(format!(
+                "chunk size {} is out of range: it must be between 1 byte and {} MiB",
+                self.chunk_size,
+                MAX_CHUNK_BYTES >> 20
+            )));
+        }
+        if !(1..=16).contains(&self.replication) {
+            return Err(ClientError::InvalidArgument(format!(
+                "replication {} is out of range: it must be between 1 and 16",
+                self.replication
+            )));
+        }
+        Ok(())
+    }
+
+    /// The per-replica timeout for a chunk of `length` bytes.
+    pub(crate) fn timeout_for(&self, length: u64) -> Duration {
+        self.chunk_timeout + Duration::from_secs(length >> 24)
+    }
+}
+
+/// Running totals of what this client sent and received.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Chunk bytes sent to chunk servers (each replica counts).
+    pub bytes_sent: AtomicU64,
+    /// Chunk bytes received and verified.
+    pub bytes_received: AtomicU64,
+    /// Chunks a put did not send because the cluster already had them.
+    pub chunks_deduplicated: AtomicU64,
+    /// Replicas whose bytes did not match their id.
+    pub bad_replicas_seen: AtomicU64,
+    /// Replica requests that failed and were retried elsewhere.
+    pub replica_failures: AtomicU64,
+}
+
+/// A snapshot of [`Counters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CounterValues {
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub chunks_deduplicated: u64,
+    pub bad_replicas_seen: u64,
+    pub replica_failures: u64,
+}
+
+/// A connection to a shardfs cluster. Cheap to clone; clones share
+/// channels, memory budget and counters.
+#[derive(Clone)]
+pub struct Client {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub meta: MetaClient,
+    pub config: ClientConfig,
+    chunk_servers: Mutex<HashMap<String, ChunkClient>>,
+    /// Put data in memory, in KiB (a semaphore counts in u32).
+    pub put_memory: Arc<Semaphore>,
+    pub counters: Counters,
+    /// When on, how long each chunk put took (for benchmarks).
+    pub put_latencies: Mutex<Option<Vec<Duration>>>,
+}
+
+impl Client {
+    /// Connects to the metaservers at `addrs` (host:port each) with the
+    /// default configuration.
+    pub async fn connect(addrs: &[String]) -> Result<Self> {
+        Self::connect_with(addrs, ClientConfig::default()).await
+    }
+
+    /// Connects and checks that at least one metaserver answers (so a
+    /// cluster that is down is reported at once, not after a long wait),
+    /// then finds the leader.
+    pub async fn connect_with(addrs: &[String], config: ClientConfig) -> Result<Self> {
+        config.check()?;
+        let addrs: Vec<String> = addrs
+            .iter()
+            .map(|a| a.trim().to_string())
+            .filter(|a| !a.is_empty())
+            .collect();
+        if addrs.is_empty() {
+            return Err(ClientError::InvalidArgument(
+                "no metaserver address given: pass --meta HOST:PORT[,HOST:PORT...] or set SHARDFS_META"
+                    .into(),
+            ));
+        }
+        let meta = MetaClient::new(&addrs).map_err(|s| ClientError::meta("metaservers", s))?;
+        probe(&meta, &addrs).await?;
+        let permits = (config.put_memory_bytes >> 10).clamp(MAX_CHUNK_BYTES >> 10, u32::MAX as u64);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                meta,
+                config,
+                chunk_servers: Mutex::new(HashMap::new()),
+                put_memory: Arc::new(Semaphore::new(permits as usize)),
+                counters: Counters::default(),
+                put_latencies: Mutex::new(None),
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// The metaserver client underneath (leader discovery, raw calls).
+    pub fn meta(&self) -> &MetaClient {
+        &self.inner.meta
+    }
+
+    pub fn counters(&self) -> CounterValues {
+        let c = &self.inner.counters;
+        CounterValues {
+            bytes_sent: c.bytes_sent.load(Ordering::Relaxed),
+            bytes_received: c.bytes_received.load(Ordering::Relaxed),
+            chunks_deduplicated: c.chunks_deduplicated.load(Ordering::Relaxed),
+            bad_replicas_seen: c.bad_replicas_seen.load(Ordering::Relaxed),
+            replica_failures: c.replica_failures.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Starts (or stops) recording how long each chunk put takes.
+    pub fn record_latencies(&self, on: bool) {
+        *self.inner.put_latencies.lock().expect("latencies") = on.then(Vec::new);
+    }
+
+    /// The chunk put latencies recorded so far (and clears them).
+    pub fn take_latencies(&self) -> Vec<Duration> {
+        match &mut *self.inner.put_latencies.lock().expect("latencies") {
+            Some(recorded) => std::mem::take(recorded),
+            None => Vec::new(),
+        }
+    }
+
+    pub(crate) fn note_put_latency(&self, took: Duration) {
+        if let Some(recorded) = &mut *self.inner.put_latencies.lock().expect("latencies") {
+            recorded.push(took);
+        }
+    }
+
+    /// The cached client for the chunk server at `addr`.
+    pub(crate) fn chunk_server(&self, addr: &str) -> Result<ChunkClient> {
+        let mut servers = self.inner.chunk_servers.lock().expect("chunk server cache");
+        if let Some(client) = servers.get(addr) {
+            return Ok(client.clone());
+        }
+        let client = ChunkClient::new(addr).map_err(|e| {
+            ClientError::InvalidArgument(format!("bad chunk server address {addr:?}: {e}"))
+        })?;
+        servers.insert(addr.to_string(), client.clone());
+        Ok(client)
+    }
+
+    /// The entry at `path`.
+    pub async fn stat(&self, path: &str) -> Result<pb::Entry> {
+        let path = parse(path)?;
+        self.inner
+            .meta
+            .lookup(path.as_str())
+            .await
+            .map_err(|s| ClientError::meta(path.as_str(), s))
+    }
+
+    /// A file's entry with the live locations of each of its chunks.
+    pub async fn stat_with_locations(&self, path: &str) -> Result<(pb::Entry, Vec<Vec<String>>)> {
+        let entry = self.stat(path).await?;
+        let locations = match &entry.file {
+            Some(file) => self.locate(path, &file.chunks).await?,
+            None => Vec::new(),
+        };
+        Ok((entry, locations))
+    }
+
+    /// Live locations of `chunks`, asked in batches.
+    pub(crate) async fn locate(
+        &self,
+        path: &str,
+        chunks: &[pb::ChunkRef],
+    ) -> Result<Vec<Vec<String>>> {
+        const BATCH: usize = 10_000;
+        let mut all = Vec::with_capacity(chunks.len());
+        for batch in chunks.chunks(BATCH) {
+            let ids = batch
+                .iter()
+                .map(|c| chunk_id(path, &c.id))
+                .collect::<Result<Vec<_>>>()?;
+            let found = self
+                .inner
+                .meta
+                .locate(&ids)
+                .await
+                .map_err(|s| ClientError::meta(path, s))?;
+            all.extend(found);
+        }
+        Ok(all)
+    }
+
+    /// The entries of directory `path`, in name order.
+    pub async fn list(&self, path: &str) -> Result<Vec<pb::Entry>> {
+        let path = parse(path)?;
+        self.inner
+            .meta
+            .list(path.as_str())
+            .await
+            .map_err(|s| ClientError::meta(path.as_str(), s))
+    }
+
+    /// Creates a directory; returns false when it already existed (only
+    /// possible with `parents`).
+    pub async fn mkdir(&self, path: &str, parents: bool) -> Result<bool> {
+        let path = parse(path)?;
+        self.inner
+            .meta
+            .mkdir(path.as_str(), parents)
+            .await
+            .map_err(|s| ClientError::meta(path.as_str(), s))
+    }
+
+    /// Deletes a file, or a directory (with `recursive` when not empty).
+    /// Returns how many files went.
+    pub async fn remove(&self, path: &str, recursive: bool) -> Result<u64> {
+        let path = parse(path)?;
+        self.inner
+            .meta
+            .delete(path.as_str(), recursive)
+            .await
+            .map_err(|s| ClientError::meta(path.as_str(), s))
+    }
+
+    pub async fn rename(&self, from: &str, to: &str) -> Result<()> {
+        let (from, to) = (parse(from)?, parse(to)?);
+        self.inner
+            .meta
+            .rename(from.as_str(), to.as_str())
+            .await
+            .map_err(|s| ClientError::meta(&format!("{from} -> {to}"), s))
+    }
+
+    pub async fn cluster_status(&self) -> Result<pb::ClusterStatusResponse> {
+        self.inner
+            .meta
+            .cluster_status()
+            .await
+            .map_err(|s| ClientError::meta("cluster status", s))
+    }
+
+    /// Tells the leader a replica served bad bytes (best effort, logged).
+    pub(crate) fn report_bad_replica(&self, id: ChunkId, addr: String, reason: String) {
+        let meta = self.inner.meta.clone();
+        tokio::spawn(async move {
+            match meta.report_bad_replica(id, &addr, &reason).await {
+                Ok(confirmed) => tracing::warn!(
+                    chunk = %id, %addr, confirmed,
+                    "reported a bad replica to the metaserver"
+                ),
+                Err(status) => tracing::warn!(
+                    chunk = %id, %addr,
+                    "could not report a bad replica: {}", status_cause(&status)
+                ),
+            }
+        });
+    }
+}
+
+/// Parses a namespace path, with the rules in words on failure.
+pub fn parse(path: &str) -> Result<DfsPath> {
+    DfsPath::parse(path).map_err(|e| ClientError::InvalidArgument(format!("{path:?}: {e}")))
+}
+
+pub(crate) fn chunk_id(path: &str, bytes: &[u8]) -> Result<ChunkId> {
+    ChunkId::from_slice(bytes).map_err(|e| ClientError::Remote {
+        context: path.to_string(),
+        code: tonic::Code::Internal,
+        message: format!("the metaserver sent a bad chunk id: {e}"),
+    })
+}
+
+/// Asks every metaserver at once for its status; fails when none answers.
+async fn probe(meta: &MetaClient, addrs: &[String]) -> Result<()> {
+    let asks = addrs.iter().map(|addr| async move {
+        let mut client = meta
+            .direct(addr)
+            .map_err(|s| format!("{addr}: {}", s.message()))?;
+        let call = client.cluster_status(pb::ClusterStatusRequest {});
+        match tokio::time::timeout(Duration::from_secs(3), call).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(status)) => Err(status_cause(&status)),
+            Err(_) => Err("no answer within 3 s".to_string()),
+        }
+    });
+    let results = futures::future::join_all(asks).await;
+    if results.iter().any(Result::is_ok) {
+        return Ok(());
+    }
+    let mut causes: Vec<String> = results.into_iter().filter_map(Result::err).collect();
+    causes.dedup();
+    Err(ClientError::NoMetaserver {
+        addrs: addrs.join(","),
+        cause: causes.join("; "),
+    })
+}

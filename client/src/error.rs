@@ -1,0 +1,118 @@
+//! Client errors, worded for the person at the terminal: what went wrong,
+//! where, and (when we can tell) what to do about it.
+
+use std::path::PathBuf;
+
+use tonic::{Code, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No metaserver answered at all.
+    #[error("no metaserver reachable at {addrs} ({cause}): is the cluster running? try deploy/local-cluster.sh status")]
+    NoMetaserver { addrs: String, cause: String },
+
+    #[error("{0}: no such file or directory")]
+    NotFound(String),
+
+    #[error("{0}: already exists")]
+    AlreadyExists(String),
+
+    #[error("{0}")]
+    InvalidArgument(String),
+
+    #[error("{path}: {source}")]
+    Local {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// Every replica of a chunk failed; each attempt is listed.
+    #[error("{path}: chunk {chunk} (bytes {offset}..{end}) could not be read from any replica: {attempts}")]
+    Unreadable {
+        path: String,
+        chunk: String,
+        offset: u64,
+        end: u64,
+        attempts: String,
+    },
+
+    /// A chunk could not be stored on enough chunk servers.
+    #[error("{path}: chunk {chunk} could not be stored: {detail}")]
+    Unwritable {
+        path: String,
+        chunk: String,
+        detail: String,
+    },
+
+    /// A metaserver or chunk server refused or failed a call.
+    #[error("{context}: {message}")]
+    Remote {
+        context: String,
+        code: Code,
+        message: String,
+    },
+}
+
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+impl ClientError {
+    pub fn local(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Local {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// A failed call to the metaservers, about `path` (or another subject).
+    pub fn meta(subject: &str, status: Status) -> Self {
+        let message = status_cause(&status);
+        match status.code() {
+            Code::NotFound => Self::NotFound(subject.to_string()),
+            Code::AlreadyExists => Self::AlreadyExists(subject.to_string()),
+            Code::InvalidArgument | Code::FailedPrecondition => {
+                Self::InvalidArgument(format!("{subject}: {message}"))
+            }
+            code => Self::Remote {
+                context: subject.to_string(),
+                code,
+                message,
+            },
+        }
+    }
+}
+
+/// The most telling description of a failed call: the status message, and
+/// for transport failures the innermost cause (like "connection refused").
+pub fn status_cause(status: &Status) -> String {
+    let mut cause: Option<String> = None;
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            // The operating system's words are the plainest: stop there.
+            cause = Some(io_words(io));
+            break;
+        }
+        cause = Some(err.to_string());
+        source = err.source();
+    }
+    match cause {
+        Some(cause) if status.message().is_empty() || status.message() == "transport error" => {
+            cause
+        }
+        Some(cause) if !status.message().contains(&cause) => {
+            format!("{} ({cause})", status.message())
+        }
+        _ => status.message().to_string(),
+    }
+}
+
+fn io_words(err: &std::io::Error) -> String {
+    use std::io::ErrorKind::*;
+    match err.kind() {
+        ConnectionRefused => "connection refused".into(),
+        ConnectionReset => "connection reset".into(),
+        TimedOut => "timed out".into(),
+        _ => err.to_string(),
+    }
+}

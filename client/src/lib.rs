@@ -1,0 +1,36 @@
+//! The shardfs client library: put and get files and directory trees, read
+//! files with a parallel, verified read-ahead, and manage the namespace.
+//!
+//! ```no_run
+//! # async fn demo() -> shardfs_client::Result<()> {
+//! use shardfs_client::{Client, PutOptions};
+//! use tokio::io::AsyncReadExt;
+//!
+//! let client = Client::connect(&["127.0.0.1:7101".to_string()]).await?;
+//! client.put_bytes("hello".into(), "/data/hello.txt", &PutOptions::default()).await?;
+//! let mut reader = client.open("/data/hello.txt").await?;
+//! let mut text = String::new();
+//! reader.read_to_string(&mut text).await.unwrap();
+//! # Ok(()) }
+//! ```
+//!
+//! - [`client`]: [`Client`], its configuration, channels and counters.
+//! - [`put`]: chunking, hashing, placement, replica writes with retries,
+//!   commit.
+//! - [`read`]: verified chunk fetches with failover and bad-replica
+//!   reports; [`FileReader`].
+//! - [`transfer`]: whole files and trees to and from local disk.
+//! - [`error`]: errors in plain words.
+
+pub mod bench;
+pub mod client;
+pub mod error;
+pub mod put;
+pub mod read;
+pub mod transfer;
+
+pub use client::{Client, ClientConfig, CounterValues};
+pub use error::{ClientError, Result};
+pub use put::{Progress, PutOptions, PutStats};
+pub use read::{FileLayout, FileReader, read_all};
+pub use transfer::GetStats;

@@ -1,0 +1,724 @@
+//! `shardfs`: the command line for shardfs clusters.
+//!
+//! Exit codes: 0 ok, 1 error (said in words on stderr), 2 usage.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// mimalloc, tuned by `shardfs_proto::alloc::keep_freed_memory`.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use shardfs_client::bench::{BenchOptions, run_bench};
+use shardfs_client::read::unwrap_io;
+use shardfs_client::transfer::entry_size;
+use shardfs_client::{Client, ClientConfig, ClientError, Progress, PutOptions, Result};
+use shardfs_proto::meta::v1 as pb;
+
+/// The addresses `deploy/local-cluster.sh up` uses.
+const DEFAULT_META: &str = "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103";
+
+#[derive(Parser)]
+#[command(
+    name = "shardfs",
+    version,
+    about = "Put, get and manage datasets in a shardfs cluster",
+    after_help = "Metaservers come from --meta or SHARDFS_META (source .shardfs-cluster/cluster.env \
+                  after deploy/local-cluster.sh up)."
+)]
+struct Cli {
+    /// Metaserver addresses, comma-separated (host:port,...).
+    #[arg(long, env = "SHARDFS_META", default_value = DEFAULT_META, global = true)]
+    meta: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Upload local files or directories (- reads standard input).
+    Put(PutArgs),
+    /// Download a file or (with -r) a directory.
+    Get {
+        remote: String,
+        local: PathBuf,
+        /// Download a directory and everything under it.
+        #[arg(short, long)]
+        recursive: bool,
+    },
+    /// Print files to standard output.
+    Cat {
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+    /// List a directory.
+    Ls {
+        #[arg(default_value = "/")]
+        path: String,
+        /// Long format: type, size, replication, modification time.
+        #[arg(short = 'l')]
+        long: bool,
+        /// List subdirectories too.
+        #[arg(short = 'R')]
+        recursive: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a file's size, chunks and where each chunk is stored.
+    Stat {
+        path: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete files, or directories with -r.
+    Rm {
+        #[arg(required = true)]
+        paths: Vec<String>,
+        #[arg(short, long)]
+        recursive: bool,
+    },
+    /// Rename or move a file or directory.
+    Mv { from: String, to: String },
+    /// Create directories.
+    Mkdir {
+        #[arg(required = true)]
+        paths: Vec<String>,
+        /// Create missing parents; no error if it exists.
+        #[arg(short, long)]
+        parents: bool,
+    },
+    /// Cluster administration.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+    /// Write then read files against the running cluster and print MB/s.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct PutArgs {
+    /// Local files or directories, then the remote destination.
+    #[arg(required = true, num_args = 2.., value_name = "LOCAL... REMOTE")]
+    paths: Vec<String>,
+    /// Upload directories and everything under them.
+    #[arg(short, long)]
+    recursive: bool,
+    /// Replicas per chunk (default 3).
+    #[arg(long)]
+    replication: Option<u32>,
+    /// Bytes per chunk, like 8MiB, 4M or 65536 (default 8 MiB, at most 64 MiB).
+    #[arg(long, value_parser = parse_size)]
+    chunk_size: Option<u64>,
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Metaservers, chunk servers and replication health, as the leader sees them.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Files to write and read.
+    #[arg(long, default_value_t = 32)]
+    files: usize,
+    /// Size of each file in MiB.
+    #[arg(long, default_value_t = 64)]
+    size_mib: u64,
+    /// Files transferred at once.
+    #[arg(long, default_value_t = 8)]
+    streams: usize,
+    #[arg(long, default_value_t = 3)]
+    replication: u32,
+    /// Bytes per chunk.
+    #[arg(long, value_parser = parse_size, default_value = "8MiB")]
+    chunk_size: u64,
+    /// Read passes over the files.
+    #[arg(long, default_value_t = 2)]
+    read_rounds: usize,
+    /// Remote directory for the files (deleted afterwards unless --keep).
+    #[arg(long, default_value = "/.bench")]
+    dir: String,
+    #[arg(long)]
+    keep: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    shardfs_proto::alloc::keep_freed_memory();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SHARDFS_LOG")
+                .unwrap_or_else(|_| "shardfs_client=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shardfs: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let addrs: Vec<String> = cli.meta.split(',').map(str::to_string).collect();
+    let mut config = ClientConfig::default();
+    if let Command::Put(args) = &cli.command {
+        if let Some(r) = args.replication {
+            config.replication = r;
+        }
+        if let Some(s) = args.chunk_size {
+            config.chunk_size = s;
+        }
+        config.check()?;
+    }
+    let client = Client::connect_with(&addrs, config).await?;
+    match cli.command {
+        Command::Put(args) => put(&client, args).await,
+        Command::Get {
+            remote,
+            local,
+            recursive,
+        } => get(&client, &remote, &local, recursive).await,
+        Command::Cat { paths } => cat(&client, &paths).await,
+        Command::Ls {
+            path,
+            long,
+            recursive,
+            json,
+        } => ls(&client, &path, long, recursive, json).await,
+        Command::Stat { path, json } => stat(&client, &path, json).await,
+        Command::Rm { paths, recursive } => {
+            for path in paths {
+                client.remove(&path, recursive).await.map_err(|e| match e {
+                    ClientError::InvalidArgument(m) if !recursive && m.contains("not empty") => {
+                        ClientError::InvalidArgument(format!("{m} (use -r to delete it and everything under it)"))
+                    }
+                    e => e,
+                })?;
+            }
+            Ok(())
+        }
+        Command::Mv { from, to } => client.rename(&from, &to).await,
+        Command::Mkdir { paths, parents } => {
+            for path in paths {
+                client.mkdir(&path, parents).await?;
+            }
+            Ok(())
+        }
+        Command::Cluster {
+            command: ClusterCommand::Status { json },
+        } => cluster_status(&client, json).await,
+        Command::Bench(args) => bench(&client, args).await,
+    }
+}
+
+/// A byte count like "8MiB", "4M", "64k" or "65536".
+fn parse_size(text: &str) -> std::result::Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (try 8MiB, 4M or 65536)"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => return Err(format!("{text:?} has an unknown unit (use K, M or G)")),
+    };
+    n.checked_shl(shift)
+        .filter(|v| v >> shift == n)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+/// A progress bar on stderr when it is a terminal; nothing otherwise.
+fn progress_bar(total: u64, what: &str) -> (Option<ProgressBar>, Option<Progress>) {
+    if !std::io::stderr().is_terminal() {
+        return (None, None);
+    }
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+        )
+        .expect("progress template")
+        .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    let handle = bar.clone();
+    let progress: Progress = Arc::new(move |n| handle.inc(n));
+    (Some(bar), Some(progress))
+}
+
+fn finish(bar: Option<ProgressBar>) {
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+}
+
+/// Remote path `dir/name`.
+fn remote_join(dir: &str, name: &str) -> String {
+    format!("{}/{name}", dir.trim_end_matches('/'))
+}
+
+async fn is_remote_dir(client: &Client, path: &str) -> Result<bool> {
+    match client.stat(path).await {
+        Ok(entry) => Ok(entry.is_dir),
+        Err(ClientError::NotFound(_)) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+fn local_name(path: &Path) -> Result<String> {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .map(str::to_string)
+        .ok_or_else(|| {
+            ClientError::InvalidArgument(format!("{}: cannot tell the file name", path.display()))
+        })
+}
+
+async fn put(client: &Client, args: PutArgs) -> Result<()> {
+    let (sources, dest) = args.paths.split_at(args.paths.len() - 1);
+    let dest = dest[0].clone();
+    let dest_exists_dir = is_remote_dir(client, &dest).await?;
+    let into_dir = dest_exists_dir || dest.ends_with('/') || sources.len() > 1;
+    if into_dir && !dest_exists_dir {
+        client.mkdir(&dest, true).await?;
+    }
+    let options = PutOptions::default();
+    // Plan every transfer first, so a bad argument fails before any upload.
+    let mut plan = Vec::new();
+    let mut total = 0u64;
+    for source in sources {
+        if source == "-" {
+            if into_dir {
+                return Err(ClientError::InvalidArgument(
+                    "standard input (-) needs a remote file name, not a directory".into(),
+                ));
+            }
+            plan.push((None, dest.clone(), false));
+            continue;
+        }
+        let local = PathBuf::from(source);
+        let meta = std::fs::metadata(&local).map_err(|e| ClientError::local(&local, e))?;
+        let target = if into_dir {
+            remote_join(&dest, &local_name(&local)?)
+        } else {
+            dest.clone()
+        };
+        if meta.is_dir() {
+            if !args.recursive {
+                return Err(ClientError::InvalidArgument(format!(
+                    "{source}: is a directory (use -r to upload a directory)"
+                )));
+            }
+            let (_, files) = shardfs_client::transfer::local_tree(&local)?;
+            for (_, path) in &files {
+                total += std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+            }
+            plan.push((Some(local), target, true));
+        } else {
+            total += meta.len();
+            plan.push((Some(local), target, false));
+        }
+    }
+    let started = Instant::now();
+    let (bar, progress) = progress_bar(total, "put");
+    let mut stats = shardfs_client::PutStats::default();
+    let mut files = 0u64;
+    for (local, target, is_dir) in plan {
+        let done = match (local, is_dir) {
+            (None, _) => {
+                files += 1;
+                client
+                    .put_reader(tokio::io::stdin(), &target, &options, progress.clone())
+                    .await
+            }
+            (Some(local), true) => {
+                files += shardfs_client::transfer::local_tree(&local)?.1.len() as u64;
+                client
+                    .put_tree(&local, &target, &options, progress.clone())
+                    .await
+            }
+            (Some(local), false) => {
+                files += 1;
+                client
+                    .put_file(&local, &target, &options, progress.clone())
+                    .await
+            }
+        };
+        match done {
+            Ok(s) => stats.add(&s),
+            Err(e) => {
+                finish(bar);
+                return Err(e);
+            }
+        }
+    }
+    finish(bar);
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "put {files} file(s), {} in {secs:.2} s ({}/s); {} chunk(s), {} already stored",
+        human(stats.bytes),
+        human((stats.bytes as f64 / secs.max(1e-6)) as u64),
+        stats.chunks,
+        stats.chunks_deduplicated
+    );
+    Ok(())
+}
+
+async fn get(client: &Client, remote: &str, local: &Path, recursive: bool) -> Result<()> {
+    let entry = client.stat(remote).await?;
+    let started = Instant::now();
+    let name = shardfs_client::client::parse(remote)?
+        .name()
+        .unwrap_or("root")
+        .to_string();
+    let target = if local.is_dir() {
+        local.join(&name)
+    } else {
+        local.to_path_buf()
+    };
+    let stats = if entry.is_dir {
+        if !recursive {
+            return Err(ClientError::InvalidArgument(format!(
+                "{remote}: is a directory (use -r to download a directory)"
+            )));
+        }
+        let (_, files) = client.walk(remote).await?;
+        let total = files.iter().map(|f| f.size).sum();
+        let (bar, progress) = progress_bar(total, "get");
+        let result = client.get_tree(remote, &target, progress).await;
+        finish(bar);
+        result?
+    } else {
+        let (bar, progress) = progress_bar(entry_size(&entry), "get");
+        let result = client.get_file(remote, &target, progress).await;
+        finish(bar);
+        result?
+    };
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "got {} file(s), {} in {secs:.2} s ({}/s)",
+        stats.files,
+        human(stats.bytes),
+        human((stats.bytes as f64 / secs.max(1e-6)) as u64)
+    );
+    Ok(())
+}
+
+async fn cat(client: &Client, paths: &[String]) -> Result<()> {
+    let mut stdout = tokio::io::stdout();
+    for path in paths {
+        let mut reader = client.open(path).await?;
+        match tokio::io::copy(&mut reader, &mut stdout).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            Err(e) => return Err(unwrap_io(path, e)),
+        }
+    }
+    use tokio::io::AsyncWriteExt;
+    let _ = stdout.flush().await;
+    Ok(())
+}
+
+fn entry_json(path: &str, entry: &pb::Entry) -> serde_json::Value {
+    let file = entry.file.as_ref();
+    json!({
+        "path": path,
+        "name": entry.name,
+        "type": if entry.is_dir { "dir" } else { "file" },
+        "size": entry_size(entry),
+        "mtime_ms": entry.mtime_ms,
+        "replication": file.map(|f| f.replication),
+        "chunks": file.map(|f| f.chunks.len()),
+    })
+}
+
+fn long_line(entry: &pb::Entry, name: &str) -> String {
+    let file = entry.file.as_ref();
+    format!(
+        "{} {:>3} {:>12} {} {}",
+        if entry.is_dir { 'd' } else { '-' },
+        file.map(|f| f.replication.to_string())
+            .unwrap_or_else(|| "-".into()),
+        entry_size(entry),
+        format_ms(entry.mtime_ms),
+        name
+    )
+}
+
+async fn ls(client: &Client, path: &str, long: bool, recursive: bool, json: bool) -> Result<()> {
+    let root = client.stat(path).await?;
+    let mut out = Vec::new();
+    if !root.is_dir {
+        out.push((path.to_string(), root));
+    } else {
+        let mut stack = vec![path.to_string()];
+        while let Some(dir) = stack.pop() {
+            let entries = client.list(&dir).await?;
+            if recursive {
+                for entry in entries.iter().rev().filter(|e| e.is_dir) {
+                    stack.push(remote_join(&dir, &entry.name));
+                }
+            }
+            for entry in entries {
+                out.push((remote_join(&dir, &entry.name), entry));
+            }
+        }
+    }
+    if json {
+        let list: Vec<_> = out.iter().map(|(p, e)| entry_json(p, e)).collect();
+        println!("{}", serde_json::to_string_pretty(&list).expect("json"));
+        return Ok(());
+    }
+    for (full, entry) in &out {
+        let shown = if recursive {
+            full.clone()
+        } else {
+            entry.name.clone()
+        };
+        let shown = if entry.is_dir {
+            format!("{shown}/")
+        } else {
+            shown
+        };
+        if long {
+            println!("{}", long_line(entry, &shown));
+        } else {
+            println!("{shown}");
+        }
+    }
+    Ok(())
+}
+
+async fn stat(client: &Client, path: &str, json: bool) -> Result<()> {
+    let (entry, locations) = client.stat_with_locations(path).await?;
+    let file = entry.file.clone().unwrap_or_default();
+    let mut offset = 0u64;
+    let chunks: Vec<serde_json::Value> = file
+        .chunks
+        .iter()
+        .zip(&locations)
+        .enumerate()
+        .map(|(i, (c, locs))| {
+            let value = json!({
+                "index": i,
+                "id": hex(&c.id),
+                "offset": offset,
+                "length": c.length,
+                "locations": locs,
+            });
+            offset += c.length;
+            value
+        })
+        .collect();
+    if json {
+        let mut value = entry_json(path, &entry);
+        if !entry.is_dir {
+            value["content_id"] = json!(hex(&file.content_id));
+            value["chunks"] = json!(chunks);
+        }
+        println!("{}", serde_json::to_string_pretty(&value).expect("json"));
+        return Ok(());
+    }
+    println!("path:        {path}");
+    println!("type:        {}", if entry.is_dir { "directory" } else { "file" });
+    println!("modified:    {}", format_ms(entry.mtime_ms));
+    if !entry.is_dir {
+        println!("size:        {} ({} bytes)", human(file.size), file.size);
+        println!("replication: {}", file.replication);
+        println!("content id:  {}", hex(&file.content_id));
+        println!("chunks:      {}", file.chunks.len());
+        for c in &chunks {
+            let locs: Vec<&str> = c["locations"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+                .unwrap_or_default();
+            println!(
+                "  {:>5}  {}  {:>10}  {}",
+                c["index"],
+                c["id"].as_str().unwrap_or(""),
+                c["length"],
+                if locs.is_empty() {
+                    "(no live replica)".to_string()
+                } else {
+                    locs.join(" ")
+                }
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn cluster_status(client: &Client, json: bool) -> Result<()> {
+    let s = client.cluster_status().await?;
+    if json {
+        let value = json!({
+            "leader": { "id": s.leader_id, "addr": s.leader_addr },
+            "term": s.term,
+            "last_applied": s.last_applied,
+            "metaservers": s.metaservers.iter().map(|m| json!({
+                "id": m.id, "addr": m.addr, "role": m.role, "voter": m.voter,
+                "last_applied": m.last_applied,
+            })).collect::<Vec<_>>(),
+            "chunk_servers": s.chunk_servers.iter().map(|c| json!({
+                "id": c.id, "addr": c.addr, "zone": c.zone,
+                "state": if c.alive { "alive" } else { "dead" },
+                "chunks": c.chunks, "used_bytes": c.used_bytes,
+                "capacity_bytes": c.capacity_bytes, "free_bytes": c.free_bytes,
+            })).collect::<Vec<_>>(),
+            "under_replicated": s.under_replicated,
+            "bad_replicas_reported": s.bad_replicas_reported,
+            "bad_replicas_confirmed": s.bad_replicas_confirmed,
+        });
+        println!("{}", serde_json::to_string_pretty(&value).expect("json"));
+        return Ok(());
+    }
+    println!(
+        "leader: metaserver {} at {} (term {})",
+        s.leader_id, s.leader_addr, s.term
+    );
+    println!("metaservers:");
+    for m in &s.metaservers {
+        println!(
+            "  {:>3}  {:<21}  {:<9}  {}  applied {}",
+            m.id,
+            m.addr,
+            m.role,
+            if m.voter { "voter  " } else { "learner" },
+            m.last_applied
+        );
+    }
+    println!("chunk servers:");
+    for c in &s.chunk_servers {
+        println!(
+            "  {:>3}  {:<21}  {:<8}  {:<5}  {:>8} chunks  {:>10} used  {:>10} free",
+            c.id,
+            c.addr,
+            c.zone,
+            if c.alive { "alive" } else { "DEAD" },
+            c.chunks,
+            human(c.used_bytes),
+            human(c.free_bytes)
+        );
+    }
+    println!("under-replicated chunks: {}", s.under_replicated);
+    if s.bad_replicas_reported > 0 {
+        println!(
+            "bad replicas reported: {} ({} confirmed and quarantined)",
+            s.bad_replicas_reported, s.bad_replicas_confirmed
+        );
+    }
+    Ok(())
+}
+
+async fn bench(client: &Client, args: BenchArgs) -> Result<()> {
+    let options = BenchOptions {
+        files: args.files,
+        file_bytes: args.size_mib << 20,
+        streams: args.streams,
+        replication: args.replication,
+        chunk_size: args.chunk_size,
+        read_rounds: args.read_rounds,
+        dir: args.dir,
+        keep: args.keep,
+    };
+    let report = run_bench(client, &options, !args.json).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report).expect("json"));
+    } else {
+        println!("{}", report.summary());
+    }
+    Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// Milliseconds since the epoch as UTC "YYYY-MM-DD HH:MM".
+fn format_ms(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("8MiB"), Ok(8 << 20));
+        assert_eq!(parse_size("4M"), Ok(4 << 20));
+        assert_eq!(parse_size("64k"), Ok(64 << 10));
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("8X").is_err());
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(format_ms(0), "1970-01-01 00:00");
+        assert_eq!(format_ms(1_764_072_000_000), "2025-11-25 12:00");
+    }
+}

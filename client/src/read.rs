@@ -1,0 +1,399 @@
+//! Reading files: every chunk is fetched from one of its replicas and
+//! verified against its id before a byte of it is handed out. On an error,
+//! a timeout or bad bytes the next replica is tried; bad bytes are reported
+//! to the metaserver, which has the chunk server check and quarantine them.
+//!
+//! [`FileReader`] is a tokio `AsyncRead + AsyncSeek` over one file with a
+//! window of chunks fetched in parallel ahead of the position.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use shardfs_proto::ChunkId;
+use tokio::io::{AsyncRead, AsyncSeek, ReadBuf};
+use tokio::task::JoinHandle;
+
+use crate::client::{Client, chunk_id};
+use crate::error::{ClientError, Result, status_cause};
+
+/// A committed file as a reader needs it: its chunks, where each starts,
+/// and where each is stored.
+pub struct FileLayout {
+    pub path: String,
+    pub size: u64,
+    pub mtime_ms: u64,
+    pub chunks: Vec<ChunkSpan>,
+}
+
+/// One chunk of a file.
+#[derive(Debug, Clone)]
+pub struct ChunkSpan {
+    pub id: ChunkId,
+    pub offset: u64,
+    pub length: u64,
+    /// Live replicas, as the metaserver last said.
+    pub locations: Vec<String>,
+}
+
+/// A chunk's verified bytes, as the messages brought them.
+#[derive(Debug, Clone, Default)]
+pub struct ChunkData {
+    pub pieces: Vec<Bytes>,
+}
+
+impl ChunkData {
+    pub fn len(&self) -> u64 {
+        self.pieces.iter().map(|p| p.len() as u64).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Copies bytes from `offset` into `out`; returns how many.
+    fn copy_to(&self, mut offset: u64, out: &mut ReadBuf<'_>) -> usize {
+        let mut copied = 0;
+        for piece in &self.pieces {
+            let len = piece.len() as u64;
+            if offset >= len {
+                offset -= len;
+                continue;
+            }
+            let take = ((len - offset) as usize).min(out.remaining());
+            if take == 0 {
+                break;
+            }
+            out.put_slice(&piece[offset as usize..offset as usize + take]);
+            copied += take;
+            offset = 0;
+        }
+        copied
+    }
+}
+
+impl Client {
+    /// The layout of the file at `path`: chunks and their live locations.
+    pub async fn layout(&self, path: &str) -> Result<FileLayout> {
+        let entry = self.stat(path).await?;
+        let Some(file) = entry.file else {
+            return Err(ClientError::InvalidArgument(format!(
+                "{path}: is a directory"
+            )));
+        };
+        let locations = self.locate(path, &file.chunks).await?;
+        let mut offset = 0;
+        let mut chunks = Vec::with_capacity(file.chunks.len());
+        for (chunk, locations) in file.chunks.iter().zip(locations) {
+            chunks.push(ChunkSpan {
+                id: chunk_id(path, &chunk.id)?,
+                offset,
+                length: chunk.length,
+                locations,
+            });
+            offset += chunk.length;
+        }
+        Ok(FileLayout {
+            path: path.to_string(),
+            size: file.size,
+            mtime_ms: file.mtime_ms,
+            chunks,
+        })
+    }
+
+    /// Opens the file at `path` for reading.
+    pub async fn open(&self, path: &str) -> Result<FileReader> {
+        let layout = self.layout(path).await?;
+        Ok(FileReader::new(self.clone(), layout))
+    }
+
+    /// Fetches one whole chunk from its replicas (starting at replica
+    /// `first`, to spread load) and verifies it. When every known replica
+    /// fails, asks the metaserver once more where the chunk is.
+    pub async fn fetch_chunk(&self, path: &str, span: &ChunkSpan, first: usize) -> Result<ChunkData> {
+        let mut attempts: Vec<String> = Vec::new();
+        let mut tried: Vec<String> = Vec::new();
+        let mut locations = span.locations.clone();
+        for round in 0..2 {
+            if round == 1 {
+                let fresh = self
+                    .inner
+                    .meta
+                    .locate(&[span.id])
+                    .await
+                    .map_err(|s| ClientError::meta(path, s))?;
+                locations = fresh.into_iter().next().unwrap_or_default();
+                locations.retain(|a| !tried.contains(a));
+                if locations.is_empty() {
+                    break;
+                }
+            }
+            let n = locations.len();
+            for k in 0..n {
+                let addr = &locations[(first + k) % n];
+                tried.push(addr.clone());
+                match self.fetch_replica(addr, span).await {
+                    Ok(data) => return Ok(data),
+                    Err(cause) => {
+                        self.inner
+                            .counters
+                            .replica_failures
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(chunk = %span.id, %addr, "replica read failed: {cause}");
+                        attempts.push(format!("{addr}: {cause}"));
+                    }
+                }
+            }
+        }
+        if attempts.is_empty() {
+            attempts.push("no live chunk server holds it".into());
+        }
+        Err(ClientError::Unreadable {
+            path: path.to_string(),
+            chunk: span.id.to_hex(),
+            offset: span.offset,
+            end: span.offset + span.length,
+            attempts: attempts.join("; "),
+        })
+    }
+
+    /// One attempt at one replica: bytes, verified.
+    async fn fetch_replica(&self, addr: &str, span: &ChunkSpan) -> Result<ChunkData, String> {
+        let client = self.chunk_server(addr).map_err(|e| e.to_string())?;
+        let timeout = self.config().timeout_for(span.length);
+        let pieces = match tokio::time::timeout(timeout, client.get_pieces(span.id, 0, None, false))
+            .await
+        {
+            Ok(Ok(pieces)) => pieces,
+            Ok(Err(status)) => return Err(status_cause(&status)),
+            Err(_) => return Err(format!("no answer within {timeout:?}")),
+        };
+        let data = ChunkData { pieces };
+        if data.len() != span.length {
+            return Err(format!(
+                "sent {} bytes; the chunk has {}",
+                data.len(),
+                span.length
+            ));
+        }
+        let (data, actual) = tokio::task::spawn_blocking(move || {
+            let mut hasher = blake3::Hasher::new();
+            for piece in &data.pieces {
+                hasher.update(piece);
+            }
+            let actual = ChunkId::from_array(*hasher.finalize().as_bytes());
+            (data, actual)
+        })
+        .await
+        .map_err(|e| format!("verifying failed: {e}"))?;
+        if actual != span.id {
+            self.inner
+                .counters
+                .bad_replicas_seen
+                .fetch_add(1, Ordering::Relaxed);
+            let reason = format!("bytes hash to {actual}");
+            self.report_bad_replica(span.id, addr.to_string(), reason.clone());
+            return Err(format!("bad replica: {reason}, not to the chunk id"));
+        }
+        self.inner
+            .counters
+            .bytes_received
+            .fetch_add(span.length, Ordering::Relaxed);
+        Ok(data)
+    }
+}
+
+/// A fetch in flight or done.
+type Fetch = JoinHandle<Result<ChunkData>>;
+
+/// Reads one file: tokio `AsyncRead + AsyncSeek`, with up to
+/// `read_ahead_bytes` of the chunks after the position fetched in parallel.
+pub struct FileReader {
+    client: Client,
+    layout: Arc<FileLayout>,
+    pos: u64,
+    /// Fetches by chunk index, from the current chunk on.
+    window: BTreeMap<usize, Fetch>,
+    /// The chunk the position is in, once fetched.
+    current: Option<(usize, ChunkData)>,
+    read_ahead_bytes: u64,
+    seek_to: Option<u64>,
+}
+
+impl FileReader {
+    pub fn new(client: Client, layout: FileLayout) -> Self {
+        let read_ahead_bytes = client.config().read_ahead_bytes;
+        Self {
+            client,
+            layout: Arc::new(layout),
+            pos: 0,
+            window: BTreeMap::new(),
+            current: None,
+            read_ahead_bytes,
+            seek_to: None,
+        }
+    }
+
+    /// Sets how far ahead the reader fetches (0: only the chunk being read).
+    pub fn set_read_ahead(&mut self, bytes: u64) {
+        self.read_ahead_bytes = bytes;
+    }
+
+    pub fn size(&self) -> u64 {
+        self.layout.size
+    }
+
+    pub fn layout(&self) -> &FileLayout {
+        &self.layout
+    }
+
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    /// The index of the chunk holding byte `pos` (pos < size).
+    fn chunk_at(&self, pos: u64) -> usize {
+        let chunks = &self.layout.chunks;
+        chunks.partition_point(|c| c.offset + c.length <= pos)
+    }
+
+    fn spawn_fetch(&self, index: usize) -> Fetch {
+        let client = self.client.clone();
+        let layout = self.layout.clone();
+        tokio::spawn(async move {
+            let span = &layout.chunks[index];
+            client.fetch_chunk(&layout.path, span, index).await
+        })
+    }
+
+    /// Keeps fetches running for chunk `index` and the read-ahead after it;
+    /// drops the ones behind.
+    fn fill_window(&mut self, index: usize) {
+        let behind: Vec<usize> = self.window.range(..index).map(|(i, _)| *i).collect();
+        for i in behind {
+            if let Some(fetch) = self.window.remove(&i) {
+                fetch.abort();
+            }
+        }
+        let chunks = &self.layout.chunks;
+        let mut ahead = 0u64;
+        let mut i = index;
+        while i < chunks.len() && (i == index || ahead + chunks[i].length <= self.read_ahead_bytes) {
+            if i != index {
+                ahead += chunks[i].length;
+            }
+            if !self.window.contains_key(&i) && self.current.as_ref().map(|c| c.0) != Some(i) {
+                let fetch = self.spawn_fetch(i);
+                self.window.insert(i, fetch);
+            }
+            i += 1;
+        }
+        // A seek backwards leaves fetches far ahead: drop them.
+        let beyond: Vec<usize> = self.window.range(i..).map(|(i, _)| *i).collect();
+        for i in beyond {
+            if let Some(fetch) = self.window.remove(&i) {
+                fetch.abort();
+            }
+        }
+    }
+}
+
+impl Drop for FileReader {
+    fn drop(&mut self) {
+        for fetch in self.window.values() {
+            fetch.abort();
+        }
+    }
+}
+
+impl AsyncRead for FileReader {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            if this.pos >= this.layout.size || buf.remaining() == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            let index = this.chunk_at(this.pos);
+            if let Some((current, data)) = &this.current
+                && *current == index
+            {
+                let offset = this.pos - this.layout.chunks[index].offset;
+                let copied = data.copy_to(offset, buf);
+                this.pos += copied as u64;
+                return Poll::Ready(Ok(()));
+            }
+            this.fill_window(index);
+            let fetch = this.window.get_mut(&index).expect("fetch for the current chunk");
+            let result = ready!(Pin::new(fetch).poll(cx));
+            this.window.remove(&index);
+            match result {
+                Ok(Ok(data)) => this.current = Some((index, data)),
+                Ok(Err(e)) => return Poll::Ready(Err(io::Error::other(e))),
+                Err(join) => {
+                    return Poll::Ready(Err(io::Error::other(format!(
+                        "chunk fetch failed: {join}"
+                    ))));
+                }
+            }
+        }
+    }
+}
+
+impl AsyncSeek for FileReader {
+    fn start_seek(mut self: Pin<&mut Self>, position: io::SeekFrom) -> io::Result<()> {
+        let size = self.layout.size as i128;
+        let target = match position {
+            io::SeekFrom::Start(n) => n as i128,
+            io::SeekFrom::End(d) => size + d as i128,
+            io::SeekFrom::Current(d) => self.pos as i128 + d as i128,
+        };
+        if target < 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "seek to a negative position",
+            ));
+        }
+        self.seek_to = Some(target.min(u64::MAX as i128) as u64);
+        Ok(())
+    }
+
+    fn poll_complete(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<u64>> {
+        if let Some(to) = self.seek_to.take() {
+            self.pos = to;
+        }
+        Poll::Ready(Ok(self.pos))
+    }
+}
+
+/// Reads a whole file into memory (small files, tests).
+pub async fn read_all(client: &Client, path: &str) -> Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut reader = client.open(path).await?;
+    let mut out = Vec::with_capacity(reader.size() as usize);
+    reader
+        .read_to_end(&mut out)
+        .await
+        .map_err(|e| unwrap_io(path, e))?;
+    Ok(out)
+}
+
+/// The client error inside an io::Error from a reader, or a new one.
+pub fn unwrap_io(path: &str, err: io::Error) -> ClientError {
+    match err.downcast::<ClientError>() {
+        Ok(inner) => inner,
+        Err(err) => ClientError::Remote {
+            context: path.to_string(),
+            code: tonic::Code::Unknown,
+            message: err.to_string(),
+        },
+    }
+}
