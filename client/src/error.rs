@@ -89,9 +89,8 @@ pub fn status_cause(status: &Status) -> String {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
     while let Some(err) = source {
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            // The operating system's words are the plainest: stop there.
-            cause = Some(io_words(io));
-            break;
+            // The operating system's words are the plainest.
+            return io_words(io);
         }
         cause = Some(err.to_string());
         source = err.source();

@@ -146,6 +146,9 @@ struct BenchArgs {
     /// Read passes over the files.
     #[arg(long, default_value_t = 2)]
     read_rounds: usize,
+    /// Bytes each stream fetches ahead, in parallel.
+    #[arg(long, value_parser = parse_size, default_value = "64MiB")]
+    read_ahead: u64,
     /// Remote directory for the files (deleted afterwards unless --keep).
     #[arg(long, default_value = "/.bench")]
     dir: String,
@@ -196,6 +199,9 @@ async fn run(cli: Cli) -> Result<()> {
             config.chunk_size = s;
         }
         config.check()?;
+    }
+    if let Command::Bench(args) = &cli.command {
+        config.read_ahead_bytes = args.read_ahead;
     }
     let client = Client::connect_with(&addrs, config).await?;
     match cli.command {

@@ -1,0 +1,391 @@
+//! The client and the `shardfs` CLI against a real multi-process cluster:
+//! three metaservers and three or four chunk servers on loopback.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{TestCluster, cli_at, data, hash, tree_hashes};
+use shardfs_client::{ClientConfig, ClientError, PutOptions, read_all};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+const CHUNK: usize = 1 << 20;
+
+fn small_chunks() -> ClientConfig {
+    ClientConfig {
+        chunk_size: CHUNK as u64,
+        read_ahead_bytes: 4 * CHUNK as u64,
+        ..ClientConfig::default()
+    }
+}
+
+/// Writes the edge-case tree: empty, 1 byte, exactly one chunk, one chunk
+/// plus one byte, many chunks, nested directories and an empty directory.
+fn make_tree(root: &std::path::Path) {
+    let files: [(&str, usize); 7] = [
+        ("empty", 0),
+        ("one-byte", 1),
+        ("exact-chunk", CHUNK),
+        ("chunk-plus-one", CHUNK + 1),
+        ("many/chunks.bin", 5 * CHUNK + 12_345),
+        ("many/deeper/small.txt", 100),
+        ("many/deeper/other.bin", 3 * CHUNK),
+    ];
+    for (name, len) in files {
+        let path = root.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, data(len, name)).unwrap();
+    }
+    std::fs::create_dir_all(root.join("empty-dir")).unwrap();
+}
+
+fn stdout(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stdout).to_string()
+}
+
+fn stderr(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).to_string()
+}
+
+fn ok(output: std::process::Output) -> std::process::Output {
+    assert!(
+        output.status.success(),
+        "shardfs failed ({:?}): {}",
+        output.status.code(),
+        stderr(&output)
+    );
+    output
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cli_tree_round_trip_is_byte_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = TestCluster::start(dir.path(), 3).await;
+    let src = dir.path().join("src");
+    make_tree(&src);
+
+    let src_arg = src.to_str().unwrap();
+    ok(cluster.cli(&["put", "-r", "--chunk-size", "1MiB", src_arg, "/datasets/tree"]));
+    let out = dir.path().join("out");
+    ok(cluster.cli(&["get", "-r", "/datasets/tree", out.to_str().unwrap()]));
+    assert_eq!(tree_hashes(&src), tree_hashes(&out));
+
+    // cat streams one file's exact bytes.
+    let cat = ok(cluster.cli(&["cat", "/datasets/tree/many/chunks.bin"]));
+    assert_eq!(
+        hash(&cat.stdout),
+        hash(&std::fs::read(src.join("many/chunks.bin")).unwrap())
+    );
+
+    // ls --json lists everything with sizes; -R walks down.
+    let ls = ok(cluster.cli(&["ls", "-R", "--json", "/datasets/tree"]));
+    let entries: serde_json::Value = serde_json::from_str(&stdout(&ls)).unwrap();
+    let sizes: std::collections::BTreeMap<String, u64> = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "file")
+        .map(|e| (e["path"].as_str().unwrap().to_string(), e["size"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(sizes.len(), 7);
+    assert_eq!(sizes["/datasets/tree/chunk-plus-one"], CHUNK as u64 + 1);
+    assert_eq!(sizes["/datasets/tree/empty"], 0);
+
+    // stat --json: every chunk with its id, length and three locations;
+    // the ids are the hashes of the source's 1 MiB pieces.
+    let stat = ok(cluster.cli(&["stat", "--json", "/datasets/tree/many/chunks.bin"]));
+    let stat: serde_json::Value = serde_json::from_str(&stdout(&stat)).unwrap();
+    let source = std::fs::read(src.join("many/chunks.bin")).unwrap();
+    let chunks = stat["chunks"].as_array().unwrap();
+    assert_eq!(chunks.len(), 6);
+    for (chunk, piece) in chunks.iter().zip(source.chunks(CHUNK)) {
+        assert_eq!(chunk["id"].as_str().unwrap(), hash(piece));
+        assert_eq!(chunk["length"].as_u64().unwrap(), piece.len() as u64);
+        assert_eq!(chunk["locations"].as_array().unwrap().len(), 3);
+    }
+
+    // cluster status --json names the leader and every server.
+    let status = ok(cluster.cli(&["cluster", "status", "--json"]));
+    let status: serde_json::Value = serde_json::from_str(&stdout(&status)).unwrap();
+    assert_ne!(status["leader"]["id"].as_u64().unwrap(), 0);
+    assert_eq!(status["metaservers"].as_array().unwrap().len(), 3);
+    let servers = status["chunk_servers"].as_array().unwrap();
+    assert_eq!(servers.len(), 3);
+    assert!(servers.iter().all(|s| s["state"] == "alive"));
+    assert_eq!(status["under_replicated"].as_u64(), Some(0));
+
+    // mv, mkdir -p, rm -r, and a get of a single file into a directory.
+    ok(cluster.cli(&["mkdir", "-p", "/a/b/c"]));
+    ok(cluster.cli(&["mv", "/datasets/tree/one-byte", "/a/b/c/moved"]));
+    let single = dir.path().join("single");
+    std::fs::create_dir(&single).unwrap();
+    ok(cluster.cli(&["get", "/a/b/c/moved", single.to_str().unwrap()]));
+    assert_eq!(
+        std::fs::read(single.join("moved")).unwrap(),
+        data(1, "one-byte")
+    );
+    let rm = cluster.cli(&["rm", "/datasets/tree"]);
+    assert_eq!(rm.status.code(), Some(1));
+    assert!(stderr(&rm).contains("-r"), "{}", stderr(&rm));
+    ok(cluster.cli(&["rm", "-r", "/datasets/tree"]));
+    let gone = cluster.cli(&["stat", "/datasets/tree/empty"]);
+    assert_eq!(gone.status.code(), Some(1));
+    assert!(stderr(&gone).contains("no such file or directory"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reader_seeks_and_reads_match_the_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = TestCluster::start(dir.path(), 3).await;
+    let client = cluster.client(small_chunks()).await;
+    let source = data(7 * CHUNK + 777, "seek");
+    client
+        .put_bytes(source.clone().into(), "/seek.bin", &PutOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(hash(&read_all(&client, "/seek.bin").await.unwrap()), hash(&source));
+
+    let mut reader = client.open("/seek.bin").await.unwrap();
+    let mut state = 0x9e3779b97f4a7c15u64;
+    for _ in 0..64 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let offset = state % source.len() as u64;
+        let len = (state >> 32) as usize % (3 * CHUNK);
+        reader.seek(std::io::SeekFrom::Start(offset)).await.unwrap();
+        let mut buf = vec![0u8; len];
+        let mut filled = 0;
+        while filled < len {
+            let n = reader.read(&mut buf[filled..]).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        let end = (offset as usize + len).min(source.len());
+        assert_eq!(filled, end - offset as usize);
+        assert_eq!(hash(&buf[..filled]), hash(&source[offset as usize..end]));
+    }
+    // Past the end reads nothing.
+    reader.seek(std::io::SeekFrom::End(10)).await.unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(reader.read(&mut buf).await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_file_reads_back_after_a_chunk_server_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = TestCluster::start(dir.path(), 3).await;
+    let client = cluster.client(small_chunks()).await;
+    let mut files = Vec::new();
+    for i in 0..6 {
+        let bytes = data(i * CHUNK / 2 + i * 1000, &format!("kill-{i}"));
+        let path = format!("/kill/file-{i}");
+        client
+            .put_bytes(bytes.clone().into(), &path, &PutOptions::default())
+            .await
+            .unwrap();
+        files.push((path, bytes));
+    }
+    cluster.kill_chunk(1);
+    // At once (the metaserver still lists the dead server) and again once
+    // it is declared dead: every get succeeds with the right bytes.
+    for round in 0..2 {
+        for (path, bytes) in &files {
+            let got = read_all(&client, path).await.unwrap();
+            assert_eq!(hash(&got), hash(bytes), "{path} in round {round}");
+        }
+        let out = dir.path().join(format!("out-{round}"));
+        client.get_tree("/kill", &out, None).await.unwrap();
+        for (path, bytes) in &files {
+            let name = path.rsplit('/').next().unwrap();
+            assert_eq!(hash(&std::fs::read(out.join(name)).unwrap()), hash(bytes));
+        }
+        tokio::time::sleep(Duration::from_secs(4)).await;
+    }
+    let status = client.cluster_status().await.unwrap();
+    assert!(status.under_replicated > 0, "the lost replicas are counted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_corrupt_replica_is_skipped_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = TestCluster::start(dir.path(), 3).await;
+    let client = cluster.client(small_chunks()).await;
+    let source = data(3 * CHUNK, "corrupt");
+    client
+        .put_bytes(source.clone().into(), "/corrupt.bin", &PutOptions::default())
+        .await
+        .unwrap();
+    // The reader tries chunk 0 at its first listed location first: flip a
+    // byte in that very copy.
+    let (_, locations) = client.stat_with_locations("/corrupt.bin").await.unwrap();
+    let bad_addr = locations[0][0].clone();
+    let bad_server = cluster.chunk_id_at(&bad_addr);
+    let id = shardfs_proto::ChunkId::of(&source[..CHUNK]);
+    let file = cluster.chunk_file(bad_server, &id);
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[12_345] ^= 0x40;
+    std::fs::write(&file, &bytes).unwrap();
+
+    let got = read_all(&client, "/corrupt.bin").await.unwrap();
+    assert_eq!(hash(&got), hash(&source));
+    assert_eq!(client.counters().bad_replicas_seen, 1);
+
+    // The leader had the server re-hash its copy: confirmed, quarantined,
+    // and no longer listed as a location.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let status = client.cluster_status().await.unwrap();
+        let (_, locations) = client.stat_with_locations("/corrupt.bin").await.unwrap();
+        if status.bad_replicas_reported >= 1
+            && status.bad_replicas_confirmed >= 1
+            && !locations[0].contains(&bad_addr)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "bad replica not reported: {status:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!file.exists(), "the bad copy left the chunk directory");
+    let quarantined: Vec<_> = std::fs::read_dir(cluster.chunk_dir(bad_server).join("quarantine"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    assert!(
+        quarantined.iter().any(|n| n.starts_with(&id.to_hex())),
+        "{quarantined:?}"
+    );
+    // And the file still reads right, now from the good copies only.
+    let again = read_all(&client, "/corrupt.bin").await.unwrap();
+    assert_eq!(hash(&again), hash(&source));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_put_of_the_same_data_sends_no_chunk_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = TestCluster::start(dir.path(), 3).await;
+    let client = cluster.client(small_chunks()).await;
+    let source = data(5 * CHUNK + 99, "dedup");
+    let first = client
+        .put_bytes(source.clone().into(), "/dedup/one", &PutOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(first.chunks, 6);
+    assert_eq!(first.bytes_sent, 3 * source.len() as u64);
+    let sent_before = client.counters().bytes_sent;
+    let stored_before = stored_chunks(&cluster).await;
+
+    let second = client
+        .put_bytes(source.clone().into(), "/dedup/two", &PutOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(second.bytes_sent, 0);
+    assert_eq!(second.chunks_deduplicated, 6);
+    assert_eq!(client.counters().bytes_sent, sent_before);
+    assert_eq!(stored_chunks(&cluster).await, stored_before);
+    assert_eq!(
+        hash(&read_all(&client, "/dedup/two").await.unwrap()),
+        hash(&source)
+    );
+}
+
+/// Chunks stored on each chunk server, as the servers themselves count.
+async fn stored_chunks(cluster: &TestCluster) -> Vec<u64> {
+    let mut counts = Vec::new();
+    for process in cluster.chunks.values() {
+        let client = shardfs_proto::chunk_client::ChunkClient::new(&process.addr).unwrap();
+        counts.push(client.stats().await.unwrap().chunk_count);
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_put_leaves_no_file_and_errors_say_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = TestCluster::start(dir.path(), 3).await;
+    let client = cluster.client(small_chunks()).await;
+
+    // More replicas than chunk servers: refused, nothing visible.
+    let options = PutOptions {
+        replication: Some(4),
+        ..PutOptions::default()
+    };
+    let err = client
+        .put_bytes(data(2 * CHUNK, "r4").into(), "/fail/r4", &options)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("replication 4"), "{err}");
+    assert!(matches!(
+        client.stat("/fail/r4").await,
+        Err(ClientError::NotFound(_))
+    ));
+
+    // An input that breaks off half way: nothing visible either.
+    let failing = FailingReader {
+        inner: std::io::Cursor::new(data(3 * CHUNK, "partial")),
+        fail_after: 2 * CHUNK,
+        read: 0,
+    };
+    let err = client
+        .put_reader(failing, "/fail/partial", &PutOptions::default(), None)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("input broke"), "{err}");
+    assert!(matches!(
+        client.stat("/fail/partial").await,
+        Err(ClientError::NotFound(_))
+    ));
+
+    // The CLI: usage errors exit 2, failures exit 1 with plain words.
+    let usage = cluster.cli(&["put", "only-one-arg"]);
+    assert_eq!(usage.status.code(), Some(2));
+    let missing = cluster.cli(&["get", "/no/such/file", dir.path().to_str().unwrap()]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(stderr(&missing).contains("/no/such/file: no such file or directory"));
+    let bad_size = cluster.cli(&["put", "--chunk-size", "lots", "/etc/hostname", "/x"]);
+    assert_eq!(bad_size.status.code(), Some(2));
+    let too_big = cluster.cli(&["put", "--chunk-size", "1GiB", "/etc/hostname", "/x"]);
+    assert_eq!(too_big.status.code(), Some(1));
+    assert!(stderr(&too_big).contains("chunk size"), "{}", stderr(&too_big));
+    let port = common::free_ports(1)[0];
+    let down = cli_at(&format!("127.0.0.1:{port}"), &["ls", "/"]);
+    assert_eq!(down.status.code(), Some(1));
+    let words = stderr(&down);
+    assert!(
+        words.contains(&format!("no metaserver reachable at 127.0.0.1:{port} (connection refused)"))
+            && words.contains("deploy/local-cluster.sh status"),
+        "{words}"
+    );
+    // Nothing of the failed puts is listed.
+    let listing = client.list("/").await.unwrap();
+    assert!(listing.iter().all(|e| e.name != "fail" || e.is_dir));
+    if listing.iter().any(|e| e.name == "fail") {
+        assert!(client.list("/fail").await.unwrap().is_empty());
+    }
+}
+
+/// Yields the inner reader's bytes, then fails.
+struct FailingReader<R> {
+    inner: R,
+    fail_after: usize,
+    read: usize,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FailingReader<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.read >= self.fail_after {
+            return std::task::Poll::Ready(Err(std::io::Error::other("input broke")));
+        }
+        let before = buf.filled().len();
+        let this = &mut *self;
+        let poll = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
+        this.read += buf.filled().len() - before;
+        poll
+    }
+}
