@@ -9,9 +9,10 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use shardfs_proto::chunk::v1::chunk_service_server::ChunkService;
 use shardfs_proto::chunk::v1::{
-    ChunkVerdict, DeleteChunksRequest, DeleteChunksResponse, GetChunkRequest, GetChunkResponse, HasChunksRequest,
-    HasChunksResponse, ListChunksRequest, ListChunksResponse, PutChunkRequest, PutChunkResponse,
-    StatsRequest, StatsResponse, VerifyChunksRequest, VerifyChunksResponse, put_chunk_request,
+    ChunkVerdict, DeleteChunksRequest, DeleteChunksResponse, GetChunkRequest, GetChunkResponse,
+    HasChunksRequest, HasChunksResponse, ListChunksRequest, ListChunksResponse, PutChunkRequest,
+    PutChunkResponse, StatsRequest, StatsResponse, VerifyChunksRequest, VerifyChunksResponse,
+    put_chunk_request,
 };
 use shardfs_proto::{ChunkId, MAX_CHUNK_BYTES, MAX_DATA_MESSAGE_BYTES};
 use tokio::sync::{Semaphore, mpsc};

@@ -104,7 +104,11 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1000.0
 }
 
-pub async fn run_bench(client: &Client, options: &BenchOptions, chatty: bool) -> Result<BenchReport> {
+pub async fn run_bench(
+    client: &Client,
+    options: &BenchOptions,
+    chatty: bool,
+) -> Result<BenchReport> {
     let say = |text: String| {
         if chatty {
             eprintln!("{text}");
@@ -148,7 +152,10 @@ pub async fn run_bench(client: &Client, options: &BenchOptions, chatty: bool) ->
     write_latencies.sort();
     let total = options.files as u64 * options.file_bytes;
 
-    say(format!("reading them back {} time(s)...", options.read_rounds));
+    say(format!(
+        "reading them back {} time(s)...",
+        options.read_rounds
+    ));
     let verified = AtomicU64::new(0);
     let mut read_latencies = Vec::new();
     let started = Instant::now();
@@ -161,19 +168,20 @@ pub async fn run_bench(client: &Client, options: &BenchOptions, chatty: bool) ->
                     let layout = client.layout(&path).await?;
                     let largest = options.chunk_size.max(1);
                     let parallel = (client.config().read_ahead_bytes / largest).clamp(1, 64);
-                    let times: Vec<Duration> = futures::stream::iter(layout.chunks.iter().enumerate())
-                        .map(|(k, span)| {
-                            let layout = &layout;
-                            async move {
-                                let t = Instant::now();
-                                let data = client.fetch_chunk(&layout.path, span, k).await?;
-                                verified.fetch_add(data.len(), Ordering::Relaxed);
-                                Ok::<_, crate::ClientError>(t.elapsed())
-                            }
-                        })
-                        .buffered(parallel as usize)
-                        .try_collect()
-                        .await?;
+                    let times: Vec<Duration> =
+                        futures::stream::iter(layout.chunks.iter().enumerate())
+                            .map(|(k, span)| {
+                                let layout = &layout;
+                                async move {
+                                    let t = Instant::now();
+                                    let data = client.fetch_chunk(&layout.path, span, k).await?;
+                                    verified.fetch_add(data.len(), Ordering::Relaxed);
+                                    Ok::<_, crate::ClientError>(t.elapsed())
+                                }
+                            })
+                            .buffered(parallel as usize)
+                            .try_collect()
+                            .await?;
                     Ok::<_, crate::ClientError>(times)
                 }
             })
@@ -193,7 +201,27 @@ pub async fn run_bench(client: &Client, options: &BenchOptions, chatty: bool) ->
         )));
     }
     if !options.keep {
+        // The chunks carry this run's stamp, so no other file can share
+        // them: delete them with the files instead of leaving them for
+        // garbage collection.
+        let (_, files) = client.walk(&dir).await?;
+        let mut by_server: std::collections::BTreeMap<String, Vec<shardfs_proto::ChunkId>> =
+            Default::default();
+        for file in &files {
+            for span in client.layout(file.path.as_str()).await?.chunks {
+                for addr in span.locations {
+                    by_server.entry(addr).or_default().push(span.id);
+                }
+            }
+        }
         client.remove(&dir, true).await?;
+        for (addr, ids) in by_server {
+            if let Err(e) = client.delete_chunks(&addr, &ids).await {
+                say(format!(
+                    "could not delete the bench's chunks on {addr}: {e}"
+                ));
+            }
+        }
     }
     Ok(BenchReport {
         files: options.files,

@@ -205,6 +205,15 @@ impl Client {
         Ok(client)
     }
 
+    /// Deletes chunks from one chunk server directly, bypassing the
+    /// namespace: only for chunks no file can reference (the benchmark's).
+    pub async fn delete_chunks(&self, addr: &str, ids: &[ChunkId]) -> Result<u64> {
+        self.chunk_server(addr)?
+            .delete(ids)
+            .await
+            .map_err(|s| ClientError::meta(addr, s))
+    }
+
     /// The entry at `path`.
     pub async fn stat(&self, path: &str) -> Result<pb::Entry> {
         let path = parse(path)?;

@@ -8,7 +8,9 @@ use tonic::{Code, Status};
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// No metaserver answered at all.
-    #[error("no metaserver reachable at {addrs} ({cause}): is the cluster running? try deploy/local-cluster.sh status")]
+    #[error(
+        "no metaserver reachable at {addrs} ({cause}): is the cluster running? try deploy/local-cluster.sh status"
+    )]
     NoMetaserver { addrs: String, cause: String },
 
     #[error("{0}: no such file or directory")]
@@ -28,7 +30,9 @@ pub enum ClientError {
     },
 
     /// Every replica of a chunk failed; each attempt is listed.
-    #[error("{path}: chunk {chunk} (bytes {offset}..{end}) could not be read from any replica: {attempts}")]
+    #[error(
+        "{path}: chunk {chunk} (bytes {offset}..{end}) could not be read from any replica: {attempts}"
+    )]
     Unreadable {
         path: String,
         chunk: String,

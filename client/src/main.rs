@@ -223,7 +223,9 @@ async fn run(cli: Cli) -> Result<()> {
             for path in paths {
                 client.remove(&path, recursive).await.map_err(|e| match e {
                     ClientError::InvalidArgument(m) if !recursive && m.contains("not empty") => {
-                        ClientError::InvalidArgument(format!("{m} (use -r to delete it and everything under it)"))
+                        ClientError::InvalidArgument(format!(
+                            "{m} (use -r to delete it and everything under it)"
+                        ))
                     }
                     e => e,
                 })?;
@@ -557,7 +559,10 @@ async fn stat(client: &Client, path: &str, json: bool) -> Result<()> {
         return Ok(());
     }
     println!("path:        {path}");
-    println!("type:        {}", if entry.is_dir { "directory" } else { "file" });
+    println!(
+        "type:        {}",
+        if entry.is_dir { "directory" } else { "file" }
+    );
     println!("modified:    {}", format_ms(entry.mtime_ms));
     if !entry.is_dir {
         println!("size:        {} ({} bytes)", human(file.size), file.size);

@@ -277,7 +277,12 @@ impl Client {
                 .chain(failed.iter().map(|(a, _)| a.clone()))
                 .collect();
             let more = (want - stored.len()) as u32;
-            match self.inner.meta.allocate(&[(id, length)], more, &exclude).await {
+            match self
+                .inner
+                .meta
+                .allocate(&[(id, length)], more, &exclude)
+                .await
+            {
                 Ok(mut placements) => {
                     let Some(p) = placements.pop() else { break };
                     stored.extend(p.stored_at);

@@ -115,7 +115,12 @@ impl Client {
     /// Fetches one whole chunk from its replicas (starting at replica
     /// `first`, to spread load) and verifies it. When every known replica
     /// fails, asks the metaserver once more where the chunk is.
-    pub async fn fetch_chunk(&self, path: &str, span: &ChunkSpan, first: usize) -> Result<ChunkData> {
+    pub async fn fetch_chunk(
+        &self,
+        path: &str,
+        span: &ChunkSpan,
+        first: usize,
+    ) -> Result<ChunkData> {
         let mut attempts: Vec<String> = Vec::new();
         let mut tried: Vec<String> = Vec::new();
         let mut locations = span.locations.clone();
@@ -166,13 +171,12 @@ impl Client {
     async fn fetch_replica(&self, addr: &str, span: &ChunkSpan) -> Result<ChunkData, String> {
         let client = self.chunk_server(addr).map_err(|e| e.to_string())?;
         let timeout = self.config().timeout_for(span.length);
-        let pieces = match tokio::time::timeout(timeout, client.get_pieces(span.id, 0, None, false))
-            .await
-        {
-            Ok(Ok(pieces)) => pieces,
-            Ok(Err(status)) => return Err(status_cause(&status)),
-            Err(_) => return Err(format!("no answer within {timeout:?}")),
-        };
+        let pieces =
+            match tokio::time::timeout(timeout, client.get_pieces(span.id, 0, None, false)).await {
+                Ok(Ok(pieces)) => pieces,
+                Ok(Err(status)) => return Err(status_cause(&status)),
+                Err(_) => return Err(format!("no answer within {timeout:?}")),
+            };
         let data = ChunkData { pieces };
         if data.len() != span.length {
             return Err(format!(
@@ -283,7 +287,8 @@ impl FileReader {
         let chunks = &self.layout.chunks;
         let mut ahead = 0u64;
         let mut i = index;
-        while i < chunks.len() && (i == index || ahead + chunks[i].length <= self.read_ahead_bytes) {
+        while i < chunks.len() && (i == index || ahead + chunks[i].length <= self.read_ahead_bytes)
+        {
             if i != index {
                 ahead += chunks[i].length;
             }
@@ -332,7 +337,10 @@ impl AsyncRead for FileReader {
                 return Poll::Ready(Ok(()));
             }
             this.fill_window(index);
-            let fetch = this.window.get_mut(&index).expect("fetch for the current chunk");
+            let fetch = this
+                .window
+                .get_mut(&index)
+                .expect("fetch for the current chunk");
             let result = ready!(Pin::new(fetch).poll(cx));
             this.window.remove(&index);
             match result {

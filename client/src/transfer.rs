@@ -56,7 +56,13 @@ impl Client {
 
     /// Chunks fetched at once by a get of one file: the read-ahead budget.
     fn parallel_chunks(&self, layout: &FileLayout) -> usize {
-        let largest = layout.chunks.iter().map(|c| c.length).max().unwrap_or(1).max(1);
+        let largest = layout
+            .chunks
+            .iter()
+            .map(|c| c.length)
+            .max()
+            .unwrap_or(1)
+            .max(1);
         (self.config().read_ahead_bytes / largest).clamp(1, 64) as usize
     }
 
@@ -238,9 +244,13 @@ fn join_relative(root: &DfsPath, relative: &str) -> Result<DfsPath> {
     Ok(path)
 }
 
+/// A local tree: relative directory paths, and (relative path, full path)
+/// of every file.
+pub type LocalTree = (Vec<String>, Vec<(String, PathBuf)>);
+
 /// Directories and files under `root` (relative paths with `/`), sorted.
 /// Symbolic links are followed for files; other special files are refused.
-pub fn local_tree(root: &Path) -> Result<(Vec<String>, Vec<(String, PathBuf)>)> {
+pub fn local_tree(root: &Path) -> Result<LocalTree> {
     let mut dirs = Vec::new();
     let mut files = Vec::new();
     let mut stack = vec![(root.to_path_buf(), String::new())];

@@ -65,7 +65,14 @@ async fn cli_tree_round_trip_is_byte_identical() {
     make_tree(&src);
 
     let src_arg = src.to_str().unwrap();
-    ok(cluster.cli(&["put", "-r", "--chunk-size", "1MiB", src_arg, "/datasets/tree"]));
+    ok(cluster.cli(&[
+        "put",
+        "-r",
+        "--chunk-size",
+        "1MiB",
+        src_arg,
+        "/datasets/tree",
+    ]));
     let out = dir.path().join("out");
     ok(cluster.cli(&["get", "-r", "/datasets/tree", out.to_str().unwrap()]));
     assert_eq!(tree_hashes(&src), tree_hashes(&out));
@@ -85,7 +92,12 @@ async fn cli_tree_round_trip_is_byte_identical() {
         .unwrap()
         .iter()
         .filter(|e| e["type"] == "file")
-        .map(|e| (e["path"].as_str().unwrap().to_string(), e["size"].as_u64().unwrap()))
+        .map(|e| {
+            (
+                e["path"].as_str().unwrap().to_string(),
+                e["size"].as_u64().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(sizes.len(), 7);
     assert_eq!(sizes["/datasets/tree/chunk-plus-one"], CHUNK as u64 + 1);
@@ -143,7 +155,10 @@ async fn reader_seeks_and_reads_match_the_source() {
         .put_bytes(source.clone().into(), "/seek.bin", &PutOptions::default())
         .await
         .unwrap();
-    assert_eq!(hash(&read_all(&client, "/seek.bin").await.unwrap()), hash(&source));
+    assert_eq!(
+        hash(&read_all(&client, "/seek.bin").await.unwrap()),
+        hash(&source)
+    );
 
     let mut reader = client.open("/seek.bin").await.unwrap();
     let mut state = 0x9e3779b97f4a7c15u64;
@@ -215,7 +230,11 @@ async fn a_corrupt_replica_is_skipped_and_reported() {
     let client = cluster.client(small_chunks()).await;
     let source = data(3 * CHUNK, "corrupt");
     client
-        .put_bytes(source.clone().into(), "/corrupt.bin", &PutOptions::default())
+        .put_bytes(
+            source.clone().into(),
+            "/corrupt.bin",
+            &PutOptions::default(),
+        )
         .await
         .unwrap();
     // The reader tries chunk 0 at its first listed location first: flip a
@@ -245,7 +264,10 @@ async fn a_corrupt_replica_is_skipped_and_reported() {
         {
             break;
         }
-        assert!(Instant::now() < deadline, "bad replica not reported: {status:?}");
+        assert!(
+            Instant::now() < deadline,
+            "bad replica not reported: {status:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(!file.exists(), "the bad copy left the chunk directory");
@@ -348,14 +370,19 @@ async fn a_failed_put_leaves_no_file_and_errors_say_what_is_wrong() {
     assert_eq!(bad_size.status.code(), Some(2));
     let too_big = cluster.cli(&["put", "--chunk-size", "1GiB", "/etc/hostname", "/x"]);
     assert_eq!(too_big.status.code(), Some(1));
-    assert!(stderr(&too_big).contains("chunk size"), "{}", stderr(&too_big));
+    assert!(
+        stderr(&too_big).contains("chunk size"),
+        "{}",
+        stderr(&too_big)
+    );
     let port = common::free_ports(1)[0];
     let down = cli_at(&format!("127.0.0.1:{port}"), &["ls", "/"]);
     assert_eq!(down.status.code(), Some(1));
     let words = stderr(&down);
     assert!(
-        words.contains(&format!("no metaserver reachable at 127.0.0.1:{port} (connection refused)"))
-            && words.contains("deploy/local-cluster.sh status"),
+        words.contains(&format!(
+            "no metaserver reachable at 127.0.0.1:{port} (connection refused)"
+        )) && words.contains("deploy/local-cluster.sh status"),
         "{words}"
     );
     // Nothing of the failed puts is listed.
@@ -388,4 +415,34 @@ impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FailingReader<R> 
         this.read += buf.filled().len() - before;
         poll
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_put_retries_a_dead_chunk_server_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = TestCluster::start(dir.path(), 4).await;
+    let client = cluster.client(small_chunks()).await;
+    let dead_addr = cluster.chunks[&2].addr.clone();
+    cluster.kill_chunk(2);
+    // Right away, before the metaserver notices: some replicas are placed
+    // on the dead server, fail, and go to the fourth server instead.
+    let source = data(12 * CHUNK, "retry");
+    let stats = client
+        .put_bytes(source.clone().into(), "/retry.bin", &PutOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(stats.chunks, 12);
+    assert!(
+        client.counters().replica_failures > 0,
+        "no replica went to the dead server"
+    );
+    let (_, locations) = client.stat_with_locations("/retry.bin").await.unwrap();
+    for chunk in &locations {
+        assert_eq!(chunk.len(), 3, "{locations:?}");
+        assert!(!chunk.contains(&dead_addr));
+    }
+    assert_eq!(
+        hash(&read_all(&client, "/retry.bin").await.unwrap()),
+        hash(&source)
+    );
 }

@@ -22,6 +22,13 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long the leader waits for a chunk server to re-hash a reported copy.
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long placements count toward a server's usage before its heartbeats
+/// (every second) are trusted to include them.
+const RECENT_PLACEMENTS_WINDOW: Duration = Duration::from_secs(2);
+
+/// Bytes placed on each server recently, and since when (leader soft state).
+pub type RecentPlacements = (std::time::Instant, HashMap<ServerId, u64>);
+
 /// Bad replicas reported by readers to this node while it led.
 #[derive(Debug, Default)]
 pub struct BadReplicaCounts {
@@ -178,7 +185,13 @@ impl MetaNode {
                 .collect();
             (addrs, holders)
         });
-        let mut planned = HashMap::new();
+        // Bytes placed since the servers last reported their usage, so that
+        // concurrent single-chunk allocations spread out too.
+        let mut recent = self.recent_placements.lock().expect("recent placements");
+        if recent.0.elapsed() > RECENT_PLACEMENTS_WINDOW {
+            *recent = (std::time::Instant::now(), HashMap::new());
+        }
+        let mut planned = recent.1.clone();
         let mut placements = Vec::with_capacity(chunks.len());
         for ((id, length), holders) in chunks.iter().zip(live_holders) {
             let zones: BTreeSet<String> = holders.iter().map(|h| by_id[h].zone.clone()).collect();
@@ -189,6 +202,9 @@ impl MetaNode {
                     "chunk {id}: only {} of {need} new replica(s) can be placed (chunk servers full?)",
                     targets.len()
                 )));
+            }
+            for target in &targets {
+                *recent.1.entry(*target).or_insert(0) += *length;
             }
             placements.push(Placement {
                 id: *id,
@@ -269,7 +285,8 @@ impl MetaNode {
 
     /// Commits `file` once every chunk is stored on at least min(R, 2) live
     /// chunk servers, as those servers themselves confirm: locations not
-    /// yet reported by heartbeat are checked with the servers directly.
+    /// yet reported by heartbeat are checked with the servers directly (and
+    /// recorded, up to R of them).
     pub async fn commit_file(
         &self,
         path: String,
@@ -309,9 +326,13 @@ impl MetaNode {
                 })
                 .collect()
         });
+        // Chunks whose replicas are not all known yet (heartbeats lag a
+        // second behind writes): ask the servers, so readers see every
+        // replica at once, though only `min` are required.
+        let want = (file.replication as usize).max(min);
         let short: Vec<ChunkId> = chunks
             .iter()
-            .filter(|c| known[*c].len() < min)
+            .filter(|c| known[*c].len() < want)
             .copied()
             .collect();
         let mut confirmed: Vec<(ServerId, Vec<ChunkId>)> = Vec::new();

@@ -12,7 +12,7 @@ use tracing::{info, warn};
 
 use shardfs_proto::chunk_client::ChunkClient;
 
-use crate::chunks::BadReplicaCounts;
+use crate::chunks::{BadReplicaCounts, RecentPlacements};
 use crate::error::MetaError;
 use crate::liveness::Liveness;
 use crate::network::Network;
@@ -85,6 +85,8 @@ pub struct MetaNode {
     chunk_clients: Arc<std::sync::Mutex<std::collections::HashMap<u64, (String, ChunkClient)>>>,
     /// Bad replicas readers reported here (leader soft state).
     pub bad_replicas: Arc<BadReplicaCounts>,
+    /// Placements not yet reflected in heartbeats (see `allocate`).
+    pub recent_placements: Arc<std::sync::Mutex<RecentPlacements>>,
 }
 
 impl MetaNode {
@@ -150,6 +152,10 @@ impl MetaNode {
             read_lease_ms: tuning.election_timeout_max.as_millis() as u64 / 4,
             chunk_clients: Arc::default(),
             bad_replicas: Arc::default(),
+            recent_placements: Arc::new(std::sync::Mutex::new((
+                std::time::Instant::now(),
+                Default::default(),
+            ))),
         })
     }
 

@@ -16,9 +16,9 @@ use tonic::transport::Channel;
 
 use crate::chunk::v1::chunk_service_client::ChunkServiceClient;
 use crate::chunk::v1::{
-    ChunkInfo, ChunkVerdict, DeleteChunksRequest, GetChunkRequest, HasChunksRequest, ListChunksRequest,
-    PutChunkRequest, PutHeader, StatsRequest, StatsResponse, VerifyChunksRequest,
-    put_chunk_request,
+    ChunkInfo, ChunkVerdict, DeleteChunksRequest, GetChunkRequest, HasChunksRequest,
+    ListChunksRequest, PutChunkRequest, PutHeader, StatsRequest, StatsResponse,
+    VerifyChunksRequest, put_chunk_request,
 };
 use crate::{ChunkId, MAX_DATA_MESSAGE_BYTES, transport};
 

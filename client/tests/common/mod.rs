@@ -116,7 +116,14 @@ impl TestCluster {
             .join(",");
         let addr = self.meta_addrs[id as usize - 1].clone();
         let mut child = Command::new(binary("shardfs-meta"))
-            .args(["--id", &id.to_string(), "--listen", &addr, "--peers", &peers])
+            .args([
+                "--id",
+                &id.to_string(),
+                "--listen",
+                &addr,
+                "--peers",
+                &peers,
+            ])
             .arg("--data-dir")
             .arg(self.dir.join(format!("meta-{id}")))
             .args(["--heartbeat-ms", "100", "--election-timeout-ms", "500"])
@@ -182,7 +189,10 @@ impl TestCluster {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "cluster not healthy in {timeout:?}");
+            assert!(
+                Instant::now() < deadline,
+                "cluster not healthy in {timeout:?}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
