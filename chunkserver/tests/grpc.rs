@@ -296,6 +296,46 @@ async fn corrupt_chunk_is_data_loss_and_quarantined() {
 }
 
 #[tokio::test]
+async fn verify_rehashes_and_quarantines_only_bad_copies() {
+    use shardfs_proto::chunk::v1::ChunkVerdict;
+    let dir = tempfile::tempdir().unwrap();
+    let server = InProcessServer::start(dir.path()).await;
+    let (good, good_bytes) = chunk(16, 1 << 20);
+    let (bad, bad_bytes) = chunk(17, 2 << 20);
+    let (missing, _) = chunk(18, 1000);
+    server.client.put(good, good_bytes.clone()).await.unwrap();
+    server.client.put(bad, bad_bytes).await.unwrap();
+    let path = server.store.chunk_path(&bad);
+    let mut on_disk = std::fs::read(&path).unwrap();
+    on_disk[1_500_000] ^= 0x01;
+    std::fs::write(&path, &on_disk).unwrap();
+
+    let verdicts = server.client.verify(&[good, bad, missing]).await.unwrap();
+    assert_eq!(
+        verdicts,
+        vec![
+            ChunkVerdict::Ok,
+            ChunkVerdict::Corrupt,
+            ChunkVerdict::Missing
+        ]
+    );
+    assert!(!path.exists());
+    assert_eq!(files_in(&dir.path().join("quarantine")).len(), 1);
+    assert_eq!(server.client.has(&[good, bad]).await.unwrap(), vec![true, false]);
+    let back = server.client.get(good, 0, None, false).await.unwrap();
+    assert_eq!(ChunkId::of(&back), good);
+    // The good copy's verification time is recorded.
+    let listed = server.client.list_all().await.unwrap();
+    assert!(listed.iter().all(|c| c.last_verified_unix_ms > 0));
+    // Too many ids at once is refused in words.
+    let many = vec![good; 1025];
+    let status = server.client.verify(&many).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("at most 1024"));
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn many_concurrent_streams() {
     let dir = tempfile::tempdir().unwrap();
     let server = InProcessServer::start(dir.path()).await;
