@@ -174,7 +174,7 @@ pub async fn run_bench(
                                 let layout = &layout;
                                 async move {
                                     let t = Instant::now();
-                                    let data = client.fetch_chunk(&layout.path, span, k).await?;
+                                    let data = client.spawn_fetch(&layout.path, span, k).await?;
                                     verified.fetch_add(data.len(), Ordering::Relaxed);
                                     Ok::<_, crate::ClientError>(t.elapsed())
                                 }

@@ -167,6 +167,27 @@ impl Client {
         })
     }
 
+    /// [`Client::fetch_chunk`] as a task of its own, so many fetches make
+    /// progress on all worker threads whoever awaits them.
+    pub fn spawn_fetch(
+        &self,
+        path: &str,
+        span: &ChunkSpan,
+        first: usize,
+    ) -> impl Future<Output = Result<ChunkData>> + Send + 'static {
+        let client = self.clone();
+        let path = path.to_string();
+        let span = span.clone();
+        let task = tokio::spawn(async move { client.fetch_chunk(&path, &span, first).await });
+        async move {
+            task.await.unwrap_or_else(|join| {
+                Err(ClientError::InvalidArgument(format!(
+                    "a chunk fetch task failed: {join}"
+                )))
+            })
+        }
+    }
+
     /// One attempt at one replica: bytes, verified.
     async fn fetch_replica(&self, addr: &str, span: &ChunkSpan) -> Result<ChunkData, String> {
         let client = self.chunk_server(addr).map_err(|e| e.to_string())?;

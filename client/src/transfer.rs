@@ -45,7 +45,7 @@ impl Client {
         Fut: std::future::Future<Output = Result<()>>,
     {
         let fetches = futures::stream::iter(layout.chunks.iter().enumerate())
-            .map(|(i, span)| self.fetch_chunk(&layout.path, span, i))
+            .map(|(i, span)| self.spawn_fetch(&layout.path, span, i))
             .buffered(parallel.max(1));
         futures::pin_mut!(fetches);
         while let Some(data) = fetches.try_next().await? {
