@@ -16,6 +16,7 @@
 //! - [`bench`]: the put/get throughput benchmark (`shardfs-chunk bench`).
 
 pub mod bench;
+pub mod bulk;
 pub mod config;
 pub mod convert;
 pub mod error;

@@ -4,10 +4,13 @@
 use std::future::Future;
 use std::time::Duration;
 
+use shardfs_proto::bulk;
 use shardfs_proto::chunk::v1::chunk_service_server::ChunkServiceServer;
 use shardfs_proto::transport;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 
+use crate::bulk::Connections;
 use crate::service::ChunkServiceImpl;
 use crate::store::ChunkStore;
 
@@ -27,7 +30,75 @@ pub async fn run(
         .max_decoding_message_size(transport::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(transport::MAX_MESSAGE_BYTES);
     let router = transport::server().add_service(service);
-    transport::serve_with_grace(router, listener, shutdown, SHUTDOWN_GRACE).await?;
+    let (grpc_tx, grpc_rx) = mpsc::channel::<std::io::Result<TcpStream>>(64);
+    let accepting = tokio::spawn(sort_connections(listener, store.clone(), grpc_tx));
+    let incoming = futures::stream::unfold(grpc_rx, |mut rx| async move {
+        rx.recv().await.map(|stream| (stream, rx))
+    });
+    let served =
+        transport::serve_incoming_with_grace(router, incoming, shutdown, SHUTDOWN_GRACE).await;
+    accepting.abort();
+    served?;
     store.flush().await?;
     Ok(())
+}
+
+/// How long a new connection may take to send its first bytes before it is
+/// handed to gRPC regardless.
+const SNIFF_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Accepts connections and sorts them by their first bytes: bulk reads
+/// (`shardfs_proto::bulk::MAGIC`) to their own threads, everything else
+/// (HTTP/2) to gRPC.
+async fn sort_connections(
+    listener: TcpListener,
+    store: ChunkStore,
+    grpc: mpsc::Sender<std::io::Result<TcpStream>>,
+) {
+    let bulk_connections = Connections::default();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = grpc.closed() => return,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!("accepting a connection failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let grpc = grpc.clone();
+        let store = store.clone();
+        let bulk_connections = bulk_connections.clone();
+        tokio::spawn(async move {
+            if is_bulk(&stream).await {
+                match stream.into_std() {
+                    Ok(stream) => bulk_connections.spawn(stream, store),
+                    Err(e) => tracing::warn!("bulk read connection unusable: {e}"),
+                }
+            } else {
+                let _ = grpc.send(Ok(stream)).await;
+            }
+        });
+    }
+}
+
+/// True when the connection's first bytes are the bulk protocol's magic.
+async fn is_bulk(stream: &TcpStream) -> bool {
+    let mut first = [0u8; 4];
+    let peek = async {
+        loop {
+            match stream.peek(&mut first).await {
+                Ok(n) if n >= first.len() => return first == bulk::MAGIC,
+                Ok(0) | Err(_) => return false,
+                // Fewer bytes than the magic so far: wait for more.
+                Ok(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+            }
+        }
+    };
+    tokio::time::timeout(SNIFF_TIMEOUT, peek)
+        .await
+        .unwrap_or(false)
 }

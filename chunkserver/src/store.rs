@@ -105,6 +105,14 @@ pub enum ChunkRead {
     },
 }
 
+/// A chunk file opened for the bulk read path.
+pub struct OpenRange {
+    pub file: File,
+    pub chunk_length: u64,
+    pub offset: u64,
+    pub length: u64,
+}
+
 /// Bytes read from disk per call of [`RangeReader::next_piece`]; the service
 /// slices each piece into 1 MiB messages without copying.
 const READ_PIECE_BYTES: u64 = 8 << 20;
@@ -265,6 +273,29 @@ impl ChunkStore {
     ) -> Result<ChunkRead> {
         let inner = self.inner.clone();
         blocking(move || inner.read(id, offset, length, verify)).await
+    }
+
+    /// The open file of chunk `id` and the range to send from it, for the
+    /// bulk read path (`crate::bulk`). Blocking; never verifies: the caller
+    /// hashes what it receives.
+    pub fn open_range_blocking(
+        &self,
+        id: ChunkId,
+        offset: u64,
+        length: Option<u64>,
+    ) -> Result<OpenRange> {
+        match self.inner.read(id, offset, length, false)? {
+            ChunkRead::Stream {
+                chunk_length,
+                reader,
+            } => Ok(OpenRange {
+                file: reader.file,
+                chunk_length,
+                offset,
+                length: reader.remaining,
+            }),
+            ChunkRead::Verified { .. } => unreachable!("unverified reads stream from the file"),
+        }
     }
 
     /// Re-hashes each chunk from disk. A copy that no longer matches its id

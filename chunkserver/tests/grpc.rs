@@ -321,7 +321,10 @@ async fn verify_rehashes_and_quarantines_only_bad_copies() {
     );
     assert!(!path.exists());
     assert_eq!(files_in(&dir.path().join("quarantine")).len(), 1);
-    assert_eq!(server.client.has(&[good, bad]).await.unwrap(), vec![true, false]);
+    assert_eq!(
+        server.client.has(&[good, bad]).await.unwrap(),
+        vec![true, false]
+    );
     let back = server.client.get(good, 0, None, false).await.unwrap();
     assert_eq!(ChunkId::of(&back), good);
     // The good copy's verification time is recorded.
@@ -362,5 +365,77 @@ async fn many_concurrent_streams() {
             == 12)
         .await
     );
+    server.stop().await;
+}
+
+/// The bulk read protocol on the same port as gRPC: whole chunks, ranges,
+/// errors in words, and many requests on one connection.
+#[tokio::test]
+async fn bulk_reads_share_the_port_with_grpc() {
+    use shardfs_proto::bulk::{self, Request, ResponseHeader, Status};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = InProcessServer::start(dir.path()).await;
+    let (id, bytes) = chunk(19, (3 << 20) + 7);
+    server.client.put(id, bytes.clone()).await.unwrap();
+
+    let mut stream = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+    async fn ask(
+        stream: &mut tokio::net::TcpStream,
+        request: Request,
+    ) -> (ResponseHeader, Vec<u8>) {
+        stream.write_all(&request.encode()).await.unwrap();
+        let mut header = [0u8; bulk::RESPONSE_HEADER_BYTES];
+        stream.read_exact(&mut header).await.unwrap();
+        let header = ResponseHeader::decode(&header).unwrap();
+        let mut body = vec![0u8; header.n as usize];
+        stream.read_exact(&mut body).await.unwrap();
+        (header, body)
+    }
+    let whole = Request {
+        id,
+        offset: 0,
+        length: None,
+    };
+    let (header, body) = ask(&mut stream, whole).await;
+    assert_eq!(header.status, Status::Ok);
+    assert_eq!(header.chunk_length, bytes.len() as u64);
+    assert_eq!(ChunkId::of(&body), id);
+
+    let range = Request {
+        id,
+        offset: 1_000_000,
+        length: Some(12_345),
+    };
+    let (header, body) = ask(&mut stream, range).await;
+    assert_eq!(header.status, Status::Ok);
+    assert_eq!(body, bytes[1_000_000..1_012_345]);
+
+    let beyond = Request {
+        id,
+        offset: bytes.len() as u64,
+        length: Some(1),
+    };
+    let (header, body) = ask(&mut stream, beyond).await;
+    assert_eq!(header.status, Status::OutOfRange);
+    assert!(String::from_utf8_lossy(&body).contains("outside"));
+
+    let (unknown, _) = chunk(20, 10);
+    let missing = Request {
+        id: unknown,
+        offset: 0,
+        length: None,
+    };
+    let (header, body) = ask(&mut stream, missing).await;
+    assert_eq!(header.status, Status::NotFound);
+    assert!(String::from_utf8_lossy(&body).contains("not stored here"));
+
+    // The same connection still serves, and gRPC on the port is unharmed.
+    let (header, body) = ask(&mut stream, whole).await;
+    assert_eq!(header.status, Status::Ok);
+    assert_eq!(ChunkId::of(&body), id);
+    assert_still_serving(&server, 21).await;
+    drop(stream);
     server.stop().await;
 }

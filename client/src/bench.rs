@@ -24,6 +24,8 @@ pub struct BenchOptions {
     pub read_rounds: usize,
     pub dir: String,
     pub keep: bool,
+    /// Read everything a second time over gRPC, for comparison.
+    pub compare_grpc: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -44,6 +46,8 @@ pub struct BenchReport {
     pub read_chunk_p50_ms: f64,
     pub read_chunk_p99_ms: f64,
     pub bytes_verified: u64,
+    /// With `compare_grpc`: the same reads over gRPC `GetChunk`.
+    pub grpc_read_mb_per_s: Option<f64>,
 }
 
 impl BenchReport {
@@ -67,7 +71,13 @@ impl BenchReport {
             self.read_chunk_p50_ms,
             self.read_chunk_p99_ms,
             self.bytes_verified / 1_000_000,
-        )
+        ) + &match self.grpc_read_mb_per_s {
+            Some(grpc) => format!(
+                "\nread over gRPC GetChunk: {grpc:.1} MB/s (bulk reads: {:.2}x)",
+                self.read_mb_per_s / grpc
+            ),
+            None => String::new(),
+        }
     }
 }
 
@@ -156,44 +166,17 @@ pub async fn run_bench(
         "reading them back {} time(s)...",
         options.read_rounds
     ));
-    let verified = AtomicU64::new(0);
-    let mut read_latencies = Vec::new();
-    let started = Instant::now();
-    for _ in 0..options.read_rounds {
-        let latencies: Vec<Vec<Duration>> = futures::stream::iter(0..options.files)
-            .map(|i| {
-                let path = format!("{dir}/file-{i:05}");
-                let verified = &verified;
-                async move {
-                    let layout = client.layout(&path).await?;
-                    let largest = options.chunk_size.max(1);
-                    let parallel = (client.config().read_ahead_bytes / largest).clamp(1, 64);
-                    let times: Vec<Duration> =
-                        futures::stream::iter(layout.chunks.iter().enumerate())
-                            .map(|(k, span)| {
-                                let layout = &layout;
-                                async move {
-                                    let t = Instant::now();
-                                    let data = client.spawn_fetch(&layout.path, span, k).await?;
-                                    verified.fetch_add(data.len(), Ordering::Relaxed);
-                                    Ok::<_, crate::ClientError>(t.elapsed())
-                                }
-                            })
-                            .buffered(parallel as usize)
-                            .try_collect()
-                            .await?;
-                    Ok::<_, crate::ClientError>(times)
-                }
-            })
-            .buffer_unordered(options.streams.max(1))
-            .try_collect()
-            .await?;
-        read_latencies.extend(latencies.into_iter().flatten());
-    }
-    let read_seconds = started.elapsed().as_secs_f64();
-    read_latencies.sort();
+    let (read_seconds, read_latencies, bytes_verified) = read_rounds(client, &dir, options).await?;
+    let grpc = if options.compare_grpc {
+        say("and again over gRPC GetChunk...".to_string());
+        client.set_bulk_reads(false);
+        let grpc = read_rounds(client, &dir, options).await;
+        client.set_bulk_reads(client.config().bulk_reads);
+        Some(grpc?)
+    } else {
+        None
+    };
     client.record_latencies(false);
-    let bytes_verified = verified.load(Ordering::Relaxed);
     let expected = total * options.read_rounds as u64;
     if bytes_verified != expected {
         return Err(crate::ClientError::InvalidArgument(format!(
@@ -239,5 +222,51 @@ pub async fn run_bench(
         read_chunk_p50_ms: percentile(&read_latencies, 0.5),
         read_chunk_p99_ms: percentile(&read_latencies, 0.99),
         bytes_verified,
+        grpc_read_mb_per_s: grpc.map(|(secs, _, bytes)| bytes as f64 / 1e6 / secs),
     })
+}
+
+/// Reads every file of the run `read_rounds` times, `streams` files at a
+/// time; returns the seconds taken, per-chunk latencies (sorted) and the
+/// bytes verified.
+async fn read_rounds(
+    client: &Client,
+    dir: &str,
+    options: &BenchOptions,
+) -> Result<(f64, Vec<Duration>, u64)> {
+    let verified = AtomicU64::new(0);
+    let mut latencies = Vec::new();
+    let started = Instant::now();
+    for _ in 0..options.read_rounds {
+        let round: Vec<Vec<Duration>> = futures::stream::iter(0..options.files)
+            .map(|i| {
+                let path = format!("{dir}/file-{i:05}");
+                let verified = &verified;
+                async move {
+                    let layout = client.layout(&path).await?;
+                    let largest = options.chunk_size.max(1);
+                    let parallel = (client.config().read_ahead_bytes / largest).clamp(1, 64);
+                    futures::stream::iter(layout.chunks.iter().enumerate())
+                        .map(|(k, span)| {
+                            let layout = &layout;
+                            async move {
+                                let t = Instant::now();
+                                let data = client.spawn_fetch(&layout.path, span, k).await?;
+                                verified.fetch_add(data.len(), Ordering::Relaxed);
+                                Ok::<_, crate::ClientError>(t.elapsed())
+                            }
+                        })
+                        .buffered(parallel as usize)
+                        .try_collect::<Vec<_>>()
+                        .await
+                }
+            })
+            .buffer_unordered(options.streams.max(1))
+            .try_collect()
+            .await?;
+        latencies.extend(round.into_iter().flatten());
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    latencies.sort();
+    Ok((seconds, latencies, verified.load(Ordering::Relaxed)))
 }

@@ -33,6 +33,9 @@ pub struct ClientConfig {
     /// How long one chunk request to one replica may take before the next
     /// replica is tried (plus a second per 16 MiB of chunk).
     pub chunk_timeout: Duration,
+    /// Read chunks with the bulk protocol (`sendfile` on the server, no
+    /// gRPC framing) instead of gRPC `GetChunk`. Both are verified here.
+    pub bulk_reads: bool,
 }
 
 impl Default for ClientConfig {
@@ -44,6 +47,7 @@ impl Default for ClientConfig {
             read_ahead_bytes: 64 << 20,
             parallel_files: 8,
             chunk_timeout: Duration::from_secs(10),
+            bulk_reads: true,
         }
     }
 }
@@ -113,6 +117,9 @@ pub(crate) struct Inner {
     pub counters: Counters,
     /// When on, how long each chunk put took (for benchmarks).
     pub put_latencies: Mutex<Option<Vec<Duration>>>,
+    pub bulk: crate::bulk::BulkPool,
+    /// Starts as `config.bulk_reads`; benchmarks switch it.
+    pub bulk_reads: std::sync::atomic::AtomicBool,
 }
 
 impl Client {
@@ -141,6 +148,7 @@ impl Client {
         let meta = MetaClient::new(&addrs).map_err(|s| ClientError::meta("metaservers", s))?;
         probe(&meta, &addrs).await?;
         let permits = (config.put_memory_bytes >> 10).clamp(MAX_CHUNK_BYTES >> 10, u32::MAX as u64);
+        let bulk_reads = config.bulk_reads;
         Ok(Self {
             inner: Arc::new(Inner {
                 meta,
@@ -149,6 +157,8 @@ impl Client {
                 put_memory: Arc::new(Semaphore::new(permits as usize)),
                 counters: Counters::default(),
                 put_latencies: Mutex::new(None),
+                bulk: Default::default(),
+                bulk_reads: std::sync::atomic::AtomicBool::new(bulk_reads),
             }),
         })
     }
@@ -171,6 +181,11 @@ impl Client {
             bad_replicas_seen: c.bad_replicas_seen.load(Ordering::Relaxed),
             replica_failures: c.replica_failures.load(Ordering::Relaxed),
         }
+    }
+
+    /// Reads with the bulk protocol (true) or gRPC `GetChunk` (false).
+    pub fn set_bulk_reads(&self, on: bool) {
+        self.inner.bulk_reads.store(on, Ordering::Relaxed);
     }
 
     /// Starts (or stops) recording how long each chunk put takes.

@@ -23,6 +23,7 @@
 //! - [`error`]: errors in plain words.
 
 pub mod bench;
+pub mod bulk;
 pub mod client;
 pub mod error;
 pub mod put;

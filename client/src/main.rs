@@ -149,6 +149,12 @@ struct BenchArgs {
     /// Bytes each stream fetches ahead, in parallel.
     #[arg(long, value_parser = parse_size, default_value = "64MiB")]
     read_ahead: u64,
+    /// Read over gRPC GetChunk instead of the bulk read protocol.
+    #[arg(long)]
+    grpc_reads: bool,
+    /// Also read everything over gRPC GetChunk and print both.
+    #[arg(long)]
+    compare_grpc: bool,
     /// Remote directory for the files (deleted afterwards unless --keep).
     #[arg(long, default_value = "/.bench")]
     dir: String,
@@ -202,6 +208,7 @@ async fn run(cli: Cli) -> Result<()> {
     }
     if let Command::Bench(args) = &cli.command {
         config.read_ahead_bytes = args.read_ahead;
+        config.bulk_reads = !args.grpc_reads;
     }
     let client = Client::connect_with(&addrs, config).await?;
     match cli.command {
@@ -662,6 +669,7 @@ async fn bench(client: &Client, args: BenchArgs) -> Result<()> {
         read_rounds: args.read_rounds,
         dir: args.dir,
         keep: args.keep,
+        compare_grpc: args.compare_grpc,
     };
     let report = run_bench(client, &options, !args.json).await?;
     if args.json {

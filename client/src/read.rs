@@ -190,14 +190,23 @@ impl Client {
 
     /// One attempt at one replica: bytes, verified.
     async fn fetch_replica(&self, addr: &str, span: &ChunkSpan) -> Result<ChunkData, String> {
-        let client = self.chunk_server(addr).map_err(|e| e.to_string())?;
         let timeout = self.config().timeout_for(span.length);
-        let pieces =
-            match tokio::time::timeout(timeout, client.get_pieces(span.id, 0, None, false)).await {
+        let pieces = if self.inner.bulk_reads.load(Ordering::Relaxed) {
+            let read = self.inner.bulk.read_chunk(addr, span.id, span.length);
+            match tokio::time::timeout(timeout, read).await {
+                Ok(Ok(data)) => vec![data],
+                Ok(Err(cause)) => return Err(cause),
+                Err(_) => return Err(format!("no answer within {timeout:?}")),
+            }
+        } else {
+            let client = self.chunk_server(addr).map_err(|e| e.to_string())?;
+            let get = client.get_pieces(span.id, 0, None, false);
+            match tokio::time::timeout(timeout, get).await {
                 Ok(Ok(pieces)) => pieces,
                 Ok(Err(status)) => return Err(status_cause(&status)),
                 Err(_) => return Err(format!("no answer within {timeout:?}")),
-            };
+            }
+        };
         let data = ChunkData { pieces };
         if data.len() != span.length {
             return Err(format!(

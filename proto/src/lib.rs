@@ -17,6 +17,7 @@
 //!   servers, the client library, tests and benchmarks.
 
 pub mod alloc;
+pub mod bulk;
 pub mod chunk_client;
 pub mod id;
 pub mod meta_client;

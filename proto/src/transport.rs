@@ -43,8 +43,22 @@ pub async fn serve_with_grace(
     shutdown: impl Future<Output = ()> + Send,
     grace: Duration,
 ) -> Result<(), tonic::transport::Error> {
+    serve_incoming_with_grace(router, TcpListenerStream::new(listener), shutdown, grace).await
+}
+
+/// [`serve_with_grace`] over connections accepted elsewhere (a server that
+/// sorts its connections by protocol first).
+pub async fn serve_incoming_with_grace<S>(
+    router: Router,
+    incoming: S,
+    shutdown: impl Future<Output = ()> + Send,
+    grace: Duration,
+) -> Result<(), tonic::transport::Error>
+where
+    S: tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> + Send + 'static,
+{
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let serve = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+    let serve = router.serve_with_incoming_shutdown(incoming, async {
         let _ = stop_rx.await;
     });
     tokio::pin!(serve);
