@@ -3,11 +3,13 @@
 //! are served here, one thread each, with the data sent by `sendfile(2)`
 //! straight from the chunk file to the socket.
 
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use shardfs_proto::bulk::{self, Request, ResponseHeader, Status};
 use tracing::{debug, warn};
@@ -15,47 +17,108 @@ use tracing::{debug, warn};
 use crate::error::ChunkError;
 use crate::store::ChunkStore;
 
-/// Bulk connections served at once; more are closed at once (the client
-/// then reads that replica over gRPC or from another server).
+/// Bulk connections served at once; beyond that a new one is told so and
+/// closed (the client then reads that replica over gRPC).
 pub const MAX_CONNECTIONS: usize = 1024;
+/// A connection with no request for this long is closed (clients drop
+/// their idle ones sooner).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A client that stops reading a response for this long is dropped.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Counts live bulk connections.
+/// The open bulk connections, so that shutdown can close them.
 #[derive(Clone, Default)]
-pub struct Connections(Arc<AtomicUsize>);
+pub struct Connections {
+    open: Arc<Mutex<HashMap<u64, TcpStream>>>,
+    next: Arc<AtomicU64>,
+}
 
 impl Connections {
     /// Serves `stream` on a thread of its own, unless too many are open.
     pub fn spawn(&self, stream: TcpStream, store: ChunkStore) {
-        if self.0.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-            self.0.fetch_sub(1, Ordering::SeqCst);
-            warn!("{MAX_CONNECTIONS} bulk read connections open; refusing another");
-            return;
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+            if open.len() >= MAX_CONNECTIONS {
+                drop(open);
+                warn!("{MAX_CONNECTIONS} bulk read connections open; refusing another");
+                refuse(
+                    stream,
+                    "too many bulk read connections open on this chunk server",
+                );
+                return;
+            }
+            match stream.try_clone() {
+                Ok(handle) => open.insert(id, handle),
+                Err(e) => {
+                    warn!("bulk read connection unusable: {e}");
+                    return;
+                }
+            };
         }
-        let count = self.0.clone();
+        let registry = self.clone();
         let spawned = std::thread::Builder::new()
             .name("bulk-read".into())
             .spawn(move || {
                 if let Err(e) = serve(stream, &store) {
                     debug!("bulk read connection ended: {e}");
                 }
-                count.fetch_sub(1, Ordering::SeqCst);
+                registry.forget(id);
             });
         if let Err(e) = spawned {
-            self.0.fetch_sub(1, Ordering::SeqCst);
+            self.forget(id);
             warn!("could not start a bulk read thread: {e}");
         }
     }
+
+    fn forget(&self, id: u64) {
+        self.open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+
+    /// Closes every open connection (at shutdown): their threads end.
+    pub fn close_all(&self) {
+        let open = std::mem::take(&mut *self.open.lock().unwrap_or_else(|p| p.into_inner()));
+        for stream in open.values() {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// Answers a connection that cannot be served with an error response.
+fn refuse(mut stream: TcpStream, why: &str) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+    let header = ResponseHeader {
+        status: Status::Error,
+        chunk_length: 0,
+        n: why.len() as u64,
+    };
+    let _ = stream.write_all(&header.encode());
+    let _ = stream.write_all(why.as_bytes());
 }
 
 /// Answers requests on one connection until the client closes it.
 fn serve(mut stream: TcpStream, store: &ChunkStore) -> io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(IDLE_TIMEOUT))?;
+    stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
     let mut request = [0u8; bulk::REQUEST_BYTES];
     loop {
         match stream.read_exact(&mut request) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Ok(()); // idle too long
+            }
             Err(e) => return Err(e),
         }
         let Some(request) = Request::decode(&request) else {

@@ -31,13 +31,20 @@ pub async fn run(
         .max_encoding_message_size(transport::MAX_MESSAGE_BYTES);
     let router = transport::server().add_service(service);
     let (grpc_tx, grpc_rx) = mpsc::channel::<std::io::Result<TcpStream>>(64);
-    let accepting = tokio::spawn(sort_connections(listener, store.clone(), grpc_tx));
+    let bulk_connections = Connections::default();
+    let accepting = tokio::spawn(sort_connections(
+        listener,
+        store.clone(),
+        bulk_connections.clone(),
+        grpc_tx,
+    ));
     let incoming = futures::stream::unfold(grpc_rx, |mut rx| async move {
         rx.recv().await.map(|stream| (stream, rx))
     });
     let served =
         transport::serve_incoming_with_grace(router, incoming, shutdown, SHUTDOWN_GRACE).await;
     accepting.abort();
+    bulk_connections.close_all();
     served?;
     store.flush().await?;
     Ok(())
@@ -53,9 +60,9 @@ const SNIFF_TIMEOUT: Duration = Duration::from_secs(5);
 async fn sort_connections(
     listener: TcpListener,
     store: ChunkStore,
+    bulk_connections: Connections,
     grpc: mpsc::Sender<std::io::Result<TcpStream>>,
 ) {
-    let bulk_connections = Connections::default();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,

@@ -436,6 +436,13 @@ async fn bulk_reads_share_the_port_with_grpc() {
     assert_eq!(header.status, Status::Ok);
     assert_eq!(ChunkId::of(&body), id);
     assert_still_serving(&server, 21).await;
-    drop(stream);
+    // A stopped server closes its bulk connections too.
     server.stop().await;
+    let _ = stream.write_all(&whole.encode()).await;
+    let mut byte = [0u8; 1];
+    let after_stop = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte)).await;
+    assert!(
+        matches!(after_stop, Ok(Ok(0)) | Ok(Err(_))),
+        "bulk connection still served after stop: {after_stop:?}"
+    );
 }

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use shardfs_proto::ChunkId;
@@ -12,67 +13,119 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Idle connections kept per chunk server.
-const IDLE_PER_SERVER: usize = 64;
+const IDLE_PER_SERVER: usize = 16;
+/// Idle connections older than this are closed rather than reused (the
+/// server closes them after a minute).
+const IDLE_FOR: Duration = Duration::from_secs(20);
+
+/// Why a bulk read failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BulkError {
+    /// The server answered: the chunk is not there, or not that long.
+    Answer(String),
+    /// The connection failed or the server could not serve the protocol
+    /// (too busy, an old server): gRPC may still work.
+    Transport(String),
+}
 
 #[derive(Default)]
 pub struct BulkPool {
-    idle: Mutex<HashMap<String, Vec<TcpStream>>>,
+    idle: Mutex<HashMap<String, Vec<(TcpStream, Instant)>>>,
 }
 
 impl BulkPool {
     /// Reads the whole chunk `id` (expected to be `length` bytes) from the
     /// chunk server at `addr`. The bytes are not verified here.
-    pub async fn read_chunk(&self, addr: &str, id: ChunkId, length: u64) -> Result<Bytes, String> {
-        let mut stream = match self.take(addr) {
-            Some(stream) => stream,
-            None => {
-                let stream = TcpStream::connect(addr).await.map_err(|e| io_words(&e))?;
-                stream.set_nodelay(true).map_err(|e| io_words(&e))?;
-                stream
+    pub async fn read_chunk(
+        &self,
+        addr: &str,
+        id: ChunkId,
+        length: u64,
+    ) -> Result<Bytes, BulkError> {
+        // A kept connection may have been closed by a server that restarted
+        // or found it idle: then try once more on a new one.
+        if let Some(stream) = self.take(addr) {
+            match self.request(stream, addr, id, length).await {
+                Err(Attempt::Stale(_)) => {}
+                Err(Attempt::Failed(e)) => return Err(e),
+                Ok(data) => return Ok(data),
             }
-        };
+        }
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| BulkError::Transport(io_words(&e)))?;
+        stream
+            .set_nodelay(true)
+            .map_err(|e| BulkError::Transport(io_words(&e)))?;
+        self.request(stream, addr, id, length)
+            .await
+            .map_err(|e| match e {
+                Attempt::Stale(e) | Attempt::Failed(e) => e,
+            })
+    }
+
+    async fn request(
+        &self,
+        mut stream: TcpStream,
+        addr: &str,
+        id: ChunkId,
+        length: u64,
+    ) -> Result<Bytes, Attempt> {
+        let transport = |e: std::io::Error| BulkError::Transport(io_words(&e));
         let request = Request {
             id,
             offset: 0,
             length: None,
         };
-        stream
-            .write_all(&request.encode())
-            .await
-            .map_err(|e| io_words(&e))?;
         let mut header = [0u8; bulk::RESPONSE_HEADER_BYTES];
-        stream
-            .read_exact(&mut header)
-            .await
-            .map_err(|e| io_words(&e))?;
-        let header = ResponseHeader::decode(&header)
-            .ok_or_else(|| "the chunk server sent a malformed bulk response".to_string())?;
+        let sent = async {
+            stream.write_all(&request.encode()).await?;
+            stream.read_exact(&mut header).await
+        };
+        // Nothing came back at all: the connection was dead before we used it.
+        sent.await.map_err(|e| Attempt::Stale(transport(e)))?;
+        let header = ResponseHeader::decode(&header).ok_or_else(|| {
+            Attempt::Failed(BulkError::Transport(
+                "the chunk server sent a malformed bulk response".into(),
+            ))
+        })?;
         if header.status != Status::Ok {
             if header.n > bulk::MAX_MESSAGE_BYTES {
-                return Err("the chunk server sent an oversized error".into());
+                return Err(Attempt::Failed(BulkError::Transport(
+                    "the chunk server sent an oversized error".into(),
+                )));
             }
             let mut message = vec![0u8; header.n as usize];
             stream
                 .read_exact(&mut message)
                 .await
-                .map_err(|e| io_words(&e))?;
-            self.give_back(addr, stream);
-            return Err(String::from_utf8_lossy(&message).to_string());
+                .map_err(|e| Attempt::Failed(transport(e)))?;
+            let message = String::from_utf8_lossy(&message).to_string();
+            return Err(Attempt::Failed(match header.status {
+                Status::NotFound | Status::OutOfRange => {
+                    self.give_back(addr, stream);
+                    BulkError::Answer(message)
+                }
+                _ => BulkError::Transport(message),
+            }));
         }
         if header.n != length || header.chunk_length != length {
-            return Err(format!(
+            return Err(Attempt::Failed(BulkError::Answer(format!(
                 "the chunk server holds {} bytes; the file says the chunk has {length}",
                 header.chunk_length
-            ));
+            ))));
         }
         let mut data = BytesMut::with_capacity(length as usize);
         while (data.len() as u64) < length {
-            let read = stream.read_buf(&mut data).await.map_err(|e| io_words(&e))?;
+            let read = stream
+                .read_buf(&mut data)
+                .await
+                .map_err(|e| Attempt::Failed(transport(e)))?;
             if read == 0 {
-                return Err(format!(
+                return Err(Attempt::Failed(BulkError::Transport(format!(
                     "connection closed after {} of {length} bytes",
                     data.len()
-                ));
+                ))));
             }
         }
         self.give_back(addr, stream);
@@ -80,16 +133,31 @@ impl BulkPool {
     }
 
     fn take(&self, addr: &str) -> Option<TcpStream> {
-        self.idle.lock().expect("bulk pool").get_mut(addr)?.pop()
+        let mut idle = self.idle.lock().expect("bulk pool");
+        let streams = idle.get_mut(addr)?;
+        while let Some((stream, since)) = streams.pop() {
+            if since.elapsed() < IDLE_FOR {
+                return Some(stream);
+            }
+        }
+        None
     }
 
     fn give_back(&self, addr: &str, stream: TcpStream) {
         let mut idle = self.idle.lock().expect("bulk pool");
         let streams = idle.entry(addr.to_string()).or_default();
+        streams.retain(|(_, since)| since.elapsed() < IDLE_FOR);
         if streams.len() < IDLE_PER_SERVER {
-            streams.push(stream);
+            streams.push((stream, Instant::now()));
         }
     }
+}
+
+/// One request on one connection: `Stale` when the connection turned out
+/// dead before any answer (worth one retry on a new connection).
+enum Attempt {
+    Stale(BulkError),
+    Failed(BulkError),
 }
 
 fn io_words(err: &std::io::Error) -> String {

@@ -89,6 +89,8 @@ pub struct Counters {
     pub bad_replicas_seen: AtomicU64,
     /// Replica requests that failed and were retried elsewhere.
     pub replica_failures: AtomicU64,
+    /// Bulk reads whose connection failed, retried over gRPC.
+    pub bulk_fallbacks: AtomicU64,
 }
 
 /// A snapshot of [`Counters`].
@@ -99,6 +101,7 @@ pub struct CounterValues {
     pub chunks_deduplicated: u64,
     pub bad_replicas_seen: u64,
     pub replica_failures: u64,
+    pub bulk_fallbacks: u64,
 }
 
 /// A connection to a shardfs cluster. Cheap to clone; clones share
@@ -180,6 +183,7 @@ impl Client {
             chunks_deduplicated: c.chunks_deduplicated.load(Ordering::Relaxed),
             bad_replicas_seen: c.bad_replicas_seen.load(Ordering::Relaxed),
             replica_failures: c.replica_failures.load(Ordering::Relaxed),
+            bulk_fallbacks: c.bulk_fallbacks.load(Ordering::Relaxed),
         }
     }
 

@@ -325,9 +325,6 @@ async fn put(client: &Client, args: PutArgs) -> Result<()> {
     let dest = dest[0].clone();
     let dest_exists_dir = is_remote_dir(client, &dest).await?;
     let into_dir = dest_exists_dir || dest.ends_with('/') || sources.len() > 1;
-    if into_dir && !dest_exists_dir {
-        client.mkdir(&dest, true).await?;
-    }
     let options = PutOptions::default();
     // Plan every transfer first, so a bad argument fails before any upload.
     let mut plan = Vec::new();
@@ -364,6 +361,9 @@ async fn put(client: &Client, args: PutArgs) -> Result<()> {
             total += meta.len();
             plan.push((Some(local), target, false));
         }
+    }
+    if into_dir && !dest_exists_dir {
+        client.mkdir(&dest, true).await?;
     }
     let started = Instant::now();
     let (bar, progress) = progress_bar(total, "put");

@@ -13,12 +13,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::Bytes;
 use shardfs_proto::ChunkId;
 use tokio::io::{AsyncRead, AsyncSeek, ReadBuf};
 use tokio::task::JoinHandle;
 
+use crate::bulk::BulkError;
 use crate::client::{Client, chunk_id};
 use crate::error::{ClientError, Result, status_cause};
 
@@ -126,13 +128,16 @@ impl Client {
         let mut locations = span.locations.clone();
         for round in 0..2 {
             if round == 1 {
-                let fresh = self
-                    .inner
-                    .meta
-                    .locate(&[span.id])
-                    .await
-                    .map_err(|s| ClientError::meta(path, s))?;
-                locations = fresh.into_iter().next().unwrap_or_default();
+                match self.inner.meta.locate(&[span.id]).await {
+                    Ok(fresh) => locations = fresh.into_iter().next().unwrap_or_default(),
+                    Err(status) => {
+                        attempts.push(format!(
+                            "asking the metaserver again failed: {}",
+                            status_cause(&status)
+                        ));
+                        break;
+                    }
+                }
                 locations.retain(|a| !tried.contains(a));
                 if locations.is_empty() {
                     break;
@@ -178,9 +183,12 @@ impl Client {
         let client = self.clone();
         let path = path.to_string();
         let span = span.clone();
-        let task = tokio::spawn(async move { client.fetch_chunk(&path, &span, first).await });
+        let task = AbortOnDrop(tokio::spawn(async move {
+            client.fetch_chunk(&path, &span, first).await
+        }));
         async move {
-            task.await.unwrap_or_else(|join| {
+            let mut task = task;
+            (&mut task.0).await.unwrap_or_else(|join| {
                 Err(ClientError::InvalidArgument(format!(
                     "a chunk fetch task failed: {join}"
                 )))
@@ -191,22 +199,53 @@ impl Client {
     /// One attempt at one replica: bytes, verified.
     async fn fetch_replica(&self, addr: &str, span: &ChunkSpan) -> Result<ChunkData, String> {
         let timeout = self.config().timeout_for(span.length);
-        let pieces = if self.inner.bulk_reads.load(Ordering::Relaxed) {
+        let started = std::time::Instant::now();
+        let mut bulk_failure = None;
+        if self.inner.bulk_reads.load(Ordering::Relaxed) {
             let read = self.inner.bulk.read_chunk(addr, span.id, span.length);
             match tokio::time::timeout(timeout, read).await {
-                Ok(Ok(data)) => vec![data],
-                Ok(Err(cause)) => return Err(cause),
+                Ok(Ok(data)) => return self.verify(addr, span, vec![data]).await,
+                Ok(Err(BulkError::Answer(cause))) => return Err(cause),
+                // The protocol failed, not the server's answer: gRPC may
+                // still work (a server refusing more bulk connections).
+                Ok(Err(BulkError::Transport(cause))) => {
+                    self.inner
+                        .counters
+                        .bulk_fallbacks
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(chunk = %span.id, %addr, "bulk read failed ({cause}); trying gRPC");
+                    bulk_failure = Some(cause);
+                }
                 Err(_) => return Err(format!("no answer within {timeout:?}")),
             }
-        } else {
-            let client = self.chunk_server(addr).map_err(|e| e.to_string())?;
-            let get = client.get_pieces(span.id, 0, None, false);
-            match tokio::time::timeout(timeout, get).await {
-                Ok(Ok(pieces)) => pieces,
-                Ok(Err(status)) => return Err(status_cause(&status)),
-                Err(_) => return Err(format!("no answer within {timeout:?}")),
+        }
+        let client = self.chunk_server(addr).map_err(|e| e.to_string())?;
+        let left = timeout
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_secs(1));
+        let get = client.get_pieces(span.id, 0, None, false);
+        let pieces = match tokio::time::timeout(left, get).await {
+            Ok(Ok(pieces)) => pieces,
+            Ok(Err(status)) => {
+                let cause = status_cause(&status);
+                return Err(match bulk_failure {
+                    Some(bulk) if bulk != cause => format!("{bulk}; over gRPC: {cause}"),
+                    _ => cause,
+                });
             }
+            Err(_) => return Err(format!("no answer within {timeout:?}")),
         };
+        self.verify(addr, span, pieces).await
+    }
+
+    /// Checks a replica's bytes against the chunk id; bad bytes are
+    /// counted and reported.
+    async fn verify(
+        &self,
+        addr: &str,
+        span: &ChunkSpan,
+        pieces: Vec<Bytes>,
+    ) -> Result<ChunkData, String> {
         let data = ChunkData { pieces };
         if data.len() != span.length {
             return Err(format!(
@@ -239,6 +278,16 @@ impl Client {
             .bytes_received
             .fetch_add(span.length, Ordering::Relaxed);
         Ok(data)
+    }
+}
+
+/// A task that is cancelled when its handle is dropped (a fetch nobody
+/// waits for any more must not go on downloading).
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -74,14 +74,19 @@ impl Client {
         progress: Option<Progress>,
     ) -> Result<GetStats> {
         let layout = self.layout(remote).await?;
-        let part = part_path(local);
+        let mut part = PartFile {
+            path: part_path(local),
+            done: false,
+        };
+        // Created here, before anything can cancel the get, so the guard
+        // always finds (and removes) it.
+        let mut file =
+            std::fs::File::create(&part.path).map_err(|e| ClientError::local(&part.path, e))?;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<ChunkData>(2);
         let writer = {
-            let part = part.clone();
+            let part = part.path.clone();
             tokio::task::spawn_blocking(move || -> Result<()> {
                 use std::io::Write;
-                let mut file =
-                    std::fs::File::create(&part).map_err(|e| ClientError::local(&part, e))?;
                 while let Some(data) = rx.blocking_recv() {
                     for piece in &data.pieces {
                         file.write_all(piece)
@@ -98,7 +103,7 @@ impl Client {
                     progress(data.len());
                 }
                 let tx = tx.clone();
-                let part = part.clone();
+                let part = part.path.clone();
                 async move {
                     tx.send(data).await.map_err(|_| {
                         ClientError::local(part, std::io::Error::other("the file writer stopped"))
@@ -108,11 +113,10 @@ impl Client {
             .await;
         drop(tx);
         let written = writer.await.expect("writer task");
-        if let Err(e) = fetched.and(written) {
-            let _ = std::fs::remove_file(&part);
-            return Err(e);
-        }
-        std::fs::rename(&part, local).map_err(|e| ClientError::local(local, e))?;
+        // A local write error explains a stopped writer: report it first.
+        written.and(fetched)?;
+        std::fs::rename(&part.path, local).map_err(|e| ClientError::local(local, e))?;
+        part.done = true;
         Ok(GetStats {
             files: 1,
             bytes: layout.size,
@@ -221,6 +225,21 @@ impl Client {
             stats.add(&put);
         }
         Ok(stats)
+    }
+}
+
+/// A download in progress, deleted unless it was renamed into place (also
+/// when the get is cancelled or another file of a tree failed).
+struct PartFile {
+    path: PathBuf,
+    done: bool,
+}
+
+impl Drop for PartFile {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 

@@ -446,3 +446,59 @@ async fn a_put_retries_a_dead_chunk_server_elsewhere() {
         hash(&source)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_survive_a_chunk_server_restart_on_the_same_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = TestCluster::start(dir.path(), 3).await;
+    let client = cluster.client(small_chunks()).await;
+    // One replica only: the restarted server is the only place to read from.
+    let options = PutOptions {
+        replication: Some(1),
+        ..PutOptions::default()
+    };
+    let source = data(6 * CHUNK, "restart");
+    client
+        .put_bytes(source.clone().into(), "/restart.bin", &options)
+        .await
+        .unwrap();
+    assert_eq!(
+        hash(&read_all(&client, "/restart.bin").await.unwrap()),
+        hash(&source)
+    );
+    // Restart every chunk server at its address: the client's kept bulk
+    // connections are now dead and must be replaced, not fail the read.
+    let addrs: Vec<(u64, String)> = cluster
+        .chunks
+        .iter()
+        .map(|(id, p)| (*id, p.addr.clone()))
+        .collect();
+    for (id, addr) in &addrs {
+        cluster.kill_chunk(*id);
+        cluster.start_chunk_at(*id, addr);
+    }
+    cluster.wait_healthy(Duration::from_secs(20)).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, locations) = client.stat_with_locations("/restart.bin").await.unwrap();
+        if locations.iter().all(|l| l.len() == 1) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "locations not reported again: {locations:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let before = client.counters();
+    assert_eq!(
+        hash(&read_all(&client, "/restart.bin").await.unwrap()),
+        hash(&source)
+    );
+    let after = client.counters();
+    assert_eq!(after.replica_failures, before.replica_failures);
+    assert_eq!(
+        after.bulk_fallbacks, before.bulk_fallbacks,
+        "stale connections were not replaced"
+    );
+}

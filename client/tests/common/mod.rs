@@ -143,8 +143,13 @@ impl TestCluster {
     }
 
     pub fn start_chunk(&mut self, id: u64) {
+        self.start_chunk_at(id, "127.0.0.1:0");
+    }
+
+    /// Starts chunk server `id` listening on `listen`.
+    pub fn start_chunk_at(&mut self, id: u64, listen: &str) {
         let mut child = Command::new(binary("shardfs-chunk"))
-            .args(["--listen", "127.0.0.1:0", "--id", &id.to_string()])
+            .args(["--listen", listen, "--id", &id.to_string()])
             .args(["--meta", &self.meta_addrs.join(",")])
             .args(["--zone", &format!("zone-{id}"), "--data-dir"])
             .arg(self.chunk_dir(id))
