@@ -22,7 +22,7 @@ pub enum ClientError {
     #[error("{0}")]
     InvalidArgument(String),
 
-    #[error("{path}: {source}")]
+    #[error("{}: {}", path.display(), local_words(source))]
     Local {
         path: PathBuf,
         #[source]
@@ -70,7 +70,13 @@ impl ClientError {
 
     /// A failed call to the metaservers, about `path` (or another subject).
     pub fn meta(subject: &str, status: Status) -> Self {
-        let message = status_cause(&status);
+        let cause = status_cause(&status);
+        // The metaserver often names the path itself: say it once.
+        let message = cause
+            .strip_prefix(subject)
+            .and_then(|rest| rest.strip_prefix(": "))
+            .unwrap_or(&cause)
+            .to_string();
         match status.code() {
             Code::NotFound => Self::NotFound(subject.to_string()),
             Code::AlreadyExists => Self::AlreadyExists(subject.to_string()),
@@ -107,6 +113,21 @@ pub fn status_cause(status: &Status) -> String {
             format!("{} ({cause})", status.message())
         }
         _ => status.message().to_string(),
+    }
+}
+
+/// A local file error in plain words (without "(os error N)").
+fn local_words(err: &std::io::Error) -> String {
+    use std::io::ErrorKind::*;
+    match err.kind() {
+        NotFound => "no such file or directory".into(),
+        PermissionDenied => "permission denied".into(),
+        AlreadyExists => "already exists".into(),
+        IsADirectory => "is a directory".into(),
+        NotADirectory => "not a directory".into(),
+        StorageFull => "no space left on the device".into(),
+        ReadOnlyFilesystem => "read-only file system".into(),
+        _ => err.to_string(),
     }
 }
 

@@ -46,6 +46,7 @@ enum Command {
     Put(PutArgs),
     /// Download a file or (with -r) a directory.
     Get {
+        #[arg(value_parser = remote_arg)]
         remote: String,
         local: PathBuf,
         /// Download a directory and everything under it.
@@ -54,12 +55,12 @@ enum Command {
     },
     /// Print files to standard output.
     Cat {
-        #[arg(required = true)]
+        #[arg(required = true, value_parser = remote_arg)]
         paths: Vec<String>,
     },
     /// List a directory.
     Ls {
-        #[arg(default_value = "/")]
+        #[arg(default_value = "/", value_parser = remote_arg)]
         path: String,
         /// Long format: type, size, replication, modification time.
         #[arg(short = 'l')]
@@ -72,22 +73,28 @@ enum Command {
     },
     /// Show a file's size, chunks and where each chunk is stored.
     Stat {
+        #[arg(value_parser = remote_arg)]
         path: String,
         #[arg(long)]
         json: bool,
     },
     /// Delete files, or directories with -r.
     Rm {
-        #[arg(required = true)]
+        #[arg(required = true, value_parser = remote_arg)]
         paths: Vec<String>,
         #[arg(short, long)]
         recursive: bool,
     },
     /// Rename or move a file or directory.
-    Mv { from: String, to: String },
+    Mv {
+        #[arg(value_parser = remote_arg)]
+        from: String,
+        #[arg(value_parser = remote_arg)]
+        to: String,
+    },
     /// Create directories.
     Mkdir {
-        #[arg(required = true)]
+        #[arg(required = true, value_parser = remote_arg)]
         paths: Vec<String>,
         /// Create missing parents; no error if it exists.
         #[arg(short, long)]
@@ -239,7 +246,20 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Mv { from, to } => client.rename(&from, &to).await,
+        Command::Mv { from, to } => {
+            // Like mv(1): into an existing directory, under the same name.
+            let to = match is_remote_dir(&client, &to).await? {
+                true => {
+                    let name = shardfs_client::client::parse(&from)?
+                        .name()
+                        .unwrap_or_default()
+                        .to_string();
+                    remote_join(&to, &name)
+                }
+                false => to,
+            };
+            client.rename(&from, &to).await
+        }
         Command::Mkdir { paths, parents } => {
             for path in paths {
                 client.mkdir(&path, parents).await?;
@@ -250,6 +270,18 @@ async fn run(cli: Cli) -> Result<()> {
             command: ClusterCommand::Status { json },
         } => cluster_status(&client, json).await,
         Command::Bench(args) => bench(&client, args).await,
+    }
+}
+
+/// A remote path as typed: a trailing `/` is allowed ("/data/").
+fn remote_arg(text: &str) -> std::result::Result<String, String> {
+    Ok(trim_slashes(text))
+}
+
+fn trim_slashes(text: &str) -> String {
+    match text.trim_end_matches('/') {
+        "" if text.starts_with('/') => "/".to_string(),
+        trimmed => trimmed.to_string(),
     }
 }
 
@@ -322,9 +354,10 @@ fn local_name(path: &Path) -> Result<String> {
 
 async fn put(client: &Client, args: PutArgs) -> Result<()> {
     let (sources, dest) = args.paths.split_at(args.paths.len() - 1);
-    let dest = dest[0].clone();
+    let slash = dest[0].ends_with('/');
+    let dest = trim_slashes(&dest[0]);
     let dest_exists_dir = is_remote_dir(client, &dest).await?;
-    let into_dir = dest_exists_dir || dest.ends_with('/') || sources.len() > 1;
+    let into_dir = dest_exists_dir || slash || sources.len() > 1;
     let options = PutOptions::default();
     // Plan every transfer first, so a bad argument fails before any upload.
     let mut plan = Vec::new();
@@ -422,6 +455,15 @@ async fn get(client: &Client, remote: &str, local: &Path, recursive: bool) -> Re
     } else {
         local.to_path_buf()
     };
+    if let Some(parent) = target.parent()
+        && !parent.as_os_str().is_empty()
+        && !parent.is_dir()
+    {
+        return Err(ClientError::InvalidArgument(format!(
+            "{}: no such local directory",
+            parent.display()
+        )));
+    }
     let stats = if entry.is_dir {
         if !recursive {
             return Err(ClientError::InvalidArgument(format!(

@@ -502,3 +502,41 @@ async fn reads_survive_a_chunk_server_restart_on_the_same_address() {
         "stale connections were not replaced"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cli_moves_into_directories_and_names_bad_local_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = TestCluster::start(dir.path(), 3).await;
+    let local = dir.path().join("one.bin");
+    std::fs::write(&local, data(3000, "mv")).unwrap();
+    let local_arg = local.to_str().unwrap();
+    // put into an existing directory keeps the name; several go into one.
+    ok(cluster.cli(&["mkdir", "/in"]));
+    ok(cluster.cli(&["put", local_arg, "/in"]));
+    ok(cluster.cli(&["put", local_arg, local_arg, "/many/"]));
+    ok(cluster.cli(&["mkdir", "/into"]));
+    ok(cluster.cli(&["mv", "/in/one.bin", "/into"]));
+    let cat = ok(cluster.cli(&["cat", "/into/one.bin"]));
+    assert_eq!(hash(&cat.stdout), hash(&data(3000, "mv")));
+    let ls = ok(cluster.cli(&["ls", "/many"]));
+    assert_eq!(stdout(&ls).trim(), "one.bin");
+
+    let missing = cluster.cli(&["put", "/no/such/local/file", "/x"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert_eq!(
+        stderr(&missing).trim(),
+        "shardfs: /no/such/local/file: no such file or directory"
+    );
+    let under_file = cluster.cli(&["put", local_arg, "/into/one.bin/child"]);
+    assert_eq!(
+        stderr(&under_file).trim(),
+        "shardfs: /into/one.bin/child: not a directory"
+    );
+    let nowhere = cluster.cli(&["get", "/into/one.bin", "/no/such/dir/x"]);
+    assert_eq!(
+        stderr(&nowhere).trim(),
+        "shardfs: /no/such/dir: no such local directory"
+    );
+    let without_r = cluster.cli(&["get", "/into", dir.path().to_str().unwrap()]);
+    assert!(stderr(&without_r).contains("is a directory (use -r"));
+}
