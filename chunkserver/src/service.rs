@@ -11,9 +11,10 @@ use shardfs_proto::chunk::v1::chunk_service_server::ChunkService;
 use shardfs_proto::chunk::v1::{
     ChunkVerdict, DeleteChunksRequest, DeleteChunksResponse, GetChunkRequest, GetChunkResponse,
     HasChunksRequest, HasChunksResponse, ListChunksRequest, ListChunksResponse, PutChunkRequest,
-    PutChunkResponse, StatsRequest, StatsResponse, VerifyChunksRequest, VerifyChunksResponse,
-    put_chunk_request,
+    PutChunkResponse, ReplicateChunkRequest, ReplicateChunkResponse, StatsRequest, StatsResponse,
+    VerifyChunksRequest, VerifyChunksResponse, put_chunk_request,
 };
+use shardfs_proto::chunk_client::ChunkClient;
 use shardfs_proto::{ChunkId, MAX_CHUNK_BYTES, MAX_DATA_MESSAGE_BYTES};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -37,6 +38,8 @@ pub struct ChunkServiceImpl {
     /// for its whole length here before buffering, so many concurrent
     /// writers cannot exhaust memory.
     put_memory: Arc<Semaphore>,
+    /// Other chunk servers this one copies from (repair), by address.
+    peers: std::sync::Mutex<std::collections::HashMap<String, ChunkClient>>,
 }
 
 impl ChunkServiceImpl {
@@ -45,7 +48,20 @@ impl ChunkServiceImpl {
         Self {
             store,
             put_memory: Arc::new(Semaphore::new(permits)),
+            peers: Default::default(),
         }
+    }
+
+    /// A cached client for the chunk server at `addr`.
+    fn peer(&self, addr: &str) -> Result<ChunkClient, Status> {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(client) = peers.get(addr) {
+            return Ok(client.clone());
+        }
+        let client = ChunkClient::new(addr)
+            .map_err(|e| Status::invalid_argument(format!("bad source address {addr:?}: {e}")))?;
+        peers.insert(addr.to_string(), client.clone());
+        Ok(client)
     }
 }
 
@@ -130,6 +146,48 @@ impl ChunkService for ChunkServiceImpl {
     async fn stats(&self, _: Request<StatsRequest>) -> Result<Response<StatsResponse>, Status> {
         let stats = self.store.stats().await?;
         Ok(Response::new(stats_response(&stats)))
+    }
+
+    async fn replicate_chunk(
+        &self,
+        request: Request<ReplicateChunkRequest>,
+    ) -> Result<Response<ReplicateChunkResponse>, Status> {
+        let request = request.into_inner();
+        let id = id_from_wire(&request.id)?;
+        if request.length > MAX_CHUNK_BYTES {
+            return Err(ChunkError::TooLarge {
+                id,
+                length: request.length,
+                max: MAX_CHUNK_BYTES,
+            }
+            .into());
+        }
+        if self.store.contains(id).await? {
+            return Ok(Response::new(ReplicateChunkResponse {
+                already_stored: true,
+            }));
+        }
+        let source = self.peer(&request.source)?;
+        let _permit = self
+            .put_memory
+            .acquire_many(request.length as u32)
+            .await
+            .map_err(|_| Status::unavailable("chunk server is shutting down"))?;
+        // The source sends without re-hashing; the put below verifies.
+        let pieces = source.get_pieces(id, 0, None, false).await.map_err(|s| {
+            Status::new(
+                s.code(),
+                format!(
+                    "copying chunk {id} from {}: {}",
+                    request.source,
+                    s.message()
+                ),
+            )
+        })?;
+        let outcome = self.store.put(id, pieces).await?;
+        Ok(Response::new(ReplicateChunkResponse {
+            already_stored: outcome == PutOutcome::AlreadyStored,
+        }))
     }
 
     async fn verify_chunks(

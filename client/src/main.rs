@@ -659,6 +659,13 @@ async fn cluster_status(client: &Client, json: bool) -> Result<()> {
             "under_replicated": s.under_replicated,
             "bad_replicas_reported": s.bad_replicas_reported,
             "bad_replicas_confirmed": s.bad_replicas_confirmed,
+            "repair": {
+                "copies": s.repair_copies,
+                "bytes": s.repair_bytes,
+                "failures": s.repair_failures,
+                "trimmed": s.repair_trimmed,
+                "in_flight": s.repair_in_flight,
+            },
         });
         println!("{}", serde_json::to_string_pretty(&value).expect("json"));
         return Ok(());
@@ -692,6 +699,16 @@ async fn cluster_status(client: &Client, json: bool) -> Result<()> {
         );
     }
     println!("under-replicated chunks: {}", s.under_replicated);
+    if s.repair_copies + s.repair_trimmed + s.repair_failures + s.repair_in_flight > 0 {
+        println!(
+            "repair: {} replica(s) copied ({}), {} failed, {} extra trimmed, {} under way",
+            s.repair_copies,
+            human(s.repair_bytes),
+            s.repair_failures,
+            s.repair_trimmed,
+            s.repair_in_flight
+        );
+    }
     if s.bad_replicas_reported > 0 {
         println!(
             "bad replicas reported: {} ({} confirmed and quarantined)",

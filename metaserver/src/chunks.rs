@@ -111,7 +111,7 @@ impl MetaNode {
     }
 
     /// Live chunk servers with their usage.
-    fn live_candidates(&self) -> Vec<Candidate> {
+    pub(crate) fn live_candidates(&self) -> Vec<Candidate> {
         let servers = self.read_local(|s| s.cluster.servers.clone());
         servers
             .into_iter()

@@ -33,6 +33,7 @@ pub mod liveness;
 pub mod namespace;
 pub mod network;
 pub mod node;
+pub mod repair;
 pub mod server;
 pub mod service;
 pub mod state;

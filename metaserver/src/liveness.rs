@@ -71,6 +71,21 @@ impl Liveness {
         last.elapsed() < self.dead_after
     }
 
+    /// True while a new leader cannot yet tell dead servers from live ones.
+    pub fn in_grace(&self) -> bool {
+        let inner = self.inner.lock().expect("liveness lock");
+        inner.since.elapsed() < self.dead_after
+    }
+
+    /// True when `server` sent a heartbeat within `within`.
+    pub fn seen_within(&self, server: ServerId, within: Duration) -> bool {
+        let inner = self.inner.lock().expect("liveness lock");
+        inner
+            .seen
+            .get(&server)
+            .is_some_and(|(at, _)| at.elapsed() < within)
+    }
+
     pub fn usage(&self, server: ServerId) -> Option<Usage> {
         let inner = self.inner.lock().expect("liveness lock");
         inner.seen.get(&server).map(|(_, usage)| *usage)

@@ -78,6 +78,9 @@ struct Cli {
     /// Seconds without a heartbeat after which a chunk server is dead.
     #[arg(long, env = "SHARDFS_META_DEAD_AFTER_SECS", default_value_t = 10)]
     dead_after_secs: u64,
+    /// Repair traffic each chunk server may send, and receive, in MB/s.
+    #[arg(long, env = "SHARDFS_META_REPAIR_MB_PER_S", default_value_t = 100)]
+    repair_mb_per_s: u64,
 }
 
 fn main() -> std::process::ExitCode {
@@ -140,7 +143,15 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
             }
         })
     };
+    let repair = shardfs_meta::repair::spawn(
+        node.clone(),
+        shardfs_meta::repair::RepairConfig {
+            mb_per_s: cli.repair_mb_per_s,
+            ..Default::default()
+        },
+    );
     server::run(listener, node, shardfs_proto::transport::shutdown_signal()).await?;
+    repair.abort();
     bootstrap.abort();
     info!("metaserver stopped");
     Ok(())

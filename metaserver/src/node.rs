@@ -16,6 +16,7 @@ use crate::chunks::{BadReplicaCounts, RecentPlacements};
 use crate::error::MetaError;
 use crate::liveness::Liveness;
 use crate::network::Network;
+use crate::repair::RepairCounters;
 use crate::state::State;
 use crate::types::{Command, NodeId, Outcome, TypeConfig};
 
@@ -87,6 +88,8 @@ pub struct MetaNode {
     pub bad_replicas: Arc<BadReplicaCounts>,
     /// Placements not yet reflected in heartbeats (see `allocate`).
     pub recent_placements: Arc<std::sync::Mutex<RecentPlacements>>,
+    /// What repair did while this node led (soft state).
+    pub repair: Arc<RepairCounters>,
 }
 
 impl MetaNode {
@@ -152,6 +155,7 @@ impl MetaNode {
             read_lease_ms: tuning.election_timeout_max.as_millis() as u64 / 4,
             chunk_clients: Arc::default(),
             bad_replicas: Arc::default(),
+            repair: Arc::default(),
             recent_placements: Arc::new(std::sync::Mutex::new((
                 std::time::Instant::now(),
                 Default::default(),

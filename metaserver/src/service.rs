@@ -210,6 +210,11 @@ impl MetaService for MetaServiceImpl {
             under_replicated,
             bad_replicas_reported: self.node.bad_replicas.reported.load(Ordering::Relaxed),
             bad_replicas_confirmed: self.node.bad_replicas.confirmed.load(Ordering::Relaxed),
+            repair_copies: self.node.repair.copies.load(Ordering::Relaxed),
+            repair_bytes: self.node.repair.copied_bytes.load(Ordering::Relaxed),
+            repair_failures: self.node.repair.copy_failures.load(Ordering::Relaxed),
+            repair_trimmed: self.node.repair.trimmed.load(Ordering::Relaxed),
+            repair_in_flight: self.node.repair.in_flight(),
         }))
     }
 

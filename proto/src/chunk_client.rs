@@ -17,8 +17,8 @@ use tonic::transport::Channel;
 use crate::chunk::v1::chunk_service_client::ChunkServiceClient;
 use crate::chunk::v1::{
     ChunkInfo, ChunkVerdict, DeleteChunksRequest, GetChunkRequest, HasChunksRequest,
-    ListChunksRequest, PutChunkRequest, PutHeader, StatsRequest, StatsResponse,
-    VerifyChunksRequest, put_chunk_request,
+    ListChunksRequest, PutChunkRequest, PutHeader, ReplicateChunkRequest, StatsRequest,
+    StatsResponse, VerifyChunksRequest, put_chunk_request,
 };
 use crate::{ChunkId, MAX_DATA_MESSAGE_BYTES, transport};
 
@@ -218,6 +218,18 @@ impl ChunkClient {
                 return Ok(all);
             }
         }
+    }
+
+    /// Asks the server to copy chunk `id` from the chunk server at `source`.
+    /// Returns true when it already had it.
+    pub async fn replicate(&self, id: ChunkId, length: u64, source: &str) -> Result<bool, Status> {
+        let request = ReplicateChunkRequest {
+            id: id.to_vec().into(),
+            length,
+            source: source.to_string(),
+        };
+        let response = self.rpc().replicate_chunk(request).await?.into_inner();
+        Ok(response.already_stored)
     }
 
     /// Asks the server to re-hash `ids` from disk; one verdict per id.

@@ -1,0 +1,136 @@
+//! Repair against a real cluster: a chunk server dies and every chunk gets
+//! back to its replication factor on the others; it comes back and the
+//! extra copies are trimmed. The data reads back identical throughout.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::{TestCluster, data, hash};
+use shardfs_client::{Client, ClientConfig, PutOptions, read_all};
+
+const CHUNK: usize = 1 << 20;
+
+/// Live locations of every chunk of `paths`.
+async fn locations(client: &Client, paths: &[String]) -> Vec<Vec<String>> {
+    let mut all = Vec::new();
+    for path in paths {
+        all.extend(client.stat_with_locations(path).await.unwrap().1);
+    }
+    all
+}
+
+async fn wait_for(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what} within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lost_replicas_are_copied_back_and_extra_ones_trimmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = TestCluster::start(dir.path(), 4).await;
+    let client = cluster
+        .client(ClientConfig {
+            chunk_size: CHUNK as u64,
+            ..ClientConfig::default()
+        })
+        .await;
+    let mut files = BTreeMap::new();
+    for i in 0..4 {
+        let bytes = data(3 * CHUNK + i * 1000, &format!("repair-{i}"));
+        let path = format!("/repair/file-{i}");
+        client
+            .put_bytes(bytes.clone().into(), &path, &PutOptions::default())
+            .await
+            .unwrap();
+        files.insert(path, bytes);
+    }
+    let paths: Vec<String> = files.keys().cloned().collect();
+
+    // Kill the server holding the most replicas.
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for chunk in locations(&client, &paths).await {
+        assert_eq!(chunk.len(), 3);
+        for addr in chunk {
+            *counts.entry(addr).or_default() += 1;
+        }
+    }
+    let (victim_addr, lost) = counts.into_iter().max_by_key(|(_, n)| *n).unwrap();
+    let victim = cluster.chunk_id_at(&victim_addr);
+    cluster.kill_chunk(victim);
+
+    // Declared dead (3 s), counted, then repaired on the other three.
+    wait_for(
+        "the lost replicas counted",
+        Duration::from_secs(20),
+        async || client.cluster_status().await.unwrap().under_replicated > 0,
+    )
+    .await;
+    wait_for(
+        "full replication restored",
+        Duration::from_secs(30),
+        async || client.cluster_status().await.unwrap().under_replicated == 0,
+    )
+    .await;
+    for chunk in locations(&client, &paths).await {
+        assert_eq!(chunk.len(), 3, "{chunk:?}");
+        assert!(!chunk.contains(&victim_addr));
+    }
+    let status = client.cluster_status().await.unwrap();
+    assert!(status.repair_copies >= lost as u64, "{status:?}");
+    assert!(status.repair_bytes >= status.repair_copies, "{status:?}");
+    for (path, bytes) in &files {
+        assert_eq!(hash(&read_all(&client, path).await.unwrap()), hash(bytes));
+    }
+
+    // It comes back with its chunks: they count again, and the extra
+    // replicas are trimmed back to three.
+    cluster.start_chunk_at(victim, &victim_addr);
+    wait_for(
+        "the returning copies counted",
+        Duration::from_secs(20),
+        async || {
+            locations(&client, &paths).await.iter().any(|c| c.len() > 3)
+                || client.cluster_status().await.unwrap().repair_trimmed > 0
+        },
+    )
+    .await;
+    wait_for(
+        "extra replicas trimmed",
+        Duration::from_secs(30),
+        async || {
+            locations(&client, &paths)
+                .await
+                .iter()
+                .all(|c| c.len() == 3)
+        },
+    )
+    .await;
+    let status = client.cluster_status().await.unwrap();
+    assert!(status.repair_trimmed > 0, "{status:?}");
+    assert_eq!(status.under_replicated, 0);
+    // Trimmed copies are gone from the servers' disks too: each chunk is
+    // stored exactly three times in all.
+    let mut stored: BTreeMap<shardfs_proto::ChunkId, usize> = BTreeMap::new();
+    for process in cluster.chunks.values() {
+        let chunk_client = shardfs_proto::chunk_client::ChunkClient::new(&process.addr).unwrap();
+        for info in chunk_client.list_all().await.unwrap() {
+            *stored
+                .entry(shardfs_proto::ChunkId::from_slice(&info.id).unwrap())
+                .or_default() += 1;
+        }
+    }
+    for path in &paths {
+        let layout = client.layout(path).await.unwrap();
+        for span in &layout.chunks {
+            assert_eq!(stored[&span.id], 3, "chunk {} of {path}", span.id);
+        }
+    }
+    for (path, bytes) in &files {
+        assert_eq!(hash(&read_all(&client, path).await.unwrap()), hash(bytes));
+    }
+}

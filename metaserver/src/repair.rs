@@ -1,0 +1,343 @@
+//! Repair, driven by the leader: every second it compares each committed
+//! chunk's live replicas with its files' replication factor.
+//!
+//! - Too few (a chunk server died, a copy was quarantined): a live holder
+//!   copies the chunk to a new target chosen by the placement policy
+//!   (`ReplicateChunk`, chunk server to chunk server; the target verifies the
+//!   hash like any put). Chunks with the fewest replicas left go first, and
+//!   each chunk server sends and receives at most `mb_per_s` of repair
+//!   traffic per second.
+//! - Too many (a server came back with its chunks): the extra copies are
+//!   deleted from the fullest servers, only while every remaining holder
+//!   has just been heard from.
+//!
+//! Nothing is done while a new leader's liveness grace period runs (it
+//! cannot yet tell dead servers from live ones). The plan is rebuilt from
+//! the replicated state every round, so a new leader simply continues.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use shardfs_proto::ChunkId;
+use tracing::{info, warn};
+
+use crate::cluster::{ServerId, place};
+use crate::node::MetaNode;
+use crate::types::Command;
+
+/// How repair paces itself.
+#[derive(Debug, Clone)]
+pub struct RepairConfig {
+    /// Repair traffic each chunk server may send, and receive, per second.
+    pub mb_per_s: u64,
+    pub interval: Duration,
+}
+
+impl Default for RepairConfig {
+    fn default() -> Self {
+        Self {
+            mb_per_s: 100,
+            interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What repair has done since this node last became leader (soft state).
+#[derive(Debug, Default)]
+pub struct RepairCounters {
+    pub copies: AtomicU64,
+    pub copied_bytes: AtomicU64,
+    pub copy_failures: AtomicU64,
+    pub trimmed: AtomicU64,
+    /// Chunks with a copy or trim under way: never planned twice.
+    in_flight: Mutex<HashSet<ChunkId>>,
+}
+
+impl RepairCounters {
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.lock().expect("repair in flight").len() as u64
+    }
+}
+
+/// A holder must have been heard from this recently for a copy elsewhere
+/// to be trimmed.
+const TRIM_FRESHNESS: Duration = Duration::from_secs(3);
+/// How long one copy may take.
+const COPY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One chunk that needs work.
+struct Need {
+    id: ChunkId,
+    length: u64,
+    wanted: usize,
+    live: BTreeSet<ServerId>,
+}
+
+/// Runs repair rounds until the process ends.
+pub fn spawn(node: MetaNode, config: RepairConfig) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(config.interval).await;
+            if node.ensure_leader().is_err() || node.liveness.in_grace() {
+                continue;
+            }
+            node.repair_round(&config).await;
+        }
+    })
+}
+
+impl MetaNode {
+    /// Plans and starts one round of copies and trims (they run on).
+    pub async fn repair_round(&self, config: &RepairConfig) {
+        let (under, over) = self.repair_needs();
+        if under.is_empty() && over.is_empty() {
+            return;
+        }
+        let budget_bytes =
+            config.mb_per_s.max(1) * (1 << 20) * config.interval.as_millis() as u64 / 1000;
+        let mut sent: HashMap<ServerId, u64> = HashMap::new();
+        let mut received: HashMap<ServerId, u64> = HashMap::new();
+        let candidates = self.live_candidates();
+        let (addrs, zones): (HashMap<ServerId, String>, HashMap<ServerId, String>) = self
+            .read_local(|s| {
+                (
+                    s.cluster
+                        .servers
+                        .iter()
+                        .map(|(id, i)| (*id, i.addr.clone()))
+                        .collect(),
+                    s.cluster
+                        .servers
+                        .iter()
+                        .map(|(id, i)| (*id, i.zone.clone()))
+                        .collect(),
+                )
+            });
+        let mut planned = HashMap::new();
+        for need in under {
+            if !self.repair.claim(need.id) {
+                continue;
+            }
+            // The least busy live holder sends.
+            let Some(source) = need
+                .live
+                .iter()
+                .copied()
+                .filter(|s| sent.get(s).copied().unwrap_or(0) < budget_bytes)
+                .min_by_key(|s| sent.get(s).copied().unwrap_or(0))
+            else {
+                self.repair.release(need.id);
+                continue;
+            };
+            let used_zones: BTreeSet<String> = need
+                .live
+                .iter()
+                .filter_map(|s| zones.get(s).cloned())
+                .collect();
+            let eligible: Vec<_> = candidates
+                .iter()
+                .filter(|c| received.get(&c.id).copied().unwrap_or(0) < budget_bytes)
+                .cloned()
+                .collect();
+            let targets = place(
+                &eligible,
+                &need.live,
+                &used_zones,
+                1,
+                need.length,
+                &mut planned,
+            );
+            let Some(target) = targets.first().copied() else {
+                self.repair.release(need.id);
+                continue;
+            };
+            *sent.entry(source).or_insert(0) += need.length;
+            *received.entry(target).or_insert(0) += need.length;
+            let node = self.clone();
+            let (source_addr, target_addr) = (addrs[&source].clone(), addrs[&target].clone());
+            tokio::spawn(async move {
+                node.copy_chunk(need, target, &source_addr, &target_addr)
+                    .await;
+            });
+        }
+        for (need, extra) in over {
+            if !self.repair.claim(need.id) {
+                continue;
+            }
+            let node = self.clone();
+            let addr = addrs[&extra].clone();
+            tokio::spawn(async move { node.trim_chunk(need.id, extra, &addr).await });
+        }
+    }
+
+    /// Chunks with too few live replicas (fewest first), and chunks with a
+    /// replica too many with the server to trim it from.
+    fn repair_needs(&self) -> (Vec<Need>, Vec<(Need, ServerId)>) {
+        let in_flight = self
+            .repair
+            .in_flight
+            .lock()
+            .expect("repair in flight")
+            .clone();
+        let usage = |s: ServerId| {
+            self.liveness
+                .usage(s)
+                .map(|u| u.used_bytes as f64 / u.capacity_bytes.max(1) as f64)
+                .unwrap_or(0.0)
+        };
+        let (mut under, over) = self.read_local(|state| {
+            let mut wanted: HashMap<ChunkId, (u64, usize)> = HashMap::new();
+            for file in state.namespace.files() {
+                for chunk in &file.chunks {
+                    let entry = wanted.entry(chunk.id).or_insert((chunk.length, 0));
+                    entry.1 = entry.1.max(file.replication as usize);
+                }
+            }
+            let mut under = Vec::new();
+            let mut over = Vec::new();
+            for (id, (length, r)) in wanted {
+                if in_flight.contains(&id) {
+                    continue;
+                }
+                let live: BTreeSet<ServerId> = state
+                    .cluster
+                    .holders(&id)
+                    .filter(|h| self.liveness.is_alive(*h))
+                    .collect();
+                let need = Need {
+                    id,
+                    length,
+                    wanted: r,
+                    live,
+                };
+                if need.live.is_empty() {
+                    continue; // nothing to copy from: lost until a holder returns
+                }
+                if need.live.len() < r {
+                    under.push(need);
+                } else if need.live.len() > r
+                    && need
+                        .live
+                        .iter()
+                        .all(|h| self.liveness.seen_within(*h, TRIM_FRESHNESS))
+                {
+                    // Trim where the zone is doubled, else the fullest.
+                    let zone_of =
+                        |h: &ServerId| state.cluster.servers.get(h).map(|i| i.zone.clone());
+                    let extra = need
+                        .live
+                        .iter()
+                        .copied()
+                        .max_by(|a, b| {
+                            let doubled = |s: &ServerId| {
+                                need.live
+                                    .iter()
+                                    .filter(|o| zone_of(o) == zone_of(s))
+                                    .count()
+                                    > 1
+                            };
+                            doubled(a)
+                                .cmp(&doubled(b))
+                                .then(usage(*a).total_cmp(&usage(*b)))
+                                .then(a.cmp(b))
+                        })
+                        .expect("holders");
+                    over.push((need, extra));
+                }
+            }
+            (under, over)
+        });
+        under.sort_by_key(|n| (n.live.len(), n.wanted, n.id));
+        (under, over)
+    }
+
+    async fn copy_chunk(&self, need: Need, target: ServerId, source: &str, target_addr: &str) {
+        let id = need.id;
+        let result = match self.chunk_client(target, target_addr) {
+            Ok(client) => {
+                tokio::time::timeout(COPY_TIMEOUT, client.replicate(id, need.length, source)).await
+            }
+            Err(e) => {
+                warn!(chunk = %id, target, "repair: {e}");
+                self.repair.release(id);
+                return;
+            }
+        };
+        match result {
+            Ok(Ok(_)) => {
+                // Record the new location now rather than at the target's
+                // next heartbeat, so the next round does not copy it again.
+                let report = Command::ChunkReport {
+                    server: target,
+                    added: vec![id],
+                    removed: Vec::new(),
+                    replace: false,
+                };
+                match self.write(report).await {
+                    Ok(_) => {
+                        self.repair.copies.fetch_add(1, Ordering::Relaxed);
+                        self.repair
+                            .copied_bytes
+                            .fetch_add(need.length, Ordering::Relaxed);
+                        info!(chunk = %id, from = source, to = target_addr,
+                            replicas = need.live.len() + 1, wanted = need.wanted,
+                            "repair: copied");
+                    }
+                    Err(e) => warn!(chunk = %id, "repair: recording the copy failed: {e}"),
+                }
+            }
+            Ok(Err(status)) => {
+                self.repair.copy_failures.fetch_add(1, Ordering::Relaxed);
+                warn!(chunk = %id, from = source, to = target_addr,
+                    "repair: copy failed: {}", status.message());
+            }
+            Err(_) => {
+                self.repair.copy_failures.fetch_add(1, Ordering::Relaxed);
+                warn!(chunk = %id, from = source, to = target_addr, "repair: copy timed out");
+            }
+        }
+        self.repair.release(id);
+    }
+
+    async fn trim_chunk(&self, id: ChunkId, server: ServerId, addr: &str) {
+        // Forget the location first: readers stop being sent there before
+        // the bytes go.
+        let report = Command::ChunkReport {
+            server,
+            added: Vec::new(),
+            removed: vec![id],
+            replace: false,
+        };
+        if let Err(e) = self.write(report).await {
+            warn!(chunk = %id, server, "repair: recording a trim failed: {e}");
+            self.repair.release(id);
+            return;
+        }
+        match self.chunk_client(server, addr) {
+            Ok(client) => match client.delete(&[id]).await {
+                Ok(_) => {
+                    self.repair.trimmed.fetch_add(1, Ordering::Relaxed);
+                    info!(chunk = %id, server, "repair: trimmed an extra replica");
+                }
+                Err(status) => {
+                    warn!(chunk = %id, server, "repair: trimming failed: {}", status.message())
+                }
+            },
+            Err(e) => warn!(chunk = %id, server, "repair: {e}"),
+        }
+        self.repair.release(id);
+    }
+}
+
+impl RepairCounters {
+    /// Marks `id` as being worked on; false when it already was.
+    fn claim(&self, id: ChunkId) -> bool {
+        self.in_flight.lock().expect("repair in flight").insert(id)
+    }
+
+    fn release(&self, id: ChunkId) {
+        self.in_flight.lock().expect("repair in flight").remove(&id);
+    }
+}
