@@ -666,6 +666,7 @@ async fn cluster_status(client: &Client, json: bool) -> Result<()> {
                 "trimmed": s.repair_trimmed,
                 "in_flight": s.repair_in_flight,
             },
+            "gc": { "collected": s.gc_collected, "pending": s.gc_pending },
         });
         println!("{}", serde_json::to_string_pretty(&value).expect("json"));
         return Ok(());
@@ -707,6 +708,12 @@ async fn cluster_status(client: &Client, json: bool) -> Result<()> {
             s.repair_failures,
             s.repair_trimmed,
             s.repair_in_flight
+        );
+    }
+    if s.gc_collected + s.gc_pending > 0 {
+        println!(
+            "garbage: {} unreferenced chunk(s) waiting out the grace period, {} replica(s) deleted",
+            s.gc_pending, s.gc_collected
         );
     }
     if s.bad_replicas_reported > 0 {

@@ -144,6 +144,8 @@ impl MetaNode {
         exclude: &[String],
     ) -> Result<Vec<Placement>, MetaError> {
         self.ensure_leader()?;
+        // The writer's chunks must outlive its put: restart their clocks.
+        self.gc.touch(chunks.iter().map(|(id, _)| *id));
         let r = replication as usize;
         let mut candidates = self.live_candidates();
         let excluded = self.read_local(|s| {

@@ -121,6 +121,11 @@ impl Cluster {
         self.locations.get(chunk).into_iter().flatten().copied()
     }
 
+    /// Every chunk some server reported holding.
+    pub fn chunks(&self) -> impl Iterator<Item = &ChunkId> + '_ {
+        self.locations.keys()
+    }
+
     /// Chunks each server holds, by count.
     pub fn chunk_counts(&self) -> HashMap<ServerId, u64> {
         let mut counts = HashMap::new();

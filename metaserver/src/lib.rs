@@ -29,6 +29,7 @@ pub mod cluster;
 pub mod config;
 pub mod convert;
 pub mod error;
+pub mod gc;
 pub mod liveness;
 pub mod namespace;
 pub mod network;

@@ -81,6 +81,9 @@ struct Cli {
     /// Repair traffic each chunk server may send, and receive, in MB/s.
     #[arg(long, env = "SHARDFS_META_REPAIR_MB_PER_S", default_value_t = 100)]
     repair_mb_per_s: u64,
+    /// Seconds a chunk no file references is kept before it is deleted.
+    #[arg(long, env = "SHARDFS_META_GC_GRACE_SECS", default_value_t = 3600)]
+    gc_grace_secs: u64,
 }
 
 fn main() -> std::process::ExitCode {
@@ -150,7 +153,14 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
             ..Default::default()
         },
     );
+    let grace = std::time::Duration::from_secs(cli.gc_grace_secs);
+    let gc_interval = (grace / 4).clamp(
+        std::time::Duration::from_millis(200),
+        std::time::Duration::from_secs(10),
+    );
+    let gc = shardfs_meta::gc::spawn(node.clone(), grace, gc_interval);
     server::run(listener, node, shardfs_proto::transport::shutdown_signal()).await?;
+    gc.abort();
     repair.abort();
     bootstrap.abort();
     info!("metaserver stopped");

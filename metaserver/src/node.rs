@@ -14,6 +14,7 @@ use shardfs_proto::chunk_client::ChunkClient;
 
 use crate::chunks::{BadReplicaCounts, RecentPlacements};
 use crate::error::MetaError;
+use crate::gc::GcState;
 use crate::liveness::Liveness;
 use crate::network::Network;
 use crate::repair::RepairCounters;
@@ -90,6 +91,8 @@ pub struct MetaNode {
     pub recent_placements: Arc<std::sync::Mutex<RecentPlacements>>,
     /// What repair did while this node led (soft state).
     pub repair: Arc<RepairCounters>,
+    /// Garbage collection clocks and counters (soft state).
+    pub gc: Arc<GcState>,
 }
 
 impl MetaNode {
@@ -156,6 +159,7 @@ impl MetaNode {
             chunk_clients: Arc::default(),
             bad_replicas: Arc::default(),
             repair: Arc::default(),
+            gc: Arc::default(),
             recent_placements: Arc::new(std::sync::Mutex::new((
                 std::time::Instant::now(),
                 Default::default(),

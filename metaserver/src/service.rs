@@ -215,6 +215,8 @@ impl MetaService for MetaServiceImpl {
             repair_failures: self.node.repair.copy_failures.load(Ordering::Relaxed),
             repair_trimmed: self.node.repair.trimmed.load(Ordering::Relaxed),
             repair_in_flight: self.node.repair.in_flight(),
+            gc_collected: self.node.gc.collected.load(Ordering::Relaxed),
+            gc_pending: self.node.gc.pending.load(Ordering::Relaxed),
         }))
     }
 

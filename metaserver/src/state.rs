@@ -1,7 +1,9 @@
 //! The replicated state: what every metaserver holds and the Raft log
 //! changes, one command at a time.
 
-use shardfs_proto::DfsPath;
+use std::collections::{BTreeMap, HashSet};
+
+use shardfs_proto::{ChunkId, DfsPath};
 
 use crate::cluster::Cluster;
 use crate::namespace::{FileMeta, Journal, Namespace, NsError};
@@ -65,6 +67,31 @@ impl State {
                 cluster.report(*server, added, removed, *replace, &mut journal.cluster);
                 Ok(Outcome::Done)
             }
+            Command::Collect { chunks } => {
+                let referenced: HashSet<ChunkId> = ns
+                    .files()
+                    .flat_map(|f| f.chunks.iter().map(|c| c.id))
+                    .collect();
+                let mut collected = Vec::new();
+                let mut by_server: BTreeMap<u64, Vec<ChunkId>> = BTreeMap::new();
+                for id in chunks {
+                    if referenced.contains(id) {
+                        continue;
+                    }
+                    let holders: Vec<u64> = cluster.holders(id).collect();
+                    if holders.is_empty() {
+                        continue;
+                    }
+                    for holder in &holders {
+                        by_server.entry(*holder).or_default().push(*id);
+                    }
+                    collected.push((*id, holders));
+                }
+                for (server, ids) in by_server {
+                    cluster.report(server, &[], &ids, false, &mut journal.cluster);
+                }
+                Ok(Outcome::Collected(collected))
+            }
         })
     }
 }
@@ -92,4 +119,98 @@ pub fn unreplicated(missing: &[String], min: u32) -> NsError {
         shown.join(", "),
         if missing.len() > 5 { ", ..." } else { "" }
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::ChunkServerInfo;
+    use crate::namespace::ChunkRef;
+
+    fn apply(state: &mut State, command: Command) -> Result<Outcome, NsError> {
+        let mut journal = Journal::default();
+        state.apply(&command, &mut journal).0
+    }
+
+    fn file_of(ids: &[ChunkId]) -> FileMeta {
+        let chunks: Vec<ChunkRef> = ids
+            .iter()
+            .map(|id| ChunkRef { id: *id, length: 1 })
+            .collect();
+        FileMeta {
+            content_id: FileMeta::content_id_of(&chunks),
+            size: chunks.len() as u64,
+            chunks,
+            replication: 2,
+            mtime_ms: 1,
+        }
+    }
+
+    fn commit(path: &str, ids: &[ChunkId]) -> Command {
+        Command::Commit {
+            path: path.into(),
+            file: file_of(ids),
+            if_absent: false,
+            confirmed: Vec::new(),
+            min_replicas: 2,
+        }
+    }
+
+    /// Collect gives up only chunks no file references when it is applied,
+    /// and a commit applied after its chunks were collected fails.
+    #[test]
+    fn collect_spares_referenced_chunks_and_wins_or_loses_races_cleanly() {
+        let mut state = State::default();
+        let (kept, garbage, late) = (
+            ChunkId::of(b"kept"),
+            ChunkId::of(b"garbage"),
+            ChunkId::of(b"late"),
+        );
+        for server in [1, 2] {
+            let info = ChunkServerInfo {
+                addr: format!("127.0.0.1:{server}"),
+                zone: String::new(),
+                capacity_bytes: 1 << 30,
+            };
+            apply(
+                &mut state,
+                Command::RegisterChunkServer { id: server, info },
+            )
+            .unwrap();
+            let report = Command::ChunkReport {
+                server,
+                added: vec![kept, garbage, late],
+                removed: Vec::new(),
+                replace: false,
+            };
+            apply(&mut state, report).unwrap();
+        }
+        apply(&mut state, commit("/f", &[kept])).unwrap();
+
+        let outcome = apply(
+            &mut state,
+            Command::Collect {
+                chunks: vec![kept, garbage, late],
+            },
+        )
+        .unwrap();
+        let Outcome::Collected(collected) = outcome else {
+            panic!("unexpected outcome {outcome:?}");
+        };
+        let ids: Vec<ChunkId> = collected.iter().map(|(id, _)| *id).collect();
+        assert!(ids.contains(&garbage) && ids.contains(&late) && !ids.contains(&kept));
+        assert!(collected.iter().all(|(_, holders)| holders == &vec![1, 2]));
+        assert_eq!(state.cluster.holders(&kept).count(), 2);
+        assert_eq!(state.cluster.holders(&garbage).count(), 0);
+
+        // The commit that lost the race to Collect fails; nothing changes.
+        let err = apply(&mut state, commit("/g", &[late])).unwrap_err();
+        assert!(matches!(err, NsError::Unreplicated(_)), "{err:?}");
+        assert!(
+            state
+                .namespace
+                .lookup(&DfsPath::parse("/g").unwrap())
+                .is_err()
+        );
+    }
 }

@@ -67,6 +67,12 @@ pub enum Command {
         removed: Vec<shardfs_proto::ChunkId>,
         replace: bool,
     },
+    /// Garbage collection: forgets every location of those of `chunks` that
+    /// no file references when the entry is applied (a commit applied
+    /// first keeps its chunks). The outcome lists what to delete where.
+    Collect {
+        chunks: Vec<shardfs_proto::ChunkId>,
+    },
 }
 
 /// What applying a command did.
@@ -81,6 +87,8 @@ pub enum Outcome {
     Replaced(Option<FileMeta>),
     /// delete: the files removed.
     Deleted(Vec<FileMeta>),
+    /// collect: the chunks given up, each with the servers that held it.
+    Collected(Vec<(shardfs_proto::ChunkId, Vec<u64>)>),
 }
 
 /// The result of applying one log entry. A command that fails (a path that

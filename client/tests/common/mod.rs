@@ -58,6 +58,8 @@ pub struct TestCluster {
     pub metas: BTreeMap<u64, Process>,
     pub chunks: BTreeMap<u64, Process>,
     pub meta_addrs: Vec<String>,
+    /// Extra flags for every metaserver.
+    pub meta_args: Vec<String>,
 }
 
 /// Reads the `listening on ADDR` line a server prints once it serves.
@@ -80,6 +82,11 @@ fn wait_listening(child: &mut Child, what: &str, log: &Path) -> String {
 impl TestCluster {
     /// Three metaservers and `chunk_servers` chunk servers, healthy.
     pub async fn start(dir: &Path, chunk_servers: u64) -> Self {
+        Self::start_with(dir, chunk_servers, &[]).await
+    }
+
+    /// Like [`TestCluster::start`], with extra metaserver flags.
+    pub async fn start_with(dir: &Path, chunk_servers: u64, meta_args: &[&str]) -> Self {
         let ports = free_ports(3);
         let meta_addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let mut cluster = Self {
@@ -87,6 +94,7 @@ impl TestCluster {
             metas: BTreeMap::new(),
             chunks: BTreeMap::new(),
             meta_addrs,
+            meta_args: meta_args.iter().map(|a| a.to_string()).collect(),
         };
         for id in 1..=3 {
             cluster.start_meta(id);
@@ -128,6 +136,7 @@ impl TestCluster {
             .arg(self.dir.join(format!("meta-{id}")))
             .args(["--heartbeat-ms", "100", "--election-timeout-ms", "500"])
             .args(["--dead-after-secs", "3"])
+            .args(&self.meta_args)
             .env("RUST_LOG", "info,openraft=warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::from(self.log(&format!("meta-{id}"))))
