@@ -19,6 +19,7 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     pub capacity_bytes: Option<u64>,
     pub put_memory_bytes: Option<u64>,
+    pub scrub_mb_per_s: Option<u64>,
 }
 
 impl FileConfig {
@@ -38,6 +39,7 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     pub capacity_bytes: Option<u64>,
     pub put_memory_bytes: Option<u64>,
+    pub scrub_mb_per_s: Option<u64>,
 }
 
 /// The resolved configuration the server runs with.
@@ -47,6 +49,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub capacity_bytes: Option<u64>,
     pub put_memory_bytes: u64,
+    /// Re-hashing rate of the scrubber (0: no scrub).
+    pub scrub_mb_per_s: u64,
 }
 
 impl Config {
@@ -72,6 +76,10 @@ impl Config {
                 .put_memory_bytes
                 .or(file.put_memory_bytes)
                 .unwrap_or(DEFAULT_PUT_MEMORY_BYTES),
+            scrub_mb_per_s: overrides
+                .scrub_mb_per_s
+                .or(file.scrub_mb_per_s)
+                .unwrap_or(crate::scrub::DEFAULT_MB_PER_S),
         })
     }
 }

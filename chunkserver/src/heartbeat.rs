@@ -4,6 +4,7 @@
 //! next one; a metaserver that does not know this server (new leader with
 //! lost state, say) asks it to register again.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use shardfs_proto::ChunkId;
@@ -25,6 +26,8 @@ pub struct Identity {
     /// The address clients and other servers reach this one at.
     pub addr: String,
     pub zone: String,
+    /// The scrubber's figures, reported with each heartbeat.
+    pub scrub: std::sync::Arc<crate::scrub::ScrubStats>,
 }
 
 /// Runs until the task is dropped.
@@ -125,6 +128,10 @@ async fn send(
         removed: removed.iter().map(|id| id.to_vec().into()).collect(),
         full_inventory: inventory_first.is_some(),
         full_inventory_first: inventory_first.unwrap_or(false),
+        scrub_passes: me.scrub.passes.load(Ordering::Relaxed),
+        scrub_bytes: me.scrub.bytes.load(Ordering::Relaxed),
+        scrub_corrupt: me.scrub.corrupt.load(Ordering::Relaxed),
+        scrub_pass_permille: me.scrub.pass_permille.load(Ordering::Relaxed),
     };
     let response = meta
         .call(|mut c| {

@@ -22,6 +22,7 @@ pub mod convert;
 pub mod error;
 pub mod heartbeat;
 pub mod index;
+pub mod scrub;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -64,7 +64,7 @@ struct ServeArgs {
     #[arg(long, env = "SHARDFS_CHUNK_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// TOML configuration file (keys: listen, data_dir, capacity_bytes,
-    /// put_memory_bytes); flags and environment win over it.
+    /// put_memory_bytes, scrub_mb_per_s); flags and environment win over it.
     #[arg(long, env = "SHARDFS_CHUNK_CONFIG")]
     config: Option<PathBuf>,
     /// Bytes this server may store (default: the whole file system).
@@ -73,6 +73,10 @@ struct ServeArgs {
     /// Put data buffered at once across all streams (default 1 GiB).
     #[arg(long, env = "SHARDFS_CHUNK_PUT_MEMORY_BYTES")]
     put_memory_bytes: Option<u64>,
+    /// Rate at which stored chunks are re-hashed, in MB/s (default 50;
+    /// 0 turns scrub off).
+    #[arg(long, env = "SHARDFS_CHUNK_SCRUB_MB_PER_S")]
+    scrub_mb_per_s: Option<u64>,
     /// Metaservers to register and heartbeat with (host:port,...). Without
     /// it the chunk server runs standalone.
     #[arg(long, env = "SHARDFS_META", value_delimiter = ',')]
@@ -125,6 +129,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir.clone(),
         capacity_bytes: args.capacity_bytes,
         put_memory_bytes: args.put_memory_bytes,
+        scrub_mb_per_s: args.scrub_mb_per_s,
     };
     let config = Config::resolve(overrides, file)?;
     let store_config = StoreConfig {
@@ -141,6 +146,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     info!(%addr, data_dir = %config.data_dir.display(), "chunk server listening");
     println!("listening on {addr}");
     std::io::stdout().flush()?;
+    let scrub_stats = std::sync::Arc::new(shardfs_chunk::scrub::ScrubStats::default());
+    let scrubber =
+        shardfs_chunk::scrub::spawn(store.clone(), config.scrub_mb_per_s, scrub_stats.clone());
     let reporter = if args.meta.is_empty() {
         None
     } else {
@@ -153,6 +161,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             id,
             addr: args.advertise.clone().unwrap_or_else(|| addr.to_string()),
             zone: args.zone.clone(),
+            scrub: scrub_stats,
         };
         Some(tokio::spawn(heartbeat::run(store.clone(), meta, me)))
     };
@@ -165,6 +174,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     .await?;
     if let Some(reporter) = reporter {
         reporter.abort();
+    }
+    if let Some(scrubber) = scrubber {
+        scrubber.abort();
     }
     info!("chunk server stopped");
     Ok(())

@@ -655,6 +655,11 @@ async fn cluster_status(client: &Client, json: bool) -> Result<()> {
                 "state": if c.alive { "alive" } else { "dead" },
                 "chunks": c.chunks, "used_bytes": c.used_bytes,
                 "capacity_bytes": c.capacity_bytes, "free_bytes": c.free_bytes,
+                "scrub": {
+                    "passes": c.scrub_passes, "bytes": c.scrub_bytes,
+                    "corrupt_found": c.scrub_corrupt,
+                    "pass_progress": c.scrub_pass_permille as f64 / 1000.0,
+                },
             })).collect::<Vec<_>>(),
             "under_replicated": s.under_replicated,
             "bad_replicas_reported": s.bad_replicas_reported,
@@ -689,14 +694,17 @@ async fn cluster_status(client: &Client, json: bool) -> Result<()> {
     println!("chunk servers:");
     for c in &s.chunk_servers {
         println!(
-            "  {:>3}  {:<21}  {:<8}  {:<5}  {:>8} chunks  {:>10} used  {:>10} free",
+            "  {:>3}  {:<21}  {:<8}  {:<5}  {:>8} chunks  {:>10} used  {:>10} free  scrub {} pass(es) + {:.0}%, {} corrupt",
             c.id,
             c.addr,
             c.zone,
             if c.alive { "alive" } else { "DEAD" },
             c.chunks,
             human(c.used_bytes),
-            human(c.free_bytes)
+            human(c.free_bytes),
+            c.scrub_passes,
+            c.scrub_pass_permille as f64 / 10.0,
+            c.scrub_corrupt
         );
     }
     println!("under-replicated chunks: {}", s.under_replicated);

@@ -31,7 +31,7 @@ async fn stored(cluster: &TestCluster) -> BTreeMap<ChunkId, usize> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unreferenced_chunks_are_collected_after_the_grace_period() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = TestCluster::start_with(dir.path(), 3, &["--gc-grace-secs", "4"]).await;
+    let cluster = TestCluster::start_with(dir.path(), 3, &["--gc-grace-secs", "4"], &[]).await;
     let client = cluster
         .client(ClientConfig {
             chunk_size: CHUNK as u64,

@@ -134,3 +134,60 @@ async fn lost_replicas_are_copied_back_and_extra_ones_trimmed() {
         assert_eq!(hash(&read_all(&client, path).await.unwrap()), hash(bytes));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scrub_finds_a_flipped_byte_and_repair_restores_the_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = TestCluster::start_with(dir.path(), 3, &[], &["--scrub-mb-per-s", "500"]).await;
+    let client = cluster
+        .client(ClientConfig {
+            chunk_size: CHUNK as u64,
+            ..ClientConfig::default()
+        })
+        .await;
+    let source = data(4 * CHUNK, "scrub");
+    client
+        .put_bytes(source.clone().into(), "/scrub.bin", &PutOptions::default())
+        .await
+        .unwrap();
+    let id = shardfs_proto::ChunkId::of(&source[CHUNK..2 * CHUNK]);
+    let (_, locations) = client.stat_with_locations("/scrub.bin").await.unwrap();
+    let server = cluster.chunk_id_at(&locations[1][0]);
+    let file = cluster.chunk_file(server, &id);
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[777] ^= 0x08;
+    std::fs::write(&file, &bytes).unwrap();
+
+    // No reader touches it: the scrubber finds it, quarantines it, and
+    // repair copies a good replica back.
+    wait_for(
+        "scrub to find the bad copy and repair to restore it",
+        Duration::from_secs(45),
+        async || {
+            let status = client.cluster_status().await.unwrap();
+            let found = status
+                .chunk_servers
+                .iter()
+                .any(|c| c.id == server && c.scrub_corrupt >= 1);
+            found && status.repair_copies >= 1 && status.under_replicated == 0
+        },
+    )
+    .await;
+    let (_, locations) = client.stat_with_locations("/scrub.bin").await.unwrap();
+    assert_eq!(locations[1].len(), 3);
+    let restored = std::fs::read(&file).unwrap();
+    assert_eq!(
+        shardfs_proto::ChunkId::of(&restored),
+        id,
+        "the copy back in place is good"
+    );
+    let quarantined = std::fs::read_dir(cluster.chunk_dir(server).join("quarantine"))
+        .unwrap()
+        .count();
+    assert_eq!(quarantined, 1);
+    assert_eq!(client.counters().bad_replicas_seen, 0);
+    assert_eq!(
+        hash(&read_all(&client, "/scrub.bin").await.unwrap()),
+        hash(&source)
+    );
+}

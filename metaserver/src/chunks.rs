@@ -12,7 +12,7 @@ use tracing::warn;
 
 use crate::cluster::{Candidate, ChunkServerInfo, ServerId, place};
 use crate::error::MetaError;
-use crate::liveness::Usage;
+use crate::liveness::{ScrubReport, Usage};
 use crate::namespace::FileMeta;
 use crate::node::MetaNode;
 use crate::types::{Command, Outcome};
@@ -44,6 +44,7 @@ pub struct Beat {
     pub removed: Vec<ChunkId>,
     pub full_inventory: bool,
     pub full_inventory_first: bool,
+    pub scrub: ScrubReport,
 }
 
 /// Where one chunk goes.
@@ -62,6 +63,7 @@ pub struct ServerView {
     pub alive: bool,
     pub chunks: u64,
     pub usage: Option<Usage>,
+    pub scrub: Option<ScrubReport>,
 }
 
 impl MetaNode {
@@ -98,6 +100,7 @@ impl MetaNode {
             return Ok(false);
         }
         self.liveness.heartbeat(beat.server, beat.usage);
+        self.liveness.record_scrub(beat.server, beat.scrub);
         if !beat.added.is_empty() || !beat.removed.is_empty() || beat.full_inventory_first {
             self.write(Command::ChunkReport {
                 server: beat.server,
@@ -407,6 +410,7 @@ impl MetaNode {
                     alive: leader && self.liveness.is_alive(*id),
                     chunks: counts.get(id).copied().unwrap_or(0),
                     usage: self.liveness.usage(*id),
+                    scrub: self.liveness.scrub(*id),
                 })
                 .collect();
             let mut under = 0u64;

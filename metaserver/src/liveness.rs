@@ -19,9 +19,19 @@ pub struct Usage {
     pub capacity_bytes: u64,
 }
 
+/// A chunk server's scrub figures, from its last heartbeat.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScrubReport {
+    pub passes: u64,
+    pub bytes: u64,
+    pub corrupt: u64,
+    pub pass_permille: u64,
+}
+
 pub struct Liveness {
     dead_after: Duration,
     inner: Mutex<Inner>,
+    scrub: Mutex<HashMap<ServerId, ScrubReport>>,
 }
 
 struct Inner {
@@ -41,6 +51,7 @@ impl Liveness {
                 since: Instant::now(),
                 seen: HashMap::new(),
             }),
+            scrub: Mutex::new(HashMap::new()),
         }
     }
 
@@ -69,6 +80,17 @@ impl Liveness {
             None => inner.since,
         };
         last.elapsed() < self.dead_after
+    }
+
+    pub fn record_scrub(&self, server: ServerId, report: ScrubReport) {
+        self.scrub
+            .lock()
+            .expect("scrub lock")
+            .insert(server, report);
+    }
+
+    pub fn scrub(&self, server: ServerId) -> Option<ScrubReport> {
+        self.scrub.lock().expect("scrub lock").get(&server).copied()
     }
 
     /// True while a new leader cannot yet tell dead servers from live ones.

@@ -14,7 +14,7 @@ use crate::convert::{
     check_replication, entry_to_wire, file_from_wire, id_from_wire, ids_from_wire,
 };
 use crate::error::MetaError;
-use crate::liveness::Usage;
+use crate::liveness::{ScrubReport, Usage};
 use crate::namespace::NsError;
 use crate::node::MetaNode;
 use crate::types::{Command, Outcome};
@@ -197,6 +197,10 @@ impl MetaService for MetaServiceImpl {
                     .map(|u| u.capacity_bytes)
                     .unwrap_or(v.info.capacity_bytes),
                 free_bytes: v.usage.map(|u| u.free_bytes).unwrap_or(0),
+                scrub_passes: v.scrub.map(|s| s.passes).unwrap_or(0),
+                scrub_bytes: v.scrub.map(|s| s.bytes).unwrap_or(0),
+                scrub_corrupt: v.scrub.map(|s| s.corrupt).unwrap_or(0),
+                scrub_pass_permille: v.scrub.map(|s| s.pass_permille).unwrap_or(0),
             })
             .collect();
         Ok(Response::new(pb::ClusterStatusResponse {
@@ -268,6 +272,12 @@ impl MetaService for MetaServiceImpl {
             removed: ids_from_wire(&request.removed)?,
             full_inventory: request.full_inventory,
             full_inventory_first: request.full_inventory_first,
+            scrub: ScrubReport {
+                passes: request.scrub_passes,
+                bytes: request.scrub_bytes,
+                corrupt: request.scrub_corrupt,
+                pass_permille: request.scrub_pass_permille,
+            },
         };
         let known = self.node.heartbeat(beat).await?;
         Ok(Response::new(pb::HeartbeatResponse { reregister: !known }))

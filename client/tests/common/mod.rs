@@ -58,8 +58,9 @@ pub struct TestCluster {
     pub metas: BTreeMap<u64, Process>,
     pub chunks: BTreeMap<u64, Process>,
     pub meta_addrs: Vec<String>,
-    /// Extra flags for every metaserver.
+    /// Extra flags for every metaserver and every chunk server.
     pub meta_args: Vec<String>,
+    pub chunk_args: Vec<String>,
 }
 
 /// Reads the `listening on ADDR` line a server prints once it serves.
@@ -82,11 +83,17 @@ fn wait_listening(child: &mut Child, what: &str, log: &Path) -> String {
 impl TestCluster {
     /// Three metaservers and `chunk_servers` chunk servers, healthy.
     pub async fn start(dir: &Path, chunk_servers: u64) -> Self {
-        Self::start_with(dir, chunk_servers, &[]).await
+        Self::start_with(dir, chunk_servers, &[], &[]).await
     }
 
-    /// Like [`TestCluster::start`], with extra metaserver flags.
-    pub async fn start_with(dir: &Path, chunk_servers: u64, meta_args: &[&str]) -> Self {
+    /// Like [`TestCluster::start`], with extra metaserver and chunk server
+    /// flags.
+    pub async fn start_with(
+        dir: &Path,
+        chunk_servers: u64,
+        meta_args: &[&str],
+        chunk_args: &[&str],
+    ) -> Self {
         let ports = free_ports(3);
         let meta_addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let mut cluster = Self {
@@ -95,6 +102,7 @@ impl TestCluster {
             chunks: BTreeMap::new(),
             meta_addrs,
             meta_args: meta_args.iter().map(|a| a.to_string()).collect(),
+            chunk_args: chunk_args.iter().map(|a| a.to_string()).collect(),
         };
         for id in 1..=3 {
             cluster.start_meta(id);
@@ -162,6 +170,7 @@ impl TestCluster {
             .args(["--meta", &self.meta_addrs.join(",")])
             .args(["--zone", &format!("zone-{id}"), "--data-dir"])
             .arg(self.chunk_dir(id))
+            .args(&self.chunk_args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::from(self.log(&format!("chunk-{id}"))))
