@@ -132,6 +132,15 @@ enum ClusterCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Move every replica off a chunk server; `cluster status` shows the
+    /// chunks left. Once drained it can be stopped and removed safely.
+    Drain {
+        /// The chunk server's id (see `cluster status`).
+        id: u64,
+        /// Stop draining it; it takes new replicas again.
+        #[arg(long)]
+        cancel: bool,
+    },
 }
 
 #[derive(Args)]
@@ -269,6 +278,9 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Cluster {
             command: ClusterCommand::Status { json },
         } => cluster_status(&client, json).await,
+        Command::Cluster {
+            command: ClusterCommand::Drain { id, cancel },
+        } => drain(&client, id, cancel).await,
         Command::Bench(args) => bench(&client, args).await,
     }
 }
@@ -653,6 +665,8 @@ async fn cluster_status(client: &Client, json: bool) -> Result<()> {
             "chunk_servers": s.chunk_servers.iter().map(|c| json!({
                 "id": c.id, "addr": c.addr, "zone": c.zone,
                 "state": if c.alive { "alive" } else { "dead" },
+                "draining": c.draining,
+                "drain": server_state(c),
                 "chunks": c.chunks, "used_bytes": c.used_bytes,
                 "capacity_bytes": c.capacity_bytes, "free_bytes": c.free_bytes,
                 "scrub": {
@@ -694,11 +708,11 @@ async fn cluster_status(client: &Client, json: bool) -> Result<()> {
     println!("chunk servers:");
     for c in &s.chunk_servers {
         println!(
-            "  {:>3}  {:<21}  {:<8}  {:<5}  {:>8} chunks  {:>10} used  {:>10} free  scrub {} pass(es) + {:.0}%, {} corrupt",
+            "  {:>3}  {:<21}  {:<8}  {:<8}  {:>8} chunks  {:>10} used  {:>10} free  scrub {} pass(es) + {:.0}%, {} corrupt",
             c.id,
             c.addr,
             c.zone,
-            if c.alive { "alive" } else { "DEAD" },
+            server_state(c),
             c.chunks,
             human(c.used_bytes),
             human(c.free_bytes),
@@ -731,6 +745,47 @@ async fn cluster_status(client: &Client, json: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+async fn drain(client: &Client, id: u64, cancel: bool) -> Result<()> {
+    let status = client.cluster_status().await?;
+    let Some(server) = status.chunk_servers.iter().find(|c| c.id == id) else {
+        let known: Vec<String> = status
+            .chunk_servers
+            .iter()
+            .map(|c| c.id.to_string())
+            .collect();
+        return Err(ClientError::InvalidArgument(format!(
+            "there is no chunk server {id} (known: {})",
+            known.join(", ")
+        )));
+    };
+    client
+        .meta()
+        .drain_chunk_server(id, cancel)
+        .await
+        .map_err(|s| ClientError::meta(&format!("chunk server {id}"), s))?;
+    if cancel {
+        println!(
+            "chunk server {id} ({}) takes new replicas again",
+            server.addr
+        );
+    } else {
+        println!(
+            "draining chunk server {id} ({}): {} chunk(s) to move; `shardfs cluster status` shows what is left",
+            server.addr, server.chunks
+        );
+    }
+    Ok(())
+}
+
+fn server_state(c: &pb::ChunkServerStatus) -> &'static str {
+    match (c.alive, c.draining, c.chunks) {
+        (false, _, _) => "dead",
+        (true, true, 0) => "drained",
+        (true, true, _) => "draining",
+        (true, false, _) => "alive",
+    }
 }
 
 async fn bench(client: &Client, args: BenchArgs) -> Result<()> {

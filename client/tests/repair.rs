@@ -191,3 +191,90 @@ async fn scrub_finds_a_flipped_byte_and_repair_restores_the_copy() {
         hash(&source)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_drained_chunk_server_can_be_removed_without_losing_a_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = TestCluster::start(dir.path(), 4).await;
+    let client = cluster
+        .client(ClientConfig {
+            chunk_size: CHUNK as u64,
+            ..ClientConfig::default()
+        })
+        .await;
+    let mut files = BTreeMap::new();
+    for i in 0..4 {
+        let bytes = data(2 * CHUNK + i * 333, &format!("drain-{i}"));
+        let path = format!("/drain/file-{i}");
+        client
+            .put_bytes(bytes.clone().into(), &path, &PutOptions::default())
+            .await
+            .unwrap();
+        files.insert(path, bytes);
+    }
+    let paths: Vec<String> = files.keys().cloned().collect();
+    let status = client.cluster_status().await.unwrap();
+    let busiest = status
+        .chunk_servers
+        .iter()
+        .max_by_key(|c| c.chunks)
+        .unwrap();
+    let (id, addr) = (busiest.id, busiest.addr.clone());
+    assert!(busiest.chunks > 0);
+
+    let unknown = cluster.cli(&["cluster", "drain", "99"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no chunk server 99"));
+    let drain = cluster.cli(&["cluster", "drain", &id.to_string()]);
+    assert!(
+        drain.status.success(),
+        "{}",
+        String::from_utf8_lossy(&drain.stderr)
+    );
+
+    wait_for("the server drained", Duration::from_secs(40), async || {
+        let out = cluster.cli(&["cluster", "status", "--json"]);
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        status["chunk_servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["id"] == id && c["drain"] == "drained")
+    })
+    .await;
+    for chunk in locations(&client, &paths).await {
+        assert_eq!(chunk.len(), 3, "{chunk:?}");
+        assert!(!chunk.contains(&addr));
+    }
+    // Its disk holds none of the files' chunks any more.
+    let left = shardfs_proto::chunk_client::ChunkClient::new(&addr)
+        .unwrap()
+        .list_all()
+        .await
+        .unwrap();
+    assert!(
+        left.is_empty(),
+        "{} chunks left on the drained server",
+        left.len()
+    );
+    // New data goes elsewhere.
+    let fresh = data(2 * CHUNK, "after-drain");
+    client
+        .put_bytes(fresh.clone().into(), "/drain/fresh", &PutOptions::default())
+        .await
+        .unwrap();
+    for chunk in locations(&client, &["/drain/fresh".to_string()]).await {
+        assert!(!chunk.contains(&addr));
+    }
+    files.insert("/drain/fresh".into(), fresh);
+
+    // Removing it now loses nothing.
+    cluster.kill_chunk(id);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let status = client.cluster_status().await.unwrap();
+    assert!(status.chunk_servers.iter().any(|c| c.id == id && !c.alive));
+    assert_eq!(status.under_replicated, 0);
+    for (path, bytes) in &files {
+        assert_eq!(hash(&read_all(&client, path).await.unwrap()), hash(bytes));
+    }
+}

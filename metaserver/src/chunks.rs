@@ -118,7 +118,7 @@ impl MetaNode {
         let servers = self.read_local(|s| s.cluster.servers.clone());
         servers
             .into_iter()
-            .filter(|(id, _)| self.liveness.is_alive(*id))
+            .filter(|(id, info)| self.liveness.is_alive(*id) && !info.draining)
             .map(|(id, info)| {
                 let usage = self.liveness.usage(id).unwrap_or(Usage {
                     used_bytes: 0,

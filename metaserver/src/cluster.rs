@@ -18,6 +18,11 @@ pub struct ChunkServerInfo {
     pub addr: String,
     pub zone: String,
     pub capacity_bytes: u64,
+    /// Being drained: no new replicas go there, and its replicas are
+    /// copied elsewhere and then removed. Set by an operator, kept when the
+    /// server registers again.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 /// A change to persist (see `namespace::Change`).
@@ -60,9 +65,12 @@ impl Cluster {
     pub fn register(
         &mut self,
         id: ServerId,
-        info: ChunkServerInfo,
+        mut info: ChunkServerInfo,
         changes: &mut Vec<ClusterChange>,
     ) {
+        if let Some(known) = self.servers.get(&id) {
+            info.draining = known.draining;
+        }
         if self.servers.get(&id) != Some(&info) {
             changes.push(ClusterChange::Server(id, Some(info.clone())));
             self.servers.insert(id, info);
@@ -119,6 +127,23 @@ impl Cluster {
     /// The servers that reported holding `chunk`.
     pub fn holders(&self, chunk: &ChunkId) -> impl Iterator<Item = ServerId> + '_ {
         self.locations.get(chunk).into_iter().flatten().copied()
+    }
+
+    /// Starts or stops draining a registered server; false if unknown.
+    pub fn set_draining(
+        &mut self,
+        id: ServerId,
+        draining: bool,
+        changes: &mut Vec<ClusterChange>,
+    ) -> bool {
+        let Some(info) = self.servers.get_mut(&id) else {
+            return false;
+        };
+        if info.draining != draining {
+            info.draining = draining;
+            changes.push(ClusterChange::Server(id, Some(info.clone())));
+        }
+        true
     }
 
     /// Every chunk some server reported holding.
@@ -251,6 +276,7 @@ mod tests {
             addr: "x:1".into(),
             zone: String::new(),
             capacity_bytes: 1,
+            draining: false,
         };
         cluster.register(1, info.clone(), &mut changes);
         cluster.register(2, info, &mut changes);

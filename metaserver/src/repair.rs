@@ -72,7 +72,10 @@ struct Need {
     id: ChunkId,
     length: u64,
     wanted: usize,
+    /// Live holders (copy sources), draining ones included.
     live: BTreeSet<ServerId>,
+    /// Live holders that count toward the replication factor (not draining).
+    counted: BTreeSet<ServerId>,
 }
 
 /// Runs repair rounds until the process ends.
@@ -132,7 +135,7 @@ impl MetaNode {
                 continue;
             };
             let used_zones: BTreeSet<String> = need
-                .live
+                .counted
                 .iter()
                 .filter_map(|s| zones.get(s).cloned())
                 .collect();
@@ -206,33 +209,46 @@ impl MetaNode {
                     .holders(&id)
                     .filter(|h| self.liveness.is_alive(*h))
                     .collect();
+                let draining =
+                    |h: &ServerId| state.cluster.servers.get(h).is_some_and(|i| i.draining);
+                let counted: BTreeSet<ServerId> =
+                    live.iter().copied().filter(|h| !draining(h)).collect();
                 let need = Need {
                     id,
                     length,
                     wanted: r,
                     live,
+                    counted,
                 };
                 if need.live.is_empty() {
                     continue; // nothing to copy from: lost until a holder returns
                 }
-                if need.live.len() < r {
+                let fresh = need
+                    .counted
+                    .iter()
+                    .all(|h| self.liveness.seen_within(*h, TRIM_FRESHNESS));
+                if need.counted.len() < r {
                     under.push(need);
-                } else if need.live.len() > r
-                    && need
-                        .live
-                        .iter()
-                        .all(|h| self.liveness.seen_within(*h, TRIM_FRESHNESS))
-                {
-                    // Trim where the zone is doubled, else the fullest.
-                    let zone_of =
-                        |h: &ServerId| state.cluster.servers.get(h).map(|i| i.zone.clone());
+                } else if fresh && need.live.len() > need.counted.len() {
+                    // Enough copies elsewhere: the draining server's goes.
                     let extra = need
                         .live
                         .iter()
                         .copied()
+                        .find(|h| draining(h))
+                        .expect("a draining holder");
+                    over.push((need, extra));
+                } else if need.counted.len() > r && fresh {
+                    // Trim where the zone is doubled, else the fullest.
+                    let zone_of =
+                        |h: &ServerId| state.cluster.servers.get(h).map(|i| i.zone.clone());
+                    let extra = need
+                        .counted
+                        .iter()
+                        .copied()
                         .max_by(|a, b| {
                             let doubled = |s: &ServerId| {
-                                need.live
+                                need.counted
                                     .iter()
                                     .filter(|o| zone_of(o) == zone_of(s))
                                     .count()
@@ -249,7 +265,7 @@ impl MetaNode {
             }
             (under, over)
         });
-        under.sort_by_key(|n| (n.live.len(), n.wanted, n.id));
+        under.sort_by_key(|n| (n.counted.len(), n.wanted, n.id));
         (under, over)
     }
 
@@ -282,7 +298,7 @@ impl MetaNode {
                             .copied_bytes
                             .fetch_add(need.length, Ordering::Relaxed);
                         info!(chunk = %id, from = source, to = target_addr,
-                            replicas = need.live.len() + 1, wanted = need.wanted,
+                            replicas = need.counted.len() + 1, wanted = need.wanted,
                             "repair: copied");
                     }
                     Err(e) => warn!(chunk = %id, "repair: recording the copy failed: {e}"),

@@ -201,6 +201,7 @@ impl MetaService for MetaServiceImpl {
                 scrub_bytes: v.scrub.map(|s| s.bytes).unwrap_or(0),
                 scrub_corrupt: v.scrub.map(|s| s.corrupt).unwrap_or(0),
                 scrub_pass_permille: v.scrub.map(|s| s.pass_permille).unwrap_or(0),
+                draining: v.info.draining,
             })
             .collect();
         Ok(Response::new(pb::ClusterStatusResponse {
@@ -251,6 +252,7 @@ impl MetaService for MetaServiceImpl {
             addr: request.addr,
             zone: request.zone,
             capacity_bytes: request.capacity_bytes,
+            draining: false,
         };
         self.node.register_chunk_server(request.id, info).await?;
         Ok(Response::new(pb::RegisterChunkServerResponse {}))
@@ -343,6 +345,21 @@ impl MetaService for MetaServiceImpl {
             .report_bad_replica(id, &request.addr, &request.reason)
             .await?;
         Ok(Response::new(pb::ReportBadReplicaResponse { confirmed }))
+    }
+
+    async fn drain_chunk_server(
+        &self,
+        request: Request<pb::DrainChunkServerRequest>,
+    ) -> Result<Response<pb::DrainChunkServerResponse>, Status> {
+        let request = request.into_inner();
+        self.node.ensure_leader()?;
+        self.node
+            .write(Command::SetDraining {
+                id: request.id,
+                draining: !request.cancel,
+            })
+            .await?;
+        Ok(Response::new(pb::DrainChunkServerResponse {}))
     }
 
     async fn remove_metaserver(

@@ -67,6 +67,15 @@ impl State {
                 cluster.report(*server, added, removed, *replace, &mut journal.cluster);
                 Ok(Outcome::Done)
             }
+            Command::SetDraining { id, draining } => {
+                if cluster.set_draining(*id, *draining, &mut journal.cluster) {
+                    Ok(Outcome::Done)
+                } else {
+                    Err(NsError::Invalid(format!(
+                        "no chunk server {id} is registered"
+                    )))
+                }
+            }
             Command::Collect { chunks } => {
                 let referenced: HashSet<ChunkId> = ns
                     .files()
@@ -171,6 +180,7 @@ mod tests {
                 addr: format!("127.0.0.1:{server}"),
                 zone: String::new(),
                 capacity_bytes: 1 << 30,
+                draining: false,
             };
             apply(
                 &mut state,

@@ -73,6 +73,11 @@ pub enum Command {
     Collect {
         chunks: Vec<shardfs_proto::ChunkId>,
     },
+    /// An operator starts (or stops) draining a chunk server.
+    SetDraining {
+        id: u64,
+        draining: bool,
+    },
 }
 
 /// What applying a command did.

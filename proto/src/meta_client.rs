@@ -347,6 +347,14 @@ impl MetaClient {
         Ok(response.confirmed)
     }
 
+    /// Starts (or with `cancel` stops) draining chunk server `id`.
+    pub async fn drain_chunk_server(&self, id: u64, cancel: bool) -> Result<(), Status> {
+        let request = pb::DrainChunkServerRequest { id, cancel };
+        self.call(|mut c| async move { c.drain_chunk_server(request).await })
+            .await?;
+        Ok(())
+    }
+
     pub async fn add_metaserver(
         &self,
         id: u64,
