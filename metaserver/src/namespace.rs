@@ -294,6 +294,9 @@ impl Namespace {
         match self.entries.get(&(parent, name.clone())).copied() {
             Some(existing) => match &self.inodes[&existing] {
                 Inode::Dir { .. } => Err(NsError::IsADirectory(path.to_string())),
+                // A retried commit (its first answer lost with a leader)
+                // finds its own file: done, nothing changes.
+                Inode::File(old) if if_absent && same_content(old, &file) => Ok(None),
                 Inode::File(_) if if_absent => Err(NsError::AlreadyExists(path.to_string())),
                 Inode::File(old) => {
                     let old = old.clone();
@@ -476,6 +479,11 @@ impl Namespace {
     }
 }
 
+/// Two commits of the same content (chunks, size and replication).
+fn same_content(a: &FileMeta, b: &FileMeta) -> bool {
+    a.content_id == b.content_id && a.size == b.size && a.replication == b.replication
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -560,6 +568,10 @@ mod tests {
             ns.commit(&p("/f"), file(2, 2), false, &mut j),
             Ok(Some(file(1, 1)))
         );
+        assert_eq!(ns.lookup(&p("/f")).unwrap(), &Inode::File(file(2, 2)));
+        // A retried create-if-absent of the same content succeeds and
+        // changes nothing (not even the time).
+        assert_eq!(ns.commit(&p("/f"), file(2, 9), true, &mut j), Ok(None));
         assert_eq!(ns.lookup(&p("/f")).unwrap(), &Inode::File(file(2, 2)));
     }
 

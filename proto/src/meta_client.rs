@@ -36,6 +36,29 @@ struct Inner {
     deadline: Duration,
 }
 
+/// True when a call failed because its connection broke (the metaserver
+/// died mid-call), not because the metaserver answered with an error.
+/// Such calls are retried elsewhere: reads and allocations are harmless to
+/// repeat, and so are commits (a retried commit that finds its own file
+/// succeeds); a retried mkdir, rename or delete whose first attempt was
+/// applied reports that the path exists or is gone.
+fn lost_connection(status: &Status) -> bool {
+    if status.code() != Code::Unknown && status.code() != Code::Internal {
+        return false;
+    }
+    let mut source = std::error::Error::source(status);
+    while let Some(err) = source {
+        if err.downcast_ref::<std::io::Error>().is_some()
+            || err.downcast_ref::<h2::Error>().is_some()
+            || err.downcast_ref::<hyper::Error>().is_some()
+        {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
 impl MetaClient {
     /// A client for the metaservers at `addrs` (host:port each).
     pub fn new(addrs: &[String]) -> Result<Self, Status> {
@@ -107,7 +130,7 @@ impl MetaClient {
                     *self.inner.leader.lock().unwrap() = Some(addr);
                     return Ok(response.into_inner());
                 }
-                Err(status) if status.code() == Code::Unavailable => {
+                Err(status) if status.code() == Code::Unavailable || lost_connection(&status) => {
                     let leader = status
                         .metadata()
                         .get(LEADER_METADATA)

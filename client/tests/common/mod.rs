@@ -181,6 +181,10 @@ impl TestCluster {
         self.chunks.insert(id, Process { child, addr });
     }
 
+    pub fn kill_meta(&mut self, id: u64) {
+        self.metas.remove(&id); // Drop kills (SIGKILL) and reaps it
+    }
+
     pub fn kill_chunk(&mut self, id: u64) {
         self.chunks.remove(&id); // Drop kills (SIGKILL) and reaps it
     }
