@@ -126,8 +126,14 @@ impl Client {
         let mut attempts: Vec<String> = Vec::new();
         let mut tried: Vec<String> = Vec::new();
         let mut locations = span.locations.clone();
-        for round in 0..2 {
-            if round == 1 {
+        // Round 0 uses the locations the reader has; later rounds ask the
+        // metaserver again, after a pause from the second on (a restarted
+        // server or a new leader can take a few seconds to be seen alive).
+        for round in 0..=RELOCATE_ROUNDS {
+            if round > 0 {
+                if round > 1 {
+                    tokio::time::sleep(RELOCATE_PAUSE * (1 << (round - 2))).await;
+                }
                 match self.inner.meta.locate(&[span.id]).await {
                     Ok(fresh) => locations = fresh.into_iter().next().unwrap_or_default(),
                     Err(status) => {
@@ -135,12 +141,15 @@ impl Client {
                             "asking the metaserver again failed: {}",
                             status_cause(&status)
                         ));
-                        break;
+                        continue;
                     }
                 }
-                locations.retain(|a| !tried.contains(a));
+                if round == 1 {
+                    // Replicas that just failed go last the first time.
+                    locations.sort_by_key(|a| tried.contains(a));
+                }
                 if locations.is_empty() {
-                    break;
+                    continue;
                 }
             }
             let n = locations.len();
@@ -280,6 +289,12 @@ impl Client {
         Ok(data)
     }
 }
+
+/// Times a reader asks the metaserver again for a chunk's locations when
+/// every replica it knew failed, and the pause before the second such ask
+/// (doubling after).
+const RELOCATE_ROUNDS: u32 = 4;
+const RELOCATE_PAUSE: Duration = Duration::from_millis(500);
 
 /// A task that is cancelled when its handle is dropped (a fetch nobody
 /// waits for any more must not go on downloading).

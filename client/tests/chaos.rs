@@ -70,6 +70,10 @@ async fn randomized_faults_lose_nothing_acknowledged() {
     let mut rng = Rng(seed | 1);
 
     let dir = tempfile::tempdir().unwrap();
+    if std::env::var_os("SHARDFS_CHAOS_KEEP").is_some() {
+        println!("chaos: logs and data kept in {}", dir.path().display());
+    }
+    let dir = Kept(dir);
     // Chunk server 4 stores on a 40 MiB tmpfs: it fills up during the run.
     let small_disk = dir.path().join("chunk-4");
     std::fs::create_dir_all(&small_disk).unwrap();
@@ -372,6 +376,25 @@ fn fill(path: &std::path::Path) {
     let block = vec![0u8; 1 << 20];
     while file.write_all(&block).is_ok() {}
     let _ = file.sync_all();
+}
+
+/// The test's directory, kept (with every server's log) when
+/// `SHARDFS_CHAOS_KEEP` is set.
+struct Kept(tempfile::TempDir);
+
+impl Kept {
+    fn path(&self) -> &std::path::Path {
+        self.0.path()
+    }
+}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        if std::env::var_os("SHARDFS_CHAOS_KEEP").is_some() {
+            let dir = std::mem::replace(&mut self.0, tempfile::tempdir().unwrap());
+            let _ = dir.keep();
+        }
+    }
 }
 
 /// A tmpfs mounted for the test, unmounted when dropped (after the
