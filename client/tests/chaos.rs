@@ -3,8 +3,10 @@
 //! that fills up). In each round two writers and a reader run while the
 //! harness injects one fault: `kill -9` of a chunk server, of the
 //! metaserver leader or of a follower (each restarted a few seconds later),
-//! a flipped byte in a stored chunk file, or the small disk filled to the
-//! brim. After each round:
+//! a flipped byte in a stored chunk file, the small disk filled to the
+//! brim, or the metaserver leader cut off from everyone (each metaserver
+//! runs in a network namespace of its own; the cut takes its link down).
+//! After each round:
 //!
 //! - every acknowledged file reads back byte-identical (compared by hash);
 //! - every file that is visible at all, acknowledged or not, reads back as
@@ -54,18 +56,19 @@ struct Ledger {
     failed: BTreeMap<String, String>,
 }
 
-const KINDS: [&str; 5] = [
+const KINDS: [&str; 6] = [
     "kill chunk server",
     "kill metaserver leader",
     "kill metaserver follower",
     "flip a byte on disk",
     "fill a disk",
+    "partition the metaserver leader",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn randomized_faults_lose_nothing_acknowledged() {
     let seed = env_u64("SHARDFS_CHAOS_SEED").unwrap_or(0x5eed_5eed);
-    let rounds = env_u64("SHARDFS_CHAOS_ROUNDS").unwrap_or(5);
+    let rounds = env_u64("SHARDFS_CHAOS_ROUNDS").unwrap_or(KINDS.len() as u64);
     println!("chaos: seed {seed}, {rounds} rounds (replay with SHARDFS_CHAOS_SEED={seed})");
     let mut rng = Rng(seed | 1);
 
@@ -79,9 +82,30 @@ async fn randomized_faults_lose_nothing_acknowledged() {
     std::fs::create_dir_all(&small_disk).unwrap();
     let mount = Tmpfs::mount(&small_disk, 40);
     let tmpfs = mount.mounted;
-    let mut cluster = TestCluster::start_with(
+    // Metaservers in network namespaces of their own when possible, so a
+    // partition can cut one off.
+    let net = Net::setup();
+    let (meta_addrs, prefixes, chunk_host) = match &net {
+        Some(net) => (
+            (1..=3).map(|i| net.addr(i)).collect(),
+            (1..=3).map(|i| (i as u64, net.prefix(i))).collect(),
+            net.host_ip(),
+        ),
+        None => (
+            common::free_ports(3)
+                .iter()
+                .map(|p| format!("127.0.0.1:{p}"))
+                .collect(),
+            BTreeMap::new(),
+            "127.0.0.1".to_string(),
+        ),
+    };
+    let mut cluster = TestCluster::start_custom(
         dir.path(),
         4,
+        meta_addrs,
+        prefixes,
+        &chunk_host,
         &["--repair-mb-per-s", "200"],
         &["--scrub-mb-per-s", "100"],
     )
@@ -133,6 +157,9 @@ async fn randomized_faults_lose_nothing_acknowledged() {
         if kind == "fill a disk" && !tmpfs {
             kind = "flip a byte on disk";
         }
+        if kind.starts_with("partition") && net.is_none() {
+            kind = "kill metaserver leader";
+        }
         *faults.entry(kind).or_default() += 1;
         let mut lost_chunk_server = false;
         match kind {
@@ -160,6 +187,13 @@ async fn randomized_faults_lose_nothing_acknowledged() {
                 let id = 1 + rng.below(4);
                 flip_a_byte(&cluster.chunk_dir(id), &mut rng);
                 tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            "partition the metaserver leader" => {
+                let leader = client.cluster_status().await.unwrap().leader_id as u32;
+                let net = net.as_ref().expect("network namespaces");
+                net.cut(leader, true);
+                tokio::time::sleep(Duration::from_millis(2500 + rng.below(2000))).await;
+                net.cut(leader, false);
             }
             "fill a disk" => {
                 let filler = small_disk.join("filler");
@@ -435,4 +469,138 @@ impl Drop for Tmpfs {
                 .status();
         }
     }
+}
+
+/// Three network namespaces, one per metaserver, joined by a bridge in the
+/// test's own namespace (where the chunk servers and clients run): taking a
+/// metaserver's link down cuts it off from its peers and everyone else.
+struct Net {
+    tag: String,
+    subnet: u32,
+}
+
+impl Net {
+    const PORT: u16 = 7100;
+
+    /// Sets the namespaces up; None (and no partitions) where not allowed.
+    fn setup() -> Option<Self> {
+        let pid = std::process::id();
+        let net = Self {
+            tag: format!("{:x}", pid % 0xfff),
+            subnet: 100 + pid % 100,
+        };
+        let bridge = net.bridge();
+        let mut steps: Vec<Vec<String>> = vec![
+            vec![
+                "ip".into(),
+                "link".into(),
+                "add".into(),
+                bridge.clone(),
+                "type".into(),
+                "bridge".into(),
+            ],
+            cmd(&format!(
+                "ip addr add 10.77.{}.1/24 dev {bridge}",
+                net.subnet
+            )),
+            cmd(&format!("ip link set {bridge} up")),
+            // Docker's FORWARD policy drops bridged traffic: let ours through.
+            cmd(&format!(
+                "iptables -I FORWARD -i {bridge} -o {bridge} -j ACCEPT"
+            )),
+        ];
+        for i in 1..=3u32 {
+            let (ns, host, guest) = (net.ns(i), net.host_link(i), net.guest_link(i));
+            steps.push(cmd(&format!("ip netns add {ns}")));
+            steps.push(cmd(&format!(
+                "ip link add {host} type veth peer name {guest}"
+            )));
+            steps.push(cmd(&format!("ip link set {guest} netns {ns}")));
+            steps.push(cmd(&format!("ip link set {host} master {bridge}")));
+            steps.push(cmd(&format!("ip link set {host} up")));
+            steps.push(cmd(&format!(
+                "ip netns exec {ns} ip addr add 10.77.{}.{}/24 dev {guest}",
+                net.subnet,
+                10 + i
+            )));
+            steps.push(cmd(&format!("ip netns exec {ns} ip link set {guest} up")));
+            steps.push(cmd(&format!("ip netns exec {ns} ip link set lo up")));
+        }
+        for step in steps {
+            let ok = std::process::Command::new(&step[0])
+                .args(&step[1..])
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                println!(
+                    "chaos: cannot set up network namespaces ({}); no partitions",
+                    step.join(" ")
+                );
+                return None; // Drop cleans up what was made
+            }
+        }
+        Some(net)
+    }
+
+    fn bridge(&self) -> String {
+        format!("sfb{}", self.tag)
+    }
+
+    fn ns(&self, i: u32) -> String {
+        format!("sf{}m{i}", self.tag)
+    }
+
+    fn host_link(&self, i: u32) -> String {
+        format!("sf{}v{i}", self.tag)
+    }
+
+    fn guest_link(&self, i: u32) -> String {
+        format!("sf{}p{i}", self.tag)
+    }
+
+    fn addr(&self, i: u32) -> String {
+        format!("10.77.{}.{}:{}", self.subnet, 10 + i, Self::PORT)
+    }
+
+    /// The test's own address on the bridge (chunk servers listen there).
+    fn host_ip(&self) -> String {
+        format!("10.77.{}.1", self.subnet)
+    }
+
+    fn prefix(&self, i: u32) -> Vec<String> {
+        cmd(&format!("ip netns exec {}", self.ns(i)))
+    }
+
+    /// Cuts metaserver `i` off (or heals it).
+    fn cut(&self, i: u32, cut: bool) {
+        let state = if cut { "down" } else { "up" };
+        let _ = std::process::Command::new("ip")
+            .args(["link", "set", &self.host_link(i), state])
+            .status();
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        let bridge = self.bridge();
+        let mut steps = vec![cmd(&format!(
+            "iptables -D FORWARD -i {bridge} -o {bridge} -j ACCEPT"
+        ))];
+        for i in 1..=3 {
+            steps.push(cmd(&format!("ip netns del {}", self.ns(i))));
+            steps.push(cmd(&format!("ip link del {}", self.host_link(i))));
+        }
+        steps.push(cmd(&format!("ip link del {bridge}")));
+        for step in steps {
+            let _ = std::process::Command::new(&step[0])
+                .args(&step[1..])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
+fn cmd(text: &str) -> Vec<String> {
+    text.split_whitespace().map(str::to_string).collect()
 }

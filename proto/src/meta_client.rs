@@ -125,7 +125,17 @@ impl MetaClient {
                     addr
                 }
             };
-            match call(self.direct(&addr)?).await {
+            // One metaserver may hang (cut off by a partition): give each
+            // attempt a share of the deadline, then try the others.
+            let attempt =
+                (self.inner.deadline / 3).clamp(Duration::from_secs(1), Duration::from_secs(10));
+            let answer = match tokio::time::timeout(attempt, call(self.direct(&addr)?)).await {
+                Ok(answer) => answer,
+                Err(_) => Err(Status::unavailable(format!(
+                    "metaserver {addr} did not answer within {attempt:?}"
+                ))),
+            };
+            match answer {
                 Ok(response) => {
                     *self.inner.leader.lock().unwrap() = Some(addr);
                     return Ok(response.into_inner());

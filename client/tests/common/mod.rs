@@ -61,6 +61,11 @@ pub struct TestCluster {
     /// Extra flags for every metaserver and every chunk server.
     pub meta_args: Vec<String>,
     pub chunk_args: Vec<String>,
+    /// A command each metaserver is started through (like `ip netns exec
+    /// NS`), by id.
+    pub meta_prefix: BTreeMap<u64, Vec<String>>,
+    /// The host chunk servers listen on.
+    pub chunk_host: String,
 }
 
 /// Reads the `listening on ADDR` line a server prints once it serves.
@@ -96,6 +101,29 @@ impl TestCluster {
     ) -> Self {
         let ports = free_ports(3);
         let meta_addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        Self::start_custom(
+            dir,
+            chunk_servers,
+            meta_addrs,
+            BTreeMap::new(),
+            "127.0.0.1",
+            meta_args,
+            chunk_args,
+        )
+        .await
+    }
+
+    /// Metaservers at the given addresses, each started through its prefix
+    /// command when it has one.
+    pub async fn start_custom(
+        dir: &Path,
+        chunk_servers: u64,
+        meta_addrs: Vec<String>,
+        meta_prefix: BTreeMap<u64, Vec<String>>,
+        chunk_host: &str,
+        meta_args: &[&str],
+        chunk_args: &[&str],
+    ) -> Self {
         let mut cluster = Self {
             dir: dir.to_path_buf(),
             metas: BTreeMap::new(),
@@ -103,6 +131,8 @@ impl TestCluster {
             meta_addrs,
             meta_args: meta_args.iter().map(|a| a.to_string()).collect(),
             chunk_args: chunk_args.iter().map(|a| a.to_string()).collect(),
+            meta_prefix,
+            chunk_host: chunk_host.to_string(),
         };
         for id in 1..=3 {
             cluster.start_meta(id);
@@ -131,7 +161,15 @@ impl TestCluster {
             .collect::<Vec<_>>()
             .join(",");
         let addr = self.meta_addrs[id as usize - 1].clone();
-        let mut child = Command::new(binary("shardfs-meta"))
+        let mut command = match self.meta_prefix.get(&id) {
+            Some(prefix) => {
+                let mut command = Command::new(&prefix[0]);
+                command.args(&prefix[1..]).arg(binary("shardfs-meta"));
+                command
+            }
+            None => Command::new(binary("shardfs-meta")),
+        };
+        let mut child = command
             .args([
                 "--id",
                 &id.to_string(),
@@ -160,7 +198,8 @@ impl TestCluster {
     }
 
     pub fn start_chunk(&mut self, id: u64) {
-        self.start_chunk_at(id, "127.0.0.1:0");
+        let listen = format!("{}:0", self.chunk_host);
+        self.start_chunk_at(id, &listen);
     }
 
     /// Starts chunk server `id` listening on `listen`.
