@@ -141,6 +141,13 @@ enum ClusterCommand {
         #[arg(long)]
         cancel: bool,
     },
+    /// Forget a chunk server: refused while a file's chunk would be left
+    /// with fewer live replicas than its replication factor (drain it first,
+    /// or wait for repair if it died). Stop the server before removing it.
+    Remove {
+        /// The chunk server's id (see `cluster status`).
+        id: u64,
+    },
 }
 
 #[derive(Args)]
@@ -281,6 +288,17 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Cluster {
             command: ClusterCommand::Drain { id, cancel },
         } => drain(&client, id, cancel).await,
+        Command::Cluster {
+            command: ClusterCommand::Remove { id },
+        } => {
+            client
+                .meta()
+                .remove_chunk_server(id)
+                .await
+                .map_err(|s| ClientError::meta("cluster remove", s))?;
+            println!("chunk server {id} removed");
+            Ok(())
+        }
         Command::Bench(args) => bench(&client, args).await,
     }
 }

@@ -225,6 +225,13 @@ async fn a_drained_chunk_server_can_be_removed_without_losing_a_replica() {
     let unknown = cluster.cli(&["cluster", "drain", "99"]);
     assert_eq!(unknown.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no chunk server 99"));
+    let refused = cluster.cli(&["cluster", "remove", &id.to_string()]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("drain it first"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
     let drain = cluster.cli(&["cluster", "drain", &id.to_string()]);
     assert!(
         drain.status.success(),
@@ -273,6 +280,16 @@ async fn a_drained_chunk_server_can_be_removed_without_losing_a_replica() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     let status = client.cluster_status().await.unwrap();
     assert!(status.chunk_servers.iter().any(|c| c.id == id && !c.alive));
+    assert_eq!(status.under_replicated, 0);
+    let removed = cluster.cli(&["cluster", "remove", &id.to_string()]);
+    assert!(
+        removed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&removed.stderr)
+    );
+    let status = client.cluster_status().await.unwrap();
+    assert!(status.chunk_servers.iter().all(|c| c.id != id));
+    assert_eq!(status.chunk_servers.len(), 3);
     assert_eq!(status.under_replicated, 0);
     for (path, bytes) in &files {
         assert_eq!(hash(&read_all(&client, path).await.unwrap()), hash(bytes));

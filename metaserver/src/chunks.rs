@@ -220,6 +220,63 @@ impl MetaNode {
         Ok(placements)
     }
 
+    /// Removes chunk server `id` from the cluster, only when no chunk of a
+    /// file would be left with fewer live replicas than its R: a live
+    /// server must be drained first; a dead one only after repair.
+    pub async fn remove_chunk_server(&self, id: ServerId) -> Result<(), MetaError> {
+        self.ensure_leader()?;
+        if self.liveness.in_grace() {
+            return Err(MetaError::Unavailable(
+                "this leader is new and cannot yet tell live chunk servers from dead ones; try again in a few seconds".into(),
+            ));
+        }
+        let checked = self.read_local(|s| {
+            s.cluster.servers.get(&id)?;
+            let mut wanted: HashMap<ChunkId, usize> = HashMap::new();
+            for file in s.namespace.files() {
+                for chunk in &file.chunks {
+                    let r = wanted.entry(chunk.id).or_insert(0);
+                    *r = (*r).max(file.replication as usize);
+                }
+            }
+            let short = s
+                .cluster
+                .chunks_of(id)
+                .iter()
+                .filter(|c| {
+                    let Some(r) = wanted.get(c) else {
+                        return false; // garbage: nothing to keep
+                    };
+                    let elsewhere = s
+                        .cluster
+                        .holders(c)
+                        .filter(|h| *h != id && self.liveness.is_alive(*h))
+                        .filter(|h| s.cluster.servers.get(h).is_some_and(|i| !i.draining))
+                        .count();
+                    elsewhere < *r
+                })
+                .count();
+            Some((self.liveness.is_alive(id), short))
+        });
+        let Some((alive, short)) = checked else {
+            return Err(MetaError::InvalidArgument(format!(
+                "no chunk server {id} is registered"
+            )));
+        };
+        if short > 0 {
+            return Err(MetaError::FailedPrecondition(format!(
+                "chunk server {id} holds {short} chunk(s) with too few replicas elsewhere: {}",
+                if alive {
+                    format!("drain it first (shardfs cluster drain {id})")
+                } else {
+                    "wait until repair has copied them".to_string()
+                }
+            )));
+        }
+        self.write(Command::RemoveChunkServer { id }).await?;
+        Ok(())
+    }
+
     /// Per chunk: the addresses of live servers that reported holding it.
     pub fn locate(&self, chunks: &[ChunkId]) -> Result<Vec<Vec<String>>, MetaError> {
         self.ensure_leader()?;

@@ -146,6 +146,26 @@ impl Cluster {
         true
     }
 
+    /// Forgets a chunk server and every location on it; false if unknown.
+    pub fn remove_server(&mut self, id: ServerId, changes: &mut Vec<ClusterChange>) -> bool {
+        if !self.servers.contains_key(&id) {
+            return false;
+        }
+        self.report(id, &[], &[], true, changes);
+        self.servers.remove(&id);
+        changes.push(ClusterChange::Server(id, None));
+        true
+    }
+
+    /// The chunks `server` holds.
+    pub fn chunks_of(&self, server: ServerId) -> Vec<ChunkId> {
+        self.locations
+            .iter()
+            .filter(|(_, holders)| holders.contains(&server))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
     /// Every chunk some server reported holding.
     pub fn chunks(&self) -> impl Iterator<Item = &ChunkId> + '_ {
         self.locations.keys()

@@ -30,7 +30,7 @@ impl From<MetaError> for Status {
                 NsError::Invalid(_) => Code::InvalidArgument,
             },
             MetaError::NotLeader { .. } | MetaError::Unavailable(_) => Code::Unavailable,
-            MetaError::Membership(_) => Code::FailedPrecondition,
+            MetaError::Membership(_) | MetaError::FailedPrecondition(_) => Code::FailedPrecondition,
         };
         let mut status = Status::new(code, err.to_string());
         if let MetaError::NotLeader {

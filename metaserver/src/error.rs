@@ -29,6 +29,10 @@ pub enum MetaError {
     #[error("membership change refused: {0}")]
     Membership(String),
 
+    /// The request is valid but the cluster is not in a state to allow it.
+    #[error("{0}")]
+    FailedPrecondition(String),
+
     /// Raft could not complete the request (quorum lost, shutting down).
     #[error("metaserver unavailable: {0}")]
     Unavailable(String),

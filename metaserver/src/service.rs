@@ -362,6 +362,16 @@ impl MetaService for MetaServiceImpl {
         Ok(Response::new(pb::DrainChunkServerResponse {}))
     }
 
+    async fn remove_chunk_server(
+        &self,
+        request: Request<pb::RemoveChunkServerRequest>,
+    ) -> Result<Response<pb::RemoveChunkServerResponse>, Status> {
+        self.node
+            .remove_chunk_server(request.into_inner().id)
+            .await?;
+        Ok(Response::new(pb::RemoveChunkServerResponse {}))
+    }
+
     async fn remove_metaserver(
         &self,
         request: Request<pb::RemoveMetaserverRequest>,

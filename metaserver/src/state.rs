@@ -76,6 +76,15 @@ impl State {
                     )))
                 }
             }
+            Command::RemoveChunkServer { id } => {
+                if cluster.remove_server(*id, &mut journal.cluster) {
+                    Ok(Outcome::Done)
+                } else {
+                    Err(NsError::Invalid(format!(
+                        "no chunk server {id} is registered"
+                    )))
+                }
+            }
             Command::Collect { chunks } => {
                 let referenced: HashSet<ChunkId> = ns
                     .files()

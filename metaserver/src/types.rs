@@ -78,6 +78,10 @@ pub enum Command {
         id: u64,
         draining: bool,
     },
+    /// An operator removes a chunk server (checked by the leader first).
+    RemoveChunkServer {
+        id: u64,
+    },
 }
 
 /// What applying a command did.

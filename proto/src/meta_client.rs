@@ -388,6 +388,14 @@ impl MetaClient {
         Ok(())
     }
 
+    /// Forgets chunk server `id` (refused while that would lose a replica).
+    pub async fn remove_chunk_server(&self, id: u64) -> Result<(), Status> {
+        let request = pb::RemoveChunkServerRequest { id };
+        self.call(|mut c| async move { c.remove_chunk_server(request).await })
+            .await?;
+        Ok(())
+    }
+
     pub async fn add_metaserver(
         &self,
         id: u64,
