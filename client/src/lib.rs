@@ -28,10 +28,12 @@ pub mod client;
 pub mod error;
 pub mod put;
 pub mod read;
+pub mod shards;
 pub mod transfer;
 
 pub use client::{Client, ClientConfig, CounterValues};
 pub use error::{ClientError, Result};
 pub use put::{Progress, PutOptions, PutStats};
 pub use read::{FileLayout, FileReader, read_all};
+pub use shards::{Cursor, ShardStream};
 pub use transfer::GetStats;

@@ -107,6 +107,36 @@ enum Command {
     },
     /// Write then read files against the running cluster and print MB/s.
     Bench(BenchArgs),
+    /// Stream a dataset's shards as one rank of a training job would.
+    Stream(StreamArgs),
+}
+
+#[derive(Args)]
+struct StreamArgs {
+    /// The dataset: a directory whose files are the shards.
+    #[arg(value_parser = remote_arg)]
+    prefix: String,
+    #[arg(long, default_value_t = 0)]
+    rank: u64,
+    #[arg(long, default_value_t = 1)]
+    world: u64,
+    #[arg(long, default_value_t = 0)]
+    epoch: u64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Cut the shards that do not divide evenly among ranks instead of
+    /// wrapping around.
+    #[arg(long)]
+    drop_remainder: bool,
+    /// Bytes of shards fetched ahead (default 1 GiB).
+    #[arg(long, value_parser = parse_size, default_value = "1GiB")]
+    prefetch: u64,
+    /// Write each shard into this local directory (by file name).
+    #[arg(long, conflicts_with = "null")]
+    out: Option<PathBuf>,
+    /// Discard the shards (the default): measure only.
+    #[arg(long)]
+    null: bool,
 }
 
 #[derive(Args)]
@@ -300,6 +330,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Bench(args) => bench(&client, args).await,
+        Command::Stream(args) => stream(&client, args).await,
     }
 }
 
@@ -804,6 +835,56 @@ fn server_state(c: &pb::ChunkServerStatus) -> &'static str {
         (true, true, _) => "draining",
         (true, false, _) => "alive",
     }
+}
+
+async fn stream(client: &Client, args: StreamArgs) -> Result<()> {
+    if let Some(out) = &args.out {
+        std::fs::create_dir_all(out).map_err(|e| ClientError::local(out, e))?;
+    }
+    let started = Instant::now();
+    let mut stream = client
+        .shards(&args.prefix)
+        .rank(args.rank)
+        .world(args.world)
+        .epoch(args.epoch)
+        .seed(args.seed)
+        .drop_remainder(args.drop_remainder)
+        .prefetch_bytes(args.prefetch)
+        .stream()
+        .await?;
+    let listed = started.elapsed();
+    let (mut shards, mut bytes) = (0u64, 0u64);
+    let mut waiting = std::time::Duration::ZERO;
+    loop {
+        let asked = Instant::now();
+        let Some(item) = stream.next().await else {
+            break;
+        };
+        waiting += asked.elapsed();
+        let (path, data) = item?;
+        if let Some(out) = &args.out {
+            let name = path.rsplit('/').next().unwrap_or("shard");
+            let target = out.join(name);
+            std::fs::write(&target, &data).map_err(|e| ClientError::local(&target, e))?;
+        }
+        shards += 1;
+        bytes += data.len() as u64;
+        println!("{path}\t{} bytes\tverified", data.len());
+    }
+    let secs = started.elapsed().as_secs_f64().max(1e-6);
+    eprintln!(
+        "rank {} of {}, epoch {}: {shards} shard(s), {} in {secs:.2} s: {:.1} MB/s, {:.1} shards/s; \
+         {:.2} s waiting for data (listing and chunk maps: {:.2} s)",
+        args.rank,
+        args.world,
+        args.epoch,
+        human(bytes),
+        bytes as f64 / 1e6 / secs,
+        shards as f64 / secs,
+        waiting.as_secs_f64(),
+        listed.as_secs_f64()
+    );
+    Ok(())
 }
 
 async fn bench(client: &Client, args: BenchArgs) -> Result<()> {

@@ -1,0 +1,443 @@
+//! Shard streams for data loaders: a dataset's files (shards) assigned to
+//! ranks deterministically, a new order every epoch, fetched and verified
+//! ahead of the consumer under a memory budget, and resumable from a small
+//! cursor.
+//!
+//! The assignment is a pure function of the listing's content, the seed,
+//! the epoch and the world size: the shards are shuffled by a generator
+//! seeded from (seed, epoch, dataset content id), padded by wrapping (or
+//! cut, with `drop_remainder`) to a multiple of the world size, and rank r
+//! takes positions r, r + w, r + 2w, ... Every rank gets as many shards as
+//! every other, so none waits at the end of an epoch.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures::{Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+use shardfs_proto::ChunkId;
+
+use crate::client::Client;
+use crate::error::{ClientError, Result};
+use crate::read::FileLayout;
+
+/// Where a stream resumes: small, serializable (JSON), taken with
+/// [`ShardStream::state`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cursor {
+    pub epoch: u64,
+    /// Shards of this rank already yielded in this epoch.
+    pub position: u64,
+    pub seed: u64,
+    pub world: u64,
+    pub rank: u64,
+    pub drop_remainder: bool,
+    /// The dataset's content id (hex): a cursor only resumes the dataset
+    /// it was taken from.
+    pub dataset: String,
+    /// When the cursor was taken from a stream resumed with another world
+    /// size, the global position that stream started from.
+    pub base: u64,
+}
+
+/// What decides an epoch's assignment of shards to ranks.
+#[derive(Debug, Clone, Copy)]
+pub struct Assignment<'a> {
+    /// Shards in the listing.
+    pub shards: usize,
+    pub dataset: &'a ChunkId,
+    pub seed: u64,
+    pub epoch: u64,
+    pub world: u64,
+    pub drop_remainder: bool,
+    /// Global position of the epoch's shuffled order to start from (0, or
+    /// where a stream with another world size stopped).
+    pub base: u64,
+}
+
+impl Assignment<'_> {
+    /// The shards (indexes into the sorted listing) rank `rank` reads, in
+    /// order.
+    pub fn rank(&self, rank: u64) -> Vec<usize> {
+        let order = shuffled(self.shards, self.dataset, self.seed, self.epoch);
+        let rest: Vec<usize> = order.into_iter().skip(self.base as usize).collect();
+        let w = self.world.max(1) as usize;
+        let padded: Vec<usize> = if self.drop_remainder {
+            let keep = rest.len() / w * w;
+            rest[..keep].to_vec()
+        } else if rest.is_empty() {
+            Vec::new()
+        } else {
+            let total = rest.len().div_ceil(w) * w;
+            (0..total).map(|i| rest[i % rest.len()]).collect()
+        };
+        padded.into_iter().skip(rank as usize).step_by(w).collect()
+    }
+}
+
+/// The epoch's order of all shards: a Fisher-Yates shuffle driven by
+/// BLAKE3's output stream keyed by (seed, epoch, dataset).
+fn shuffled(shards: usize, dataset: &ChunkId, seed: u64, epoch: u64) -> Vec<usize> {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"shardfs shard order v1");
+    hasher.update(&seed.to_le_bytes());
+    hasher.update(&epoch.to_le_bytes());
+    hasher.update(dataset.as_bytes());
+    let mut stream = hasher.finalize_xof();
+    let mut next = || {
+        let mut word = [0u8; 8];
+        stream.fill(&mut word);
+        u64::from_le_bytes(word)
+    };
+    let mut order: Vec<usize> = (0..shards).collect();
+    for i in (1..shards).rev() {
+        let j = (next() % (i as u64 + 1)) as usize;
+        order.swap(i, j);
+    }
+    order
+}
+
+/// The content id of a listing: BLAKE3 over each path and file content id.
+pub fn dataset_id(files: &[(String, ChunkId)]) -> ChunkId {
+    let mut hasher = blake3::Hasher::new();
+    for (path, content) in files {
+        hasher.update(&(path.len() as u64).to_le_bytes());
+        hasher.update(path.as_bytes());
+        hasher.update(content.as_bytes());
+    }
+    ChunkId::from_array(*hasher.finalize().as_bytes())
+}
+
+/// Builds a shard stream (`client.shards(prefix)...stream()`).
+pub struct ShardsBuilder {
+    client: Client,
+    source: Source,
+    rank: u64,
+    world: u64,
+    epoch: u64,
+    seed: u64,
+    drop_remainder: bool,
+    prefetch_bytes: u64,
+    resume: Option<Cursor>,
+}
+
+enum Source {
+    Prefix(String),
+    List(Vec<String>),
+}
+
+impl Client {
+    /// The files under `prefix` (a directory, walked recursively) as shards.
+    pub fn shards(&self, prefix: &str) -> ShardsBuilder {
+        self.shards_from(Source::Prefix(prefix.to_string()))
+    }
+
+    /// These files as shards (their order does not matter: it is sorted).
+    pub fn shard_list(&self, paths: Vec<String>) -> ShardsBuilder {
+        self.shards_from(Source::List(paths))
+    }
+
+    fn shards_from(&self, source: Source) -> ShardsBuilder {
+        ShardsBuilder {
+            client: self.clone(),
+            source,
+            rank: 0,
+            world: 1,
+            epoch: 0,
+            seed: 0,
+            drop_remainder: false,
+            prefetch_bytes: 1 << 30,
+            resume: None,
+        }
+    }
+}
+
+impl ShardsBuilder {
+    pub fn rank(mut self, rank: u64) -> Self {
+        self.rank = rank;
+        self
+    }
+    pub fn world(mut self, world: u64) -> Self {
+        self.world = world;
+        self
+    }
+    pub fn epoch(mut self, epoch: u64) -> Self {
+        self.epoch = epoch;
+        self
+    }
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+    /// Cut the shards that do not divide evenly instead of wrapping around.
+    pub fn drop_remainder(mut self, drop: bool) -> Self {
+        self.drop_remainder = drop;
+        self
+    }
+    /// Bytes of shards fetched ahead of the consumer (default 1 GiB).
+    pub fn prefetch_bytes(mut self, bytes: u64) -> Self {
+        self.prefetch_bytes = bytes;
+        self
+    }
+    /// Continues from a cursor taken with [`ShardStream::state`] (its epoch
+    /// and seed win). With the same world size, rank r yields exactly the
+    /// rest of its shards; with another world size, the shards no rank had
+    /// reached are split across the new ranks (all ranks are assumed to
+    /// have reached the same position, as at a synchronous checkpoint).
+    pub fn resume(mut self, cursor: Cursor) -> Self {
+        self.resume = Some(cursor);
+        self
+    }
+
+    /// Lists the dataset and fetches its chunk maps (once), then streams.
+    pub async fn stream(self) -> Result<ShardStream> {
+        if self.world == 0 || self.rank >= self.world {
+            return Err(ClientError::InvalidArgument(format!(
+                "rank {} of world {}: the rank must be below the world size (at least 1)",
+                self.rank, self.world
+            )));
+        }
+        let mut paths = match &self.source {
+            Source::Prefix(prefix) => {
+                let (_, files) = self.client.walk(prefix).await?;
+                files.into_iter().map(|f| f.path.to_string()).collect()
+            }
+            Source::List(paths) => paths.clone(),
+        };
+        paths.sort();
+        paths.dedup();
+        let layouts = futures::stream::iter(paths)
+            .map(|path| {
+                let client = self.client.clone();
+                async move { client.layout(&path).await }
+            })
+            .buffered(16)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<Vec<FileLayout>>>()?;
+        let listing: Vec<(String, ChunkId)> = layouts
+            .iter()
+            .map(|l| (l.path.clone(), content_of(l)))
+            .collect();
+        let dataset = dataset_id(&listing);
+        let (epoch, seed, position, base) = match &self.resume {
+            None => (self.epoch, self.seed, 0, 0),
+            Some(cursor) => {
+                if cursor.dataset != dataset.to_hex() {
+                    return Err(ClientError::InvalidArgument(
+                        "the cursor was taken from another dataset (its listing or contents changed)"
+                            .into(),
+                    ));
+                }
+                if cursor.world == self.world && cursor.drop_remainder == self.drop_remainder {
+                    (cursor.epoch, cursor.seed, cursor.position, cursor.base)
+                } else {
+                    // Global position every old rank had reached.
+                    let reached = cursor.base + cursor.position * cursor.world;
+                    (cursor.epoch, cursor.seed, 0, reached)
+                }
+            }
+        };
+        let order = Assignment {
+            shards: layouts.len(),
+            dataset: &dataset,
+            seed,
+            epoch,
+            world: self.world,
+            drop_remainder: self.drop_remainder,
+            base,
+        }
+        .rank(self.rank);
+        let layouts = Arc::new(layouts);
+        let mine: Vec<usize> = order.into_iter().skip(position as usize).collect();
+        let average = layouts.iter().map(|l| l.size).sum::<u64>() / (layouts.len().max(1) as u64);
+        let ahead = (self.prefetch_bytes / average.max(1)).clamp(1, 64) as usize;
+        let client = self.client.clone();
+        let fetches = futures::stream::iter(mine)
+            .map(move |index| {
+                let client = client.clone();
+                let layouts = layouts.clone();
+                async move {
+                    let layout = &layouts[index];
+                    let data = fetch_whole(&client, layout).await?;
+                    Ok((layout.path.clone(), data))
+                }
+            })
+            .buffered(ahead)
+            .boxed();
+        Ok(ShardStream {
+            cursor: Cursor {
+                epoch,
+                position,
+                seed,
+                world: self.world,
+                rank: self.rank,
+                drop_remainder: self.drop_remainder,
+                dataset: dataset.to_hex(),
+                base,
+            },
+            fetches,
+        })
+    }
+}
+
+/// A file's content id, as the metaserver computes it (chunk ids and
+/// lengths), from its layout.
+fn content_of(layout: &FileLayout) -> ChunkId {
+    let mut hasher = blake3::Hasher::new();
+    for chunk in &layout.chunks {
+        hasher.update(chunk.id.as_bytes());
+        hasher.update(&chunk.length.to_le_bytes());
+    }
+    ChunkId::from_array(*hasher.finalize().as_bytes())
+}
+
+/// Every chunk of a file, fetched in parallel and verified, in one buffer.
+async fn fetch_whole(client: &Client, layout: &FileLayout) -> Result<Bytes> {
+    // (By index: a closure over borrowed spans cannot go into a boxed stream.)
+    let pieces: Vec<_> = futures::stream::iter(0..layout.chunks.len())
+        .map(|i| client.spawn_fetch(&layout.path, &layout.chunks[i], i))
+        .buffered(8)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_>>()?;
+    if pieces.len() == 1 && pieces[0].pieces.len() == 1 {
+        return Ok(pieces[0].pieces[0].clone());
+    }
+    let mut out = BytesMut::with_capacity(layout.size as usize);
+    for chunk in pieces {
+        for piece in chunk.pieces {
+            out.extend_from_slice(&piece);
+        }
+    }
+    Ok(out.freeze())
+}
+
+type Fetches = futures::stream::BoxStream<'static, Result<(String, Bytes)>>;
+
+/// Yields `(path, bytes)` of this rank's shards in order, each verified.
+pub struct ShardStream {
+    cursor: Cursor,
+    fetches: Fetches,
+}
+
+impl ShardStream {
+    /// The next shard, or None at the end of the epoch.
+    pub async fn next(&mut self) -> Option<Result<(String, Bytes)>> {
+        let item = self.fetches.next().await?;
+        if item.is_ok() {
+            self.cursor.position += 1;
+        }
+        Some(item)
+    }
+
+    /// Where to resume after the shards yielded so far.
+    pub fn state(&self) -> Cursor {
+        self.cursor.clone()
+    }
+}
+
+impl Stream for ShardStream {
+    type Item = Result<(String, Bytes)>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let poll = self.fetches.poll_next_unpin(cx);
+        if let std::task::Poll::Ready(Some(Ok(_))) = &poll {
+            self.cursor.position += 1;
+        }
+        poll
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    fn id() -> ChunkId {
+        ChunkId::of(b"dataset")
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn assign(
+        shards: usize,
+        dataset: &ChunkId,
+        seed: u64,
+        epoch: u64,
+        world: u64,
+        rank: u64,
+        drop_remainder: bool,
+        base: u64,
+    ) -> Vec<usize> {
+        Assignment {
+            shards,
+            dataset,
+            seed,
+            epoch,
+            world,
+            drop_remainder,
+            base,
+        }
+        .rank(rank)
+    }
+
+    #[test]
+    fn ranks_cover_every_shard_exactly_once_without_padding() {
+        for (n, w) in [(12usize, 3u64), (10, 5), (7, 7), (100, 4)] {
+            let mut all = Vec::new();
+            for r in 0..w {
+                let mine = assign(n, &id(), 42, 3, w, r, false, 0);
+                assert_eq!(mine.len(), n / w as usize);
+                all.extend(mine);
+            }
+            all.sort();
+            assert_eq!(all, (0..n).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn uneven_counts_pad_or_drop_and_ranks_stay_equal() {
+        let (n, w) = (10usize, 4u64);
+        let padded: Vec<Vec<usize>> = (0..w)
+            .map(|r| assign(n, &id(), 1, 0, w, r, false, 0))
+            .collect();
+        assert!(padded.iter().all(|m| m.len() == 3));
+        let covered: BTreeSet<usize> = padded.iter().flatten().copied().collect();
+        assert_eq!(covered.len(), n, "padding wraps; nothing is left out");
+        let dropped: Vec<Vec<usize>> = (0..w)
+            .map(|r| assign(n, &id(), 1, 0, w, r, true, 0))
+            .collect();
+        assert!(dropped.iter().all(|m| m.len() == 2));
+        let distinct: BTreeSet<usize> = dropped.iter().flatten().copied().collect();
+        assert_eq!(distinct.len(), 8, "dropping never repeats a shard");
+    }
+
+    #[test]
+    fn same_inputs_same_order_and_epochs_reorder() {
+        let a = assign(50, &id(), 7, 1, 2, 0, false, 0);
+        assert_eq!(a, assign(50, &id(), 7, 1, 2, 0, false, 0));
+        assert_ne!(a, assign(50, &id(), 7, 2, 2, 0, false, 0));
+        assert_ne!(a, assign(50, &id(), 8, 1, 2, 0, false, 0));
+        assert_ne!(a, assign(50, &ChunkId::of(b"other"), 7, 1, 2, 0, false, 0));
+    }
+
+    #[test]
+    fn resuming_with_another_world_splits_the_rest() {
+        let (n, old_w, position) = (24usize, 3u64, 5u64);
+        let order = shuffled(n, &id(), 9, 0);
+        let reached = position * old_w;
+        let rest: BTreeSet<usize> = order[reached as usize..].iter().copied().collect();
+        let mut got = Vec::new();
+        for r in 0..2u64 {
+            got.extend(assign(n, &id(), 9, 0, 2, r, false, reached));
+        }
+        let got_set: BTreeSet<usize> = got.iter().copied().collect();
+        assert_eq!(got_set, rest);
+        assert_eq!(got.len(), 10, "9 left, padded to 5 + 5");
+    }
+}
