@@ -7,8 +7,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{TestCluster, data, hash};
-use shardfs_client::{Client, ClientConfig, PutOptions, read_all};
+use common::{TestCluster, chunked, data, hash, put_all};
+use shardfs_client::{Client, PutOptions, read_all};
 
 const CHUNK: usize = 1 << 20;
 
@@ -33,22 +33,15 @@ async fn wait_for(what: &str, timeout: Duration, mut check: impl AsyncFnMut() ->
 async fn lost_replicas_are_copied_back_and_extra_ones_trimmed() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = TestCluster::start(dir.path(), 4).await;
-    let client = cluster
-        .client(ClientConfig {
-            chunk_size: CHUNK as u64,
-            ..ClientConfig::default()
-        })
-        .await;
-    let mut files = BTreeMap::new();
-    for i in 0..4 {
-        let bytes = data(3 * CHUNK + i * 1000, &format!("repair-{i}"));
-        let path = format!("/repair/file-{i}");
-        client
-            .put_bytes(bytes.clone().into(), &path, &PutOptions::default())
-            .await
-            .unwrap();
-        files.insert(path, bytes);
-    }
+    let client = cluster.client(chunked(CHUNK)).await;
+    let files = put_all(
+        &client,
+        (0..4).map(|i| {
+            let bytes = data(3 * CHUNK + i * 1000, &format!("repair-{i}"));
+            (format!("/repair/file-{i}"), bytes)
+        }),
+    )
+    .await;
     let paths: Vec<String> = files.keys().cloned().collect();
 
     // Kill the server holding the most replicas.
@@ -139,12 +132,7 @@ async fn lost_replicas_are_copied_back_and_extra_ones_trimmed() {
 async fn scrub_finds_a_flipped_byte_and_repair_restores_the_copy() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = TestCluster::start_with(dir.path(), 3, &[], &["--scrub-mb-per-s", "500"]).await;
-    let client = cluster
-        .client(ClientConfig {
-            chunk_size: CHUNK as u64,
-            ..ClientConfig::default()
-        })
-        .await;
+    let client = cluster.client(chunked(CHUNK)).await;
     let source = data(4 * CHUNK, "scrub");
     client
         .put_bytes(source.clone().into(), "/scrub.bin", &PutOptions::default())
@@ -196,22 +184,15 @@ async fn scrub_finds_a_flipped_byte_and_repair_restores_the_copy() {
 async fn a_drained_chunk_server_can_be_removed_without_losing_a_replica() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = TestCluster::start(dir.path(), 4).await;
-    let client = cluster
-        .client(ClientConfig {
-            chunk_size: CHUNK as u64,
-            ..ClientConfig::default()
-        })
-        .await;
-    let mut files = BTreeMap::new();
-    for i in 0..4 {
-        let bytes = data(2 * CHUNK + i * 333, &format!("drain-{i}"));
-        let path = format!("/drain/file-{i}");
-        client
-            .put_bytes(bytes.clone().into(), &path, &PutOptions::default())
-            .await
-            .unwrap();
-        files.insert(path, bytes);
-    }
+    let client = cluster.client(chunked(CHUNK)).await;
+    let mut files = put_all(
+        &client,
+        (0..4).map(|i| {
+            let bytes = data(2 * CHUNK + i * 333, &format!("drain-{i}"));
+            (format!("/drain/file-{i}"), bytes)
+        }),
+    )
+    .await;
     let paths: Vec<String> = files.keys().cloned().collect();
     let status = client.cluster_status().await.unwrap();
     let busiest = status

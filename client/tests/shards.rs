@@ -6,13 +6,12 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use common::{TestCluster, data, hash};
-use shardfs_client::{Client, ClientConfig, Cursor, PutOptions};
+use common::{TestCluster, chunked, data, hash};
+use shardfs_client::{Cursor, PutOptions};
 
 const CHUNK: usize = 1 << 20;
 
 async fn drain(
-    client: &Client,
     builder: shardfs_client::shards::ShardsBuilder,
     take: Option<usize>,
 ) -> (Vec<String>, Cursor, BTreeMap<String, String>) {
@@ -27,7 +26,6 @@ async fn drain(
         hashes.insert(path.clone(), hash(&bytes));
         paths.push(path);
     }
-    let _ = client;
     (paths, stream.state(), hashes)
 }
 
@@ -35,12 +33,7 @@ async fn drain(
 async fn ranks_resume_and_survive_a_dead_chunk_server() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = TestCluster::start(dir.path(), 4).await;
-    let client = cluster
-        .client(ClientConfig {
-            chunk_size: CHUNK as u64,
-            ..ClientConfig::default()
-        })
-        .await;
+    let client = cluster.client(chunked(CHUNK)).await;
     let mut source = BTreeMap::new();
     for i in 0..10 {
         let bytes = data(i * CHUNK / 3 + 100, &format!("shard-{i}"));
@@ -57,7 +50,7 @@ async fn ranks_resume_and_survive_a_dead_chunk_server() {
     let mut full = Vec::new();
     for rank in 0..2 {
         let builder = client.shards("/ds").rank(rank).world(2).epoch(0).seed(11);
-        let (paths, _, hashes) = drain(&client, builder, None).await;
+        let (paths, _, hashes) = drain(builder, None).await;
         assert_eq!(paths.len(), 5);
         for (path, h) in &hashes {
             assert_eq!(&source[path], h);
@@ -69,16 +62,16 @@ async fn ranks_resume_and_survive_a_dead_chunk_server() {
     assert_eq!(seen, source.keys().cloned().collect::<Vec<_>>());
     // Another epoch, another order.
     let builder = client.shards("/ds").rank(0).world(2).epoch(1).seed(11);
-    let (epoch1, _, _) = drain(&client, builder, None).await;
+    let (epoch1, _, _) = drain(builder, None).await;
     assert_ne!(epoch1, full[0]);
 
     // Resume mid-epoch from a JSON cursor: exactly the rest.
     let builder = client.shards("/ds").rank(0).world(2).epoch(0).seed(11);
-    let (first, cursor, _) = drain(&client, builder, Some(2)).await;
+    let (first, cursor, _) = drain(builder, Some(2)).await;
     assert_eq!(first, full[0][..2]);
     let cursor: Cursor = serde_json::from_str(&serde_json::to_string(&cursor).unwrap()).unwrap();
     let builder = client.shards("/ds").rank(0).world(2).resume(cursor.clone());
-    let (rest, _, _) = drain(&client, builder, None).await;
+    let (rest, _, _) = drain(builder, None).await;
     assert_eq!(rest, full[0][2..]);
 
     // Both ranks stopped after 2 shards; 3 ranks take over the other 6.
@@ -90,7 +83,7 @@ async fn ranks_resume_and_survive_a_dead_chunk_server() {
             .rank(rank)
             .world(3)
             .resume(cursor.clone());
-        let (paths, _, _) = drain(&client, builder, None).await;
+        let (paths, _, _) = drain(builder, None).await;
         assert_eq!(paths.len(), 2);
         taken.extend(paths);
     }

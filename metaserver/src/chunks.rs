@@ -232,19 +232,13 @@ impl MetaNode {
         }
         let checked = self.read_local(|s| {
             s.cluster.servers.get(&id)?;
-            let mut wanted: HashMap<ChunkId, usize> = HashMap::new();
-            for file in s.namespace.files() {
-                for chunk in &file.chunks {
-                    let r = wanted.entry(chunk.id).or_insert(0);
-                    *r = (*r).max(file.replication as usize);
-                }
-            }
+            let wanted = s.namespace.chunk_needs();
             let short = s
                 .cluster
                 .chunks_of(id)
                 .iter()
                 .filter(|c| {
-                    let Some(r) = wanted.get(c) else {
+                    let Some(need) = wanted.get(c) else {
                         return false; // garbage: nothing to keep
                     };
                     let elsewhere = s
@@ -253,7 +247,7 @@ impl MetaNode {
                         .filter(|h| *h != id && self.liveness.is_alive(*h))
                         .filter(|h| s.cluster.servers.get(h).is_some_and(|i| !i.draining))
                         .count();
-                    elsewhere < *r
+                    elsewhere < need.replication
                 })
                 .count();
             Some((self.liveness.is_alive(id), short))
@@ -472,20 +466,14 @@ impl MetaNode {
                 .collect();
             let mut under = 0u64;
             if leader {
-                let mut seen = BTreeSet::new();
-                for file in s.namespace.files() {
-                    for chunk in &file.chunks {
-                        if !seen.insert(chunk.id) {
-                            continue;
-                        }
-                        let live = s
-                            .cluster
-                            .holders(&chunk.id)
-                            .filter(|h| self.liveness.is_alive(*h))
-                            .count();
-                        if (live as u32) < file.replication {
-                            under += 1;
-                        }
+                for (chunk, need) in s.namespace.chunk_needs() {
+                    let live = s
+                        .cluster
+                        .holders(&chunk)
+                        .filter(|h| self.liveness.is_alive(*h))
+                        .count();
+                    if live < need.replication {
+                        under += 1;
                     }
                 }
             }

@@ -64,14 +64,10 @@ impl MetaNode {
     /// One round: update the clocks, collect what is due.
     pub async fn gc_round(&self, grace: Duration) {
         let unreferenced: Vec<ChunkId> = self.read_local(|s| {
-            let referenced: HashSet<ChunkId> = s
-                .namespace
-                .files()
-                .flat_map(|f| f.chunks.iter().map(|c| c.id))
-                .collect();
+            let referenced = s.namespace.chunk_needs();
             s.cluster
                 .chunks()
-                .filter(|c| !referenced.contains(*c))
+                .filter(|c| !referenced.contains_key(*c))
                 .copied()
                 .collect()
         });

@@ -95,6 +95,14 @@ pub enum Change {
     NextInode(u64),
 }
 
+/// What the files referencing a chunk ask of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkNeed {
+    pub length: u64,
+    /// The highest replication factor of the files that use it.
+    pub replication: usize,
+}
+
 /// The changes made by the commands applied since it was last drained.
 #[derive(Debug, Default)]
 pub struct Journal {
@@ -416,6 +424,23 @@ impl Namespace {
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
+    }
+
+    /// Every chunk a file references, with its length and the highest
+    /// replication factor among the files that use it: what repair,
+    /// garbage collection and status measure the cluster against.
+    pub fn chunk_needs(&self) -> HashMap<ChunkId, ChunkNeed> {
+        let mut needs: HashMap<ChunkId, ChunkNeed> = HashMap::new();
+        for file in self.files() {
+            for chunk in &file.chunks {
+                let need = needs.entry(chunk.id).or_insert(ChunkNeed {
+                    length: chunk.length,
+                    replication: 0,
+                });
+                need.replication = need.replication.max(file.replication as usize);
+            }
+        }
+        needs
     }
 
     /// Every file in the namespace (for reference counting chunks).

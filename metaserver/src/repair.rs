@@ -24,6 +24,7 @@ use shardfs_proto::ChunkId;
 use tracing::{info, warn};
 
 use crate::cluster::{ServerId, place};
+use crate::namespace::ChunkNeed;
 use crate::node::MetaNode;
 use crate::types::Command;
 
@@ -191,16 +192,17 @@ impl MetaNode {
                 .unwrap_or(0.0)
         };
         let (mut under, over) = self.read_local(|state| {
-            let mut wanted: HashMap<ChunkId, (u64, usize)> = HashMap::new();
-            for file in state.namespace.files() {
-                for chunk in &file.chunks {
-                    let entry = wanted.entry(chunk.id).or_insert((chunk.length, 0));
-                    entry.1 = entry.1.max(file.replication as usize);
-                }
-            }
+            let wanted = state.namespace.chunk_needs();
             let mut under = Vec::new();
             let mut over = Vec::new();
-            for (id, (length, r)) in wanted {
+            for (
+                id,
+                ChunkNeed {
+                    length,
+                    replication: r,
+                },
+            ) in wanted
+            {
                 if in_flight.contains(&id) {
                     continue;
                 }

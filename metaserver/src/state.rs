@@ -1,7 +1,7 @@
 //! The replicated state: what every metaserver holds and the Raft log
 //! changes, one command at a time.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use shardfs_proto::{ChunkId, DfsPath};
 
@@ -86,14 +86,11 @@ impl State {
                 }
             }
             Command::Collect { chunks } => {
-                let referenced: HashSet<ChunkId> = ns
-                    .files()
-                    .flat_map(|f| f.chunks.iter().map(|c| c.id))
-                    .collect();
+                let referenced = ns.chunk_needs();
                 let mut collected = Vec::new();
                 let mut by_server: BTreeMap<u64, Vec<ChunkId>> = BTreeMap::new();
                 for id in chunks {
-                    if referenced.contains(id) {
+                    if referenced.contains_key(id) {
                         continue;
                     }
                     let holders: Vec<u64> = cluster.holders(id).collect();

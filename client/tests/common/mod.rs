@@ -331,3 +331,31 @@ pub fn tree_hashes(root: &Path) -> BTreeMap<String, String> {
     }
     out
 }
+
+/// A client configuration writing chunks of `chunk` bytes.
+pub fn chunked(chunk: usize) -> ClientConfig {
+    ClientConfig {
+        chunk_size: chunk as u64,
+        ..ClientConfig::default()
+    }
+}
+
+/// Puts each (path, bytes) with the default options; returns them by path.
+pub async fn put_all(
+    client: &Client,
+    files: impl IntoIterator<Item = (String, Vec<u8>)>,
+) -> BTreeMap<String, Vec<u8>> {
+    let mut put = BTreeMap::new();
+    for (path, bytes) in files {
+        client
+            .put_bytes(
+                bytes.clone().into(),
+                &path,
+                &shardfs_client::PutOptions::default(),
+            )
+            .await
+            .unwrap();
+        put.insert(path, bytes);
+    }
+    put
+}
