@@ -1,16 +1,18 @@
 //! The client's side of the bulk read protocol (`shardfs_proto::bulk`): a
 //! few idle connections kept per chunk server, one request at a time on
-//! each, the data read straight into one buffer.
+//! each, the data read straight into one pooled buffer.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use shardfs_proto::ChunkId;
 use shardfs_proto::bulk::{self, Request, ResponseHeader, Status};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use crate::buffers::BufferPool;
 
 /// Idle connections kept per chunk server.
 const IDLE_PER_SERVER: usize = 16;
@@ -41,11 +43,12 @@ impl BulkPool {
         addr: &str,
         id: ChunkId,
         length: u64,
+        buffers: &Arc<BufferPool>,
     ) -> Result<Bytes, BulkError> {
         // A kept connection may have been closed by a server that restarted
         // or found it idle: then try once more on a new one.
         if let Some(stream) = self.take(addr) {
-            match self.request(stream, addr, id, length).await {
+            match self.request(stream, addr, id, length, buffers).await {
                 Err(Attempt::Stale(_)) => {}
                 Err(Attempt::Failed(e)) => return Err(e),
                 Ok(data) => return Ok(data),
@@ -57,7 +60,7 @@ impl BulkPool {
         stream
             .set_nodelay(true)
             .map_err(|e| BulkError::Transport(io_words(&e)))?;
-        self.request(stream, addr, id, length)
+        self.request(stream, addr, id, length, buffers)
             .await
             .map_err(|e| match e {
                 Attempt::Stale(e) | Attempt::Failed(e) => e,
@@ -70,6 +73,7 @@ impl BulkPool {
         addr: &str,
         id: ChunkId,
         length: u64,
+        buffers: &Arc<BufferPool>,
     ) -> Result<Bytes, Attempt> {
         let transport = |e: std::io::Error| BulkError::Transport(io_words(&e));
         let request = Request {
@@ -115,18 +119,19 @@ impl BulkPool {
                 header.chunk_length
             ))));
         }
-        let mut data = BytesMut::with_capacity(length as usize);
-        while (data.len() as u64) < length {
+        let mut data = buffers.take(length as usize);
+        let mut filled = 0;
+        while filled < data.len() {
             let read = stream
-                .read_buf(&mut data)
+                .read(&mut data.as_mut_slice()[filled..])
                 .await
                 .map_err(|e| Attempt::Failed(transport(e)))?;
             if read == 0 {
                 return Err(Attempt::Failed(BulkError::Transport(format!(
-                    "connection closed after {} of {length} bytes",
-                    data.len()
+                    "connection closed after {filled} of {length} bytes"
                 ))));
             }
+            filled += read;
         }
         self.give_back(addr, stream);
         Ok(data.freeze())

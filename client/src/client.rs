@@ -36,6 +36,13 @@ pub struct ClientConfig {
     /// Read chunks with the bulk protocol (`sendfile` on the server, no
     /// gRPC framing) instead of gRPC `GetChunk`. Both are verified here.
     pub bulk_reads: bool,
+    /// Hedged reads: a chunk request slower than the recent 95th
+    /// percentile of similar requests (and than `hedge_floor`) is also sent
+    /// to another replica; the first verified answer wins.
+    pub hedge_reads: bool,
+    /// The shortest wait before a hedge, so a fast cluster is not asked
+    /// twice for everything.
+    pub hedge_floor: Duration,
 }
 
 impl Default for ClientConfig {
@@ -48,6 +55,8 @@ impl Default for ClientConfig {
             parallel_files: 8,
             chunk_timeout: Duration::from_secs(10),
             bulk_reads: true,
+            hedge_reads: true,
+            hedge_floor: Duration::from_millis(50),
         }
     }
 }
@@ -91,6 +100,10 @@ pub struct Counters {
     pub replica_failures: AtomicU64,
     /// Bulk reads whose connection failed, retried over gRPC.
     pub bulk_fallbacks: AtomicU64,
+    /// Chunk requests sent to a second replica because the first was slow.
+    pub hedges: AtomicU64,
+    /// Hedges that answered first.
+    pub hedge_wins: AtomicU64,
 }
 
 /// A snapshot of [`Counters`].
@@ -102,7 +115,13 @@ pub struct CounterValues {
     pub bad_replicas_seen: u64,
     pub replica_failures: u64,
     pub bulk_fallbacks: u64,
+    pub hedges: u64,
+    pub hedge_wins: u64,
 }
+
+/// Free receive buffers a client keeps for reuse at most (they are
+/// released after a few idle seconds).
+const IDLE_BUFFER_BYTES: usize = 1 << 30;
 
 /// A connection to a shardfs cluster. Cheap to clone; clones share
 /// channels, memory budget and counters.
@@ -121,6 +140,10 @@ pub(crate) struct Inner {
     /// When on, how long each chunk put took (for benchmarks).
     pub put_latencies: Mutex<Option<Vec<Duration>>>,
     pub bulk: crate::bulk::BulkPool,
+    /// Receive buffers, reused (see `buffers`).
+    pub buffers: Arc<crate::buffers::BufferPool>,
+    /// Recent chunk fetch times, which decide when to hedge.
+    pub fetch_times: Mutex<crate::read::FetchTimes>,
     /// Starts as `config.bulk_reads`; benchmarks switch it.
     pub bulk_reads: std::sync::atomic::AtomicBool,
 }
@@ -161,6 +184,8 @@ impl Client {
                 counters: Counters::default(),
                 put_latencies: Mutex::new(None),
                 bulk: Default::default(),
+                buffers: crate::buffers::BufferPool::new(IDLE_BUFFER_BYTES),
+                fetch_times: Mutex::new(Default::default()),
                 bulk_reads: std::sync::atomic::AtomicBool::new(bulk_reads),
             }),
         })
@@ -184,6 +209,8 @@ impl Client {
             bad_replicas_seen: c.bad_replicas_seen.load(Ordering::Relaxed),
             replica_failures: c.replica_failures.load(Ordering::Relaxed),
             bulk_fallbacks: c.bulk_fallbacks.load(Ordering::Relaxed),
+            hedges: c.hedges.load(Ordering::Relaxed),
+            hedge_wins: c.hedge_wins.load(Ordering::Relaxed),
         }
     }
 

@@ -20,9 +20,14 @@
 //! - [`read`]: verified chunk fetches with failover and bad-replica
 //!   reports; [`FileReader`].
 //! - [`transfer`]: whole files and trees to and from local disk.
+//! - [`shards`]: shard streams for data loaders: per-rank assignment,
+//!   prefetch, resumable cursors.
+//! - [`buffers`]: pooled receive buffers (fresh pages cost the kernel a
+//!   zeroing each).
 //! - [`error`]: errors in plain words.
 
 pub mod bench;
+pub mod buffers;
 pub mod bulk;
 pub mod client;
 pub mod error;

@@ -2,21 +2,26 @@
 //! verified against its id before a byte of it is handed out. On an error,
 //! a timeout or bad bytes the next replica is tried; bad bytes are reported
 //! to the metaserver, which has the chunk server check and quarantine them.
+//! A request slower than recent ones is hedged: also sent to the next
+//! replica, and the first verified answer wins.
 //!
 //! [`FileReader`] is a tokio `AsyncRead + AsyncSeek` over one file with a
 //! window of chunks fetched in parallel ahead of the position.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use shardfs_proto::ChunkId;
+use shardfs_proto::meta::v1 as pb;
 use tokio::io::{AsyncRead, AsyncSeek, ReadBuf};
 use tokio::task::JoinHandle;
 
@@ -108,6 +113,51 @@ impl Client {
         })
     }
 
+    /// The layouts of many files at once, from what a listing said of
+    /// them: their chunks are located in a few large batches.
+    pub async fn layouts_of(&self, files: Vec<(String, pb::FileInfo)>) -> Result<Vec<FileLayout>> {
+        const BATCH: usize = 10_000;
+        let mut ids = Vec::new();
+        for (path, info) in &files {
+            for chunk in &info.chunks {
+                ids.push(chunk_id(path, &chunk.id)?);
+            }
+        }
+        let mut locations = Vec::with_capacity(ids.len());
+        for batch in ids.chunks(BATCH) {
+            let found = self
+                .inner
+                .meta
+                .locate(batch)
+                .await
+                .map_err(|s| ClientError::meta("chunk locations", s))?;
+            locations.extend(found);
+        }
+        let mut ids = ids.into_iter().zip(locations);
+        let mut layouts = Vec::with_capacity(files.len());
+        for (path, info) in files {
+            let mut offset = 0;
+            let mut chunks = Vec::with_capacity(info.chunks.len());
+            for chunk in &info.chunks {
+                let (id, locations) = ids.next().expect("one location list per chunk");
+                chunks.push(ChunkSpan {
+                    id,
+                    offset,
+                    length: chunk.length,
+                    locations,
+                });
+                offset += chunk.length;
+            }
+            layouts.push(FileLayout {
+                path,
+                size: info.size,
+                mtime_ms: info.mtime_ms,
+                chunks,
+            });
+        }
+        Ok(layouts)
+    }
+
     /// Opens the file at `path` for reading.
     pub async fn open(&self, path: &str) -> Result<FileReader> {
         let layout = self.layout(path).await?;
@@ -153,20 +203,10 @@ impl Client {
                 }
             }
             let n = locations.len();
-            for k in 0..n {
-                let addr = &locations[(first + k) % n];
-                tried.push(addr.clone());
-                match self.fetch_replica(addr, span).await {
-                    Ok(data) => return Ok(data),
-                    Err(cause) => {
-                        self.inner
-                            .counters
-                            .replica_failures
-                            .fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(chunk = %span.id, %addr, "replica read failed: {cause}");
-                        attempts.push(format!("{addr}: {cause}"));
-                    }
-                }
+            let order: Vec<String> = (0..n).map(|k| locations[(first + k) % n].clone()).collect();
+            tried.extend(order.iter().cloned());
+            if let Some(data) = self.fetch_hedged(span, &order, &mut attempts).await {
+                return Ok(data);
             }
         }
         if attempts.is_empty() {
@@ -205,13 +245,99 @@ impl Client {
         }
     }
 
+    /// Asks the replicas in `order`, one at a time, for the chunk: the next
+    /// one when a request fails, and also (a hedge) when it is slower than
+    /// recent similar requests. The first verified answer wins; the others
+    /// are cancelled. None when every replica failed (causes in
+    /// `attempts`).
+    async fn fetch_hedged(
+        &self,
+        span: &ChunkSpan,
+        order: &[String],
+        attempts: &mut Vec<String>,
+    ) -> Option<ChunkData> {
+        let counters = &self.inner.counters;
+        let ask = |addr: &str, hedge: bool| {
+            let addr = addr.to_string();
+            async move {
+                let started = Instant::now();
+                let result = self.fetch_replica(&addr, span).await;
+                (addr, hedge, started.elapsed(), result)
+            }
+        };
+        let mut running = FuturesUnordered::new();
+        let mut next = 0;
+        if let Some(addr) = order.first() {
+            running.push(ask(addr, false));
+            next = 1;
+        }
+        loop {
+            let hedge_after = (self.config().hedge_reads && next < order.len())
+                .then(|| self.hedge_after(span.length));
+            let hedge_timer = async {
+                match hedge_after {
+                    Some(delay) => tokio::time::sleep(delay).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                done = running.next() => {
+                    let (addr, hedge, took, result) = done?;
+                    match result {
+                        Ok(data) => {
+                            self.inner
+                                .fetch_times
+                                .lock()
+                                .expect("fetch times")
+                                .record(span.length, took);
+                            if hedge {
+                                counters.hedge_wins.fetch_add(1, Ordering::Relaxed);
+                            }
+                            return Some(data);
+                        }
+                        Err(cause) => {
+                            counters.replica_failures.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(chunk = %span.id, %addr, "replica read failed: {cause}");
+                            attempts.push(format!("{addr}: {cause}"));
+                            if next < order.len() {
+                                running.push(ask(&order[next], false));
+                                next += 1;
+                            }
+                        }
+                    }
+                }
+                _ = hedge_timer => {
+                    counters.hedges.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(chunk = %span.id, addr = %order[next], "hedging a slow chunk read");
+                    running.push(ask(&order[next], true));
+                    next += 1;
+                }
+            }
+        }
+    }
+
+    /// How long a fetch of `length` bytes may run before it is hedged.
+    fn hedge_after(&self, length: u64) -> Duration {
+        let floor = self.config().hedge_floor;
+        self.inner
+            .fetch_times
+            .lock()
+            .expect("fetch times")
+            .p95(length)
+            .unwrap_or_else(|| Duration::from_secs_f64(length as f64 / COLD_HEDGE_BYTES_PER_SEC))
+            .max(floor)
+    }
+
     /// One attempt at one replica: bytes, verified.
     async fn fetch_replica(&self, addr: &str, span: &ChunkSpan) -> Result<ChunkData, String> {
         let timeout = self.config().timeout_for(span.length);
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let mut bulk_failure = None;
         if self.inner.bulk_reads.load(Ordering::Relaxed) {
-            let read = self.inner.bulk.read_chunk(addr, span.id, span.length);
+            let read = self
+                .inner
+                .bulk
+                .read_chunk(addr, span.id, span.length, &self.inner.buffers);
             match tokio::time::timeout(timeout, read).await {
                 Ok(Ok(data)) => return self.verify(addr, span, vec![data]).await,
                 Ok(Err(BulkError::Answer(cause))) => return Err(cause),
@@ -295,6 +421,44 @@ impl Client {
 /// (doubling after).
 const RELOCATE_ROUNDS: u32 = 4;
 const RELOCATE_PAUSE: Duration = Duration::from_millis(500);
+
+/// Before enough fetch times are known, a fetch is hedged once it runs
+/// slower than this rate.
+const COLD_HEDGE_BYTES_PER_SEC: f64 = 50e6;
+/// Fetch times kept, and how many of similar size a percentile needs.
+const FETCH_TIMES_KEPT: usize = 512;
+const FETCH_TIMES_NEEDED: usize = 16;
+
+/// Recent successful chunk fetches: (bytes, time taken).
+#[derive(Default)]
+pub struct FetchTimes {
+    recent: VecDeque<(u64, Duration)>,
+}
+
+impl FetchTimes {
+    pub fn record(&mut self, length: u64, took: Duration) {
+        if self.recent.len() == FETCH_TIMES_KEPT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((length, took));
+    }
+
+    /// The 95th percentile time of recent fetches within a factor of two
+    /// of `length`, once there are enough of them.
+    pub fn p95(&self, length: u64) -> Option<Duration> {
+        let mut similar: Vec<Duration> = self
+            .recent
+            .iter()
+            .filter(|(l, _)| *l <= length.saturating_mul(2) && l.saturating_mul(2) >= length)
+            .map(|(_, took)| *took)
+            .collect();
+        if similar.len() < FETCH_TIMES_NEEDED {
+            return None;
+        }
+        similar.sort_unstable();
+        Some(similar[(similar.len() * 95 / 100).min(similar.len() - 1)])
+    }
+}
 
 /// A task that is cancelled when its handle is dropped (a fetch nobody
 /// waits for any more must not go on downloading).

@@ -12,14 +12,16 @@
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use shardfs_proto::ChunkId;
+use shardfs_proto::meta::v1 as pb;
+use tokio::sync::Semaphore;
 
 use crate::client::Client;
 use crate::error::{ClientError, Result};
-use crate::read::FileLayout;
+use crate::read::{ChunkData, FileLayout};
 
 /// Where a stream resumes: small, serializable (JSON), taken with
 /// [`ShardStream::state`].
@@ -118,6 +120,7 @@ pub struct ShardsBuilder {
     seed: u64,
     drop_remainder: bool,
     prefetch_bytes: u64,
+    parallel_chunks: usize,
     resume: Option<Cursor>,
 }
 
@@ -147,6 +150,7 @@ impl Client {
             seed: 0,
             drop_remainder: false,
             prefetch_bytes: 1 << 30,
+            parallel_chunks: 16,
             resume: None,
         }
     }
@@ -179,6 +183,13 @@ impl ShardsBuilder {
         self.prefetch_bytes = bytes;
         self
     }
+    /// Chunk requests in flight at once, across the shards being fetched
+    /// (default 16). More only adds memory and connections once the
+    /// network or the CPU is busy.
+    pub fn parallel_chunks(mut self, n: usize) -> Self {
+        self.parallel_chunks = n.max(1);
+        self
+    }
     /// Continues from a cursor taken with [`ShardStream::state`] (its epoch
     /// and seed win). With the same world size, rank r yields exactly the
     /// rest of its shards; with another world size, the shards no rank had
@@ -197,25 +208,38 @@ impl ShardsBuilder {
                 self.rank, self.world
             )));
         }
-        let mut paths = match &self.source {
+        let mut files: Vec<(String, pb::FileInfo)> = match &self.source {
             Source::Prefix(prefix) => {
                 let (_, files) = self.client.walk(prefix).await?;
-                files.into_iter().map(|f| f.path.to_string()).collect()
+                files
+                    .into_iter()
+                    .map(|f| (f.path.to_string(), f.info))
+                    .collect()
             }
-            Source::List(paths) => paths.clone(),
+            Source::List(paths) => {
+                let mut paths = paths.clone();
+                paths.sort();
+                paths.dedup();
+                futures::stream::iter(paths)
+                    .map(|path| {
+                        let client = self.client.clone();
+                        async move {
+                            let entry = client.stat(&path).await?;
+                            let info = entry.file.ok_or_else(|| {
+                                ClientError::InvalidArgument(format!("{path}: is a directory"))
+                            })?;
+                            Ok((path, info))
+                        }
+                    })
+                    .buffered(16)
+                    .collect::<Vec<Result<_>>>()
+                    .await
+                    .into_iter()
+                    .collect::<Result<_>>()?
+            }
         };
-        paths.sort();
-        paths.dedup();
-        let layouts = futures::stream::iter(paths)
-            .map(|path| {
-                let client = self.client.clone();
-                async move { client.layout(&path).await }
-            })
-            .buffered(16)
-            .collect::<Vec<_>>()
-            .await
-            .into_iter()
-            .collect::<Result<Vec<FileLayout>>>()?;
+        files.sort_by(|a, b| a.0.cmp(&b.0));
+        let layouts = self.client.layouts_of(files).await?;
         let listing: Vec<(String, ChunkId)> = layouts
             .iter()
             .map(|l| (l.path.clone(), content_of(l)))
@@ -254,13 +278,15 @@ impl ShardsBuilder {
         let average = layouts.iter().map(|l| l.size).sum::<u64>() / (layouts.len().max(1) as u64);
         let ahead = (self.prefetch_bytes / average.max(1)).clamp(1, 64) as usize;
         let client = self.client.clone();
+        let in_flight = Arc::new(Semaphore::new(self.parallel_chunks));
         let fetches = futures::stream::iter(mine)
             .map(move |index| {
                 let client = client.clone();
                 let layouts = layouts.clone();
+                let in_flight = in_flight.clone();
                 async move {
                     let layout = &layouts[index];
-                    let data = fetch_whole(&client, layout).await?;
+                    let data = fetch_whole(&client, layout, &in_flight).await?;
                     Ok((layout.path.clone(), data))
                 }
             })
@@ -293,26 +319,44 @@ fn content_of(layout: &FileLayout) -> ChunkId {
     ChunkId::from_array(*hasher.finalize().as_bytes())
 }
 
-/// Every chunk of a file, fetched in parallel and verified, in one buffer.
-async fn fetch_whole(client: &Client, layout: &FileLayout) -> Result<Bytes> {
+/// Every chunk of a file, fetched in parallel (as `in_flight` allows:
+/// permits go first come, first served, so earlier shards come first) and
+/// verified, in one buffer.
+async fn fetch_whole(client: &Client, layout: &FileLayout, in_flight: &Semaphore) -> Result<Bytes> {
     // (By index: a closure over borrowed spans cannot go into a boxed stream.)
-    let pieces: Vec<_> = futures::stream::iter(0..layout.chunks.len())
-        .map(|i| client.spawn_fetch(&layout.path, &layout.chunks[i], i))
-        .buffered(8)
+    let chunks: Vec<_> = futures::stream::iter(0..layout.chunks.len())
+        .map(|i| async move {
+            let _permit = in_flight.acquire().await.expect("never closed");
+            client.spawn_fetch(&layout.path, &layout.chunks[i], i).await
+        })
+        .buffered(layout.chunks.len().max(1))
         .collect::<Vec<_>>()
         .await
         .into_iter()
         .collect::<Result<_>>()?;
-    if pieces.len() == 1 && pieces[0].pieces.len() == 1 {
-        return Ok(pieces[0].pieces[0].clone());
+    Ok(join_pieces(client, chunks, layout.size))
+}
+
+/// One `Bytes` of the chunks' pieces: as they are when there is one, else
+/// copied into a pooled buffer.
+fn join_pieces(client: &Client, chunks: Vec<ChunkData>, size: u64) -> Bytes {
+    let mut pieces = chunks.into_iter().flat_map(|c| c.pieces);
+    let Some(first) = pieces.next() else {
+        return Bytes::new();
+    };
+    if first.len() as u64 == size {
+        return first;
     }
-    let mut out = BytesMut::with_capacity(layout.size as usize);
-    for chunk in pieces {
-        for piece in chunk.pieces {
-            out.extend_from_slice(&piece);
-        }
+    let mut out = client.inner.buffers.take(size as usize);
+    let target = out.as_mut_slice();
+    target[..first.len()].copy_from_slice(&first);
+    let mut at = first.len();
+    for piece in pieces {
+        target[at..at + piece.len()].copy_from_slice(&piece);
+        at += piece.len();
     }
-    Ok(out.freeze())
+    debug_assert_eq!(at as u64, size);
+    out.freeze()
 }
 
 type Fetches = futures::stream::BoxStream<'static, Result<(String, Bytes)>>;

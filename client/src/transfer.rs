@@ -29,6 +29,8 @@ pub struct RemoteFile {
     /// The path below the walked directory ("a/b.bin").
     pub relative: String,
     pub size: u64,
+    /// Its chunks, as listed.
+    pub info: pb::FileInfo,
 }
 
 impl Client {
@@ -144,11 +146,12 @@ impl Client {
                     dirs.push(rel.clone());
                     stack.push((path, rel));
                 } else {
-                    let size = entry.file.as_ref().map(|f| f.size).unwrap_or(0);
+                    let info = entry.file.unwrap_or_default();
                     files.push(RemoteFile {
                         path,
                         relative: rel,
-                        size,
+                        size: info.size,
+                        info,
                     });
                 }
             }
