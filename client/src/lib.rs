@@ -24,6 +24,7 @@
 //!   prefetch, resumable cursors.
 //! - [`buffers`]: pooled receive buffers (fresh pages cost the kernel a
 //!   zeroing each).
+//! - [`mount`]: the read-only FUSE file system behind `shardfs mount`.
 //! - [`error`]: errors in plain words.
 
 pub mod bench;
@@ -31,6 +32,7 @@ pub mod buffers;
 pub mod bulk;
 pub mod client;
 pub mod error;
+pub mod mount;
 pub mod put;
 pub mod read;
 pub mod shards;

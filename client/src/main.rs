@@ -109,6 +109,36 @@ enum Command {
     Bench(BenchArgs),
     /// Stream a dataset's shards as one rank of a training job would.
     Stream(StreamArgs),
+    /// Mount a remote directory read-only (FUSE). Runs in the background
+    /// until `shardfs umount MOUNTPOINT`.
+    Mount(MountArgs),
+    /// Unmount a shardfs mount and wait for its process to end.
+    Umount {
+        mountpoint: PathBuf,
+        /// Detach it now even while files are open there; it goes once
+        /// they are closed.
+        #[arg(long)]
+        lazy: bool,
+    },
+}
+
+#[derive(Args)]
+struct MountArgs {
+    /// The remote directory to show.
+    #[arg(value_parser = remote_arg)]
+    remote: String,
+    /// An existing local directory.
+    mountpoint: PathBuf,
+    /// Stay in the foreground (Ctrl-C unmounts).
+    #[arg(long)]
+    foreground: bool,
+    /// Let other users read it too (for non-root mounts this needs
+    /// user_allow_other in /etc/fuse.conf).
+    #[arg(long)]
+    allow_other: bool,
+    /// Bytes fetched ahead of a sequential reader, per open file.
+    #[arg(long, value_parser = parse_size, default_value = "64MiB")]
+    read_ahead: u64,
 }
 
 #[derive(Args)]
@@ -249,6 +279,11 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<()> {
     let addrs: Vec<String> = cli.meta.split(',').map(str::to_string).collect();
+    match &cli.command {
+        Command::Umount { mountpoint, lazy } => return umount(mountpoint, *lazy).await,
+        Command::Mount(args) if !args.foreground => return mount_in_background(&cli.meta, args),
+        _ => {}
+    }
     let mut config = ClientConfig::default();
     if let Command::Put(args) = &cli.command {
         if let Some(r) = args.replication {
@@ -258,6 +293,9 @@ async fn run(cli: Cli) -> Result<()> {
             config.chunk_size = s;
         }
         config.check()?;
+    }
+    if let Command::Mount(args) = &cli.command {
+        config.read_ahead_bytes = args.read_ahead;
     }
     if let Command::Bench(args) = &cli.command {
         config.read_ahead_bytes = args.read_ahead;
@@ -331,7 +369,164 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Bench(args) => bench(&client, args).await,
         Command::Stream(args) => stream(&client, args).await,
+        Command::Mount(args) => mount_here(client, args).await,
+        Command::Umount { .. } => unreachable!("handled before connecting"),
     }
+}
+
+/// Set in the environment of a mount started in the background: the child
+/// prints `ready` on standard output once mounted, then detaches from it.
+const MOUNT_READY_ENV: &str = "SHARDFS_MOUNT_NOTIFY";
+/// Where a background mount writes its log (default: nowhere).
+const MOUNT_LOG_ENV: &str = "SHARDFS_MOUNT_LOG";
+
+/// `shardfs mount` without --foreground: starts `shardfs mount
+/// --foreground` in a new session and returns once it has mounted (or says
+/// why it could not).
+fn mount_in_background(meta: &str, args: &MountArgs) -> Result<()> {
+    use std::io::{BufRead, Read};
+    use std::os::unix::process::CommandExt;
+    let mountpoint = args
+        .mountpoint
+        .canonicalize()
+        .map_err(|e| ClientError::local(&args.mountpoint, e))?;
+    let exe = std::env::current_exe().map_err(|e| ClientError::local("shardfs", e))?;
+    let mut command = std::process::Command::new(exe);
+    command
+        .arg("--meta")
+        .arg(meta)
+        .arg("mount")
+        .arg(&args.remote)
+        .arg(&mountpoint)
+        .arg("--foreground")
+        .arg("--read-ahead")
+        .arg(args.read_ahead.to_string());
+    if args.allow_other {
+        command.arg("--allow-other");
+    }
+    command
+        .env(MOUNT_READY_ENV, "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    // SAFETY: setsid is async-signal-safe; it detaches the child from this
+    // terminal so Ctrl-C here does not reach it.
+    unsafe {
+        command.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = command
+        .spawn()
+        .map_err(|e| ClientError::local("shardfs mount", e))?;
+    let mut line = String::new();
+    let stdout = child.stdout.take().expect("piped");
+    let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+    if line.trim() == "ready" {
+        println!(
+            "mounted {} at {} (process {}); `shardfs umount {}` unmounts",
+            args.remote,
+            mountpoint.display(),
+            child.id(),
+            mountpoint.display()
+        );
+        return Ok(());
+    }
+    let mut said = String::new();
+    if let Some(mut stderr) = child.stderr.take() {
+        let _ = stderr.read_to_string(&mut said);
+    }
+    let _ = child.wait();
+    let said = said.trim();
+    let said = said.strip_prefix("shardfs: ").unwrap_or(said);
+    Err(ClientError::InvalidArgument(if said.is_empty() {
+        "the mount process ended before mounting".to_string()
+    } else {
+        said.to_string()
+    }))
+}
+
+/// `shardfs mount --foreground`: mounts and serves until unmounted.
+async fn mount_here(client: Client, args: MountArgs) -> Result<()> {
+    use shardfs_client::mount::{MountConfig, mount};
+    use std::io::Write;
+    let mounted = mount(
+        client,
+        MountConfig {
+            remote: args.remote.clone(),
+            mountpoint: args.mountpoint.clone(),
+            allow_other: args.allow_other,
+        },
+    )
+    .await?;
+    if std::env::var_os(MOUNT_READY_ENV).is_some() {
+        println!("ready");
+        let _ = std::io::stdout().flush();
+        detach_output();
+    } else {
+        eprintln!(
+            "mounted {} at {}; Ctrl-C or `shardfs umount {}` unmounts",
+            args.remote,
+            mounted.mountpoint.display(),
+            mounted.mountpoint.display()
+        );
+    }
+    mounted.serve_until_unmounted().await
+}
+
+/// Points standard output and error of a background mount at its log file
+/// (or /dev/null): whoever started it has gone.
+fn detach_output() {
+    use std::os::fd::AsRawFd;
+    let target = std::env::var_os(MOUNT_LOG_ENV).unwrap_or_else(|| "/dev/null".into());
+    let Ok(file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&target)
+    else {
+        return;
+    };
+    // SAFETY: dup2 onto the standard descriptors; `file` stays open until
+    // both are replaced.
+    unsafe {
+        libc::dup2(file.as_raw_fd(), 1);
+        libc::dup2(file.as_raw_fd(), 2);
+    }
+}
+
+/// `shardfs umount`: unmounts, then waits for the mount's process to end.
+async fn umount(mountpoint: &Path, lazy: bool) -> Result<()> {
+    use shardfs_client::mount::{mount_processes, shardfs_mounts, unmount_path};
+    let canonical = mountpoint
+        .canonicalize()
+        .unwrap_or_else(|_| mountpoint.to_path_buf());
+    if !shardfs_mounts().contains(&canonical) {
+        return Err(ClientError::InvalidArgument(format!(
+            "{} is not a shardfs mount",
+            mountpoint.display()
+        )));
+    }
+    let serving = mount_processes(&canonical);
+    unmount_path(&canonical, lazy)?;
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    // (A zombie has ended: its parent just has not reaped it.)
+    let alive = |pid: &u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+    };
+    while serving.iter().any(alive) && Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let left: Vec<u32> = serving.iter().copied().filter(|p| alive(p)).collect();
+    if !left.is_empty() && !lazy {
+        return Err(ClientError::InvalidArgument(format!(
+            "unmounted {}, but its process {left:?} is still running",
+            mountpoint.display()
+        )));
+    }
+    println!("unmounted {}", canonical.display());
+    Ok(())
 }
 
 /// A remote path as typed: a trailing `/` is allowed ("/data/").

@@ -285,6 +285,7 @@ impl Client {
                     let (addr, hedge, took, result) = done?;
                     match result {
                         Ok(data) => {
+                            tracing::trace!(chunk = %span.id, %addr, ?took, "fetched");
                             self.inner
                                 .fetch_times
                                 .lock()

@@ -310,7 +310,7 @@ impl ShardsBuilder {
 
 /// A file's content id, as the metaserver computes it (chunk ids and
 /// lengths), from its layout.
-fn content_of(layout: &FileLayout) -> ChunkId {
+pub(crate) fn content_of(layout: &FileLayout) -> ChunkId {
     let mut hasher = blake3::Hasher::new();
     for chunk in &layout.chunks {
         hasher.update(chunk.id.as_bytes());

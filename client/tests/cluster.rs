@@ -224,6 +224,41 @@ async fn every_file_reads_back_after_a_chunk_server_is_killed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalled_chunk_server_is_hedged_around() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = TestCluster::start(dir.path(), 3).await;
+    // A minute per request: without hedging, a read that starts at the
+    // stalled server would wait that long before trying another.
+    let client = cluster
+        .client(ClientConfig {
+            chunk_timeout: Duration::from_secs(60),
+            ..small_chunks()
+        })
+        .await;
+    let bytes = data(12 * CHUNK + 321, "hedge");
+    client
+        .put_bytes(bytes.clone().into(), "/hedge/file", &PutOptions::default())
+        .await
+        .unwrap();
+    // Warm the client's fetch times, then freeze one server: it accepts
+    // connections (the kernel does) but never answers.
+    assert_eq!(hash(&read_all(&client, "/hedge/file").await.unwrap()), hash(&bytes));
+    let stalled = &cluster.chunks[&2];
+    // SAFETY: signals a child process of this test.
+    unsafe { libc::kill(stalled.child.id() as i32, libc::SIGSTOP) };
+    let started = Instant::now();
+    let got = read_all(&client, "/hedge/file").await;
+    let took = started.elapsed();
+    unsafe { libc::kill(stalled.child.id() as i32, libc::SIGCONT) };
+    assert_eq!(hash(&got.unwrap()), hash(&bytes));
+    let counters = client.counters();
+    assert!(counters.hedges > 0, "slow requests were hedged: {counters:?}");
+    assert!(counters.hedge_wins > 0, "and the hedges answered: {counters:?}");
+    assert_eq!(counters.replica_failures, 0, "nothing waited for a timeout");
+    assert!(took < Duration::from_secs(30), "the read took {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_corrupt_replica_is_skipped_and_reported() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = TestCluster::start(dir.path(), 3).await;

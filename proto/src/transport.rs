@@ -57,6 +57,14 @@ pub async fn serve_incoming_with_grace<S>(
 where
     S: tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> + Send + 'static,
 {
+    // `Server::tcp_nodelay` only covers connections tonic accepts itself.
+    // Without it, Nagle holds back the small trailers frame that ends each
+    // response until the client's delayed ACK: 40 ms per unary call.
+    let incoming = tokio_stream::StreamExt::map(incoming, |conn| {
+        conn.inspect(|stream| {
+            let _ = stream.set_nodelay(true);
+        })
+    });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let serve = router.serve_with_incoming_shutdown(incoming, async {
         let _ = stop_rx.await;

@@ -1,0 +1,269 @@
+//! `shardfs mount` against a real cluster, through the kernel: listings,
+//! `cat`, `sha256sum` and reads at random offsets match the source files;
+//! writes fail with EROFS; pages stay cached; `shardfs umount` and Ctrl-C
+//! unmount and leave no process behind.
+
+mod common;
+
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{TestCluster, data, hash, tree_hashes};
+
+const MIB: usize = 1 << 20;
+
+/// FUSE needs /dev/fuse; a machine without it cannot run these tests.
+fn fuse_available() -> bool {
+    let there = Path::new("/dev/fuse").exists();
+    if !there {
+        eprintln!("skipping: /dev/fuse is missing on this machine");
+    }
+    there
+}
+
+fn mounted(mountpoint: &Path) -> bool {
+    let target = mountpoint.to_str().unwrap();
+    std::fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .any(|line| line.split(' ').nth(1) == Some(target))
+}
+
+/// Processes (other than this one) whose command line names `mountpoint`.
+fn processes_serving(mountpoint: &Path) -> Vec<String> {
+    let target = mountpoint.to_str().unwrap().as_bytes();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != std::process::id())
+        .filter_map(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let zombie = stat.rsplit(')').next()?.trim_start().starts_with('Z');
+            let names_it = cmdline.split(|b| *b == 0).any(|a| a == target);
+            (names_it && !zombie).then(|| String::from_utf8_lossy(&cmdline).replace('\0', " "))
+        })
+        .collect()
+}
+
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn write_source(root: &Path) {
+    let files: [(&str, usize); 5] = [
+        ("top.bin", 3 * MIB + 17),
+        ("a/empty", 0),
+        ("a/small.txt", 1000),
+        ("a/b/multi.bin", 5 * MIB + MIB / 2),
+        ("a/b/c/one-chunk.bin", MIB),
+    ];
+    for (name, len) in files {
+        let path = root.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, data(len, name)).unwrap();
+    }
+    std::fs::create_dir_all(root.join("empty-dir")).unwrap();
+}
+
+fn run(command: &mut Command) -> String {
+    let out = command.stdin(Stdio::null()).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mount_reads_match_the_source_and_unmount_leaves_nothing() {
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = TestCluster::start(dir.path(), 3).await;
+    let source = dir.path().join("source");
+    write_source(&source);
+    let out = cluster.cli(&[
+        "put",
+        "-r",
+        "--chunk-size",
+        "1MiB",
+        source.to_str().unwrap(),
+        "/data",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mnt = mnt.canonicalize().unwrap();
+
+    let out = cluster.cli(&["mount", "/data", mnt.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("mounted /data at"));
+    assert!(mounted(&mnt), "the mount is in /proc/self/mounts");
+    assert_eq!(processes_serving(&mnt).len(), 1, "one process serves it");
+
+    // Every file and directory, read through the kernel, by hash.
+    assert_eq!(tree_hashes(&mnt), tree_hashes(&source));
+
+    // ls -lR: every file with its size, read-only modes.
+    let listing = run(Command::new("ls").arg("-lR").arg(&mnt));
+    for (name, len) in [
+        ("top.bin", 3 * MIB + 17),
+        ("multi.bin", 5 * MIB + MIB / 2),
+        ("small.txt", 1000),
+        ("empty", 0),
+    ] {
+        assert!(
+            listing
+                .lines()
+                .any(|l| l.starts_with("-r--r--r--")
+                    && l.contains(&format!(" {len} "))
+                    && l.ends_with(&format!(" {name}"))),
+            "ls -lR shows {name} with {len} bytes:\n{listing}"
+        );
+    }
+    assert!(listing.contains("empty-dir"), "{listing}");
+    let meta = std::fs::metadata(mnt.join("a/b/multi.bin")).unwrap();
+    assert_eq!(meta.len(), (5 * MIB + MIB / 2) as u64);
+    assert_eq!(meta.mode() & 0o777, 0o444);
+
+    // cat and sha256sum through the mount equal the source's.
+    let cat = Command::new("cat")
+        .arg(mnt.join("a/b/multi.bin"))
+        .output()
+        .unwrap();
+    assert!(cat.status.success());
+    assert_eq!(
+        hash(&cat.stdout),
+        hash(&std::fs::read(source.join("a/b/multi.bin")).unwrap())
+    );
+    let files = ["top.bin", "a/small.txt", "a/empty", "a/b/multi.bin", "a/b/c/one-chunk.bin"];
+    let sums =
+        |root: &Path| run(Command::new("sha256sum").args(files).current_dir(root));
+    assert_eq!(sums(&mnt), sums(&source));
+
+    // Reads at many random offsets and lengths, across chunk boundaries.
+    let expected = std::fs::read(source.join("a/b/multi.bin")).unwrap();
+    let file = std::fs::File::open(mnt.join("a/b/multi.bin")).unwrap();
+    let mut seed: u64 = 0x5eed;
+    let mut next = || {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        seed >> 33
+    };
+    for _ in 0..300 {
+        let offset = next() as usize % expected.len();
+        let len = (next() as usize % (3 * MIB)).min(expected.len() - offset);
+        let mut got = vec![0u8; len];
+        file.read_exact_at(&mut got, offset as u64).unwrap();
+        assert!(got == expected[offset..offset + len], "bytes at {offset}+{len}");
+    }
+    // Past the end: nothing.
+    let mut tail = [0u8; 16];
+    assert_eq!(file.read_at(&mut tail, expected.len() as u64).unwrap(), 0);
+    drop(file);
+
+    // Read-only: writes, new files and directories fail with EROFS.
+    for result in [
+        std::fs::write(mnt.join("new.txt"), b"x").map(|_| ()),
+        std::fs::create_dir(mnt.join("new-dir")),
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(mnt.join("top.bin"))
+            .map(|_| ()),
+        std::fs::remove_file(mnt.join("top.bin")),
+    ] {
+        assert_eq!(result.unwrap_err().raw_os_error(), Some(libc::EROFS));
+    }
+    // Nothing was lost or changed by those attempts.
+    assert_eq!(tree_hashes(&mnt), tree_hashes(&source));
+
+    // Immutable files stay in the kernel's page cache: with every chunk
+    // server gone, a file read before reads again, unchanged.
+    for id in [1, 2, 3] {
+        cluster.kill_chunk(id);
+    }
+    assert_eq!(
+        hash(&std::fs::read(mnt.join("a/b/multi.bin")).unwrap()),
+        hash(&expected)
+    );
+
+    let out = cluster.cli(&["umount", mnt.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!mounted(&mnt), "unmounted");
+    assert!(
+        processes_serving(&mnt).is_empty(),
+        "no process left: {:?}",
+        processes_serving(&mnt)
+    );
+    assert_eq!(std::fs::read_dir(&mnt).unwrap().count(), 0, "the bare directory is back");
+
+    // Unmounting again says plainly that nothing is mounted there.
+    let out = cluster.cli(&["umount", mnt.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a shardfs mount"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreground_mount_unmounts_on_ctrl_c_and_bad_mounts_say_why() {
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = TestCluster::start(dir.path(), 3).await;
+    let bytes = data(2 * MIB + 5, "fg");
+    let local = dir.path().join("fg.bin");
+    std::fs::write(&local, &bytes).unwrap();
+    let out = cluster.cli(&["put", local.to_str().unwrap(), "/fg/file.bin"]);
+    assert!(out.status.success());
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mnt = mnt.canonicalize().unwrap();
+
+    // Bad input: a file, a missing directory, a missing remote path.
+    for (args, says) in [
+        (vec!["mount", "/fg/file.bin", mnt.to_str().unwrap()], "is a file"),
+        (vec!["mount", "/fg", "/nonexistent/mnt"], "/nonexistent/mnt"),
+        (vec!["mount", "/no/such/dir", mnt.to_str().unwrap()], "/no/such/dir"),
+    ] {
+        let out = cluster.cli(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert!(!mounted(&mnt));
+    }
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shardfs"))
+        .args(["--meta", &cluster.meta_addrs.join(",")])
+        .args(["mount", "/fg", mnt.to_str().unwrap(), "--foreground"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the foreground mount", Duration::from_secs(20), || mounted(&mnt));
+    assert_eq!(
+        hash(&std::fs::read(mnt.join("file.bin")).unwrap()),
+        hash(&bytes)
+    );
+    // SAFETY: signals our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the mount did not end on SIGINT");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit after Ctrl-C: {status:?}");
+    assert!(!mounted(&mnt));
+    assert!(processes_serving(&mnt).is_empty());
+}
