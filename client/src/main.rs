@@ -512,8 +512,14 @@ async fn umount(mountpoint: &Path, lazy: bool) -> Result<()> {
     let deadline = Instant::now() + std::time::Duration::from_secs(10);
     // (A zombie has ended: its parent just has not reaped it.)
     let alive = |pid: &u32| {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .is_ok_and(|stat| !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            !stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
     };
     while serving.iter().any(alive) && Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -1067,9 +1073,11 @@ async fn stream(client: &Client, args: StreamArgs) -> Result<()> {
         println!("{path}\t{} bytes\tverified", data.len());
     }
     let secs = started.elapsed().as_secs_f64().max(1e-6);
+    let counters = client.counters();
     eprintln!(
         "rank {} of {}, epoch {}: {shards} shard(s), {} in {secs:.2} s: {:.1} MB/s, {:.1} shards/s; \
-         {:.2} s waiting for data (listing and chunk maps: {:.2} s)",
+         {:.2} s waiting for data (listing and chunk maps: {:.2} s); \
+         {} hedged chunk request(s), {} answered first; {} failed replica request(s)",
         args.rank,
         args.world,
         args.epoch,
@@ -1077,7 +1085,10 @@ async fn stream(client: &Client, args: StreamArgs) -> Result<()> {
         bytes as f64 / 1e6 / secs,
         shards as f64 / secs,
         waiting.as_secs_f64(),
-        listed.as_secs_f64()
+        listed.as_secs_f64(),
+        counters.hedges,
+        counters.hedge_wins,
+        counters.replica_failures
     );
     Ok(())
 }

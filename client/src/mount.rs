@@ -18,13 +18,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use futures::FutureExt;
-use futures::future::{BoxFuture, Shared};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     KernelConfig, LockOwner, MountOption, OpenAccMode, OpenFlags, ReplyAttr, ReplyData,
     ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, Request,
 };
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
 use shardfs_proto::meta::v1 as pb;
 
 use crate::client::Client;
@@ -73,11 +73,9 @@ pub fn mount_processes(mountpoint: &Path) -> Vec<u32> {
                 return false;
             };
             let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-            let is_shardfs = args
-                .first()
-                .is_some_and(|exe| exe.ends_with(b"shardfs"));
+            let is_shardfs = args.first().is_some_and(|exe| exe.ends_with(b"shardfs"));
             let mounting = args.iter().any(|a| *a == b"mount");
-            is_shardfs && mounting && args.iter().any(|a| *a == target)
+            is_shardfs && mounting && args.contains(&target)
         })
         .collect()
 }
@@ -96,8 +94,10 @@ impl Mounted {
     /// unmount it first.
     pub async fn serve_until_unmounted(mut self) -> Result<()> {
         use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).map_err(|e| ClientError::local("signal", e))?;
-        let mut hangup = signal(SignalKind::hangup()).map_err(|e| ClientError::local("signal", e))?;
+        let mut term =
+            signal(SignalKind::terminate()).map_err(|e| ClientError::local("signal", e))?;
+        let mut hangup =
+            signal(SignalKind::hangup()).map_err(|e| ClientError::local("signal", e))?;
         tokio::select! {
             ended = &mut self.done => return session_result(ended),
             _ = tokio::signal::ctrl_c() => {}
@@ -169,10 +169,11 @@ pub async fn mount(client: Client, config: MountConfig) -> Result<Mounted> {
     options.n_threads = Some(FUSE_THREADS);
     options.clone_fd = true;
     let target = mountpoint.clone();
-    let mut session = tokio::task::spawn_blocking(move || fuser::Session::new(fs, &target, &options))
-        .await
-        .map_err(|e| ClientError::InvalidArgument(format!("mounting failed: {e}")))?
-        .map_err(|e| mount_error(&mountpoint, e))?;
+    let mut session =
+        tokio::task::spawn_blocking(move || fuser::Session::new(fs, &target, &options))
+            .await
+            .map_err(|e| ClientError::InvalidArgument(format!("mounting failed: {e}")))?
+            .map_err(|e| mount_error(&mountpoint, e))?;
     let unmounter = session.unmount_callable();
     let (done_tx, done) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
@@ -204,7 +205,8 @@ fn session_result(
 fn mount_error(mountpoint: &Path, e: std::io::Error) -> ClientError {
     let why = match e.raw_os_error() {
         Some(libc::EPERM) | Some(libc::EACCES) => {
-            "permission denied: mount as root, or install fusermount3 (the fuse3 package)".to_string()
+            "permission denied: mount as root, or install fusermount3 (the fuse3 package)"
+                .to_string()
         }
         Some(libc::ENOENT) => "no such directory, or fusermount3 is not installed".to_string(),
         Some(libc::ENOTCONN) => {
@@ -283,7 +285,8 @@ pub fn shardfs_mounts() -> Vec<PathBuf> {
         .filter_map(|line| {
             let mut fields = line.split(' ');
             let (source, target, fstype) = (fields.next()?, fields.next()?, fields.next()?);
-            let ours = fstype == "fuse.shardfs" || (fstype == "fuse" && source.starts_with("shardfs:"));
+            let ours =
+                fstype == "fuse.shardfs" || (fstype == "fuse" && source.starts_with("shardfs:"));
             ours.then(|| PathBuf::from(unescape_mount_field(target)))
         })
         .collect()
@@ -297,7 +300,9 @@ fn unescape_mount_field(field: &str) -> String {
     while i < bytes.len() {
         if bytes[i] == b'\\'
             && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b))
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
         {
             let n = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
             out.push(n);
@@ -330,13 +335,17 @@ struct Nodes {
     next_ino: u64,
 }
 
+/// A directory's entries: inode, type, name.
+type Listing = Vec<(u64, FileType, String)>;
+
 /// The FUSE file system.
 struct ShardFs {
     client: Client,
     runtime: tokio::runtime::Handle,
     nodes: Mutex<Nodes>,
     files: Mutex<HashMap<u64, Arc<OpenFile>>>,
-    dirs: Mutex<HashMap<u64, Arc<Vec<(u64, FileType, String)>>>>,
+    /// Open directories: their listing when opened.
+    dirs: Mutex<HashMap<u64, Arc<Listing>>>,
     next_handle: AtomicU64,
     uid: u32,
     gid: u32,
@@ -764,7 +773,8 @@ impl OpenFile {
         let mut index = first;
         let mut ahead = 0;
         while index < chunks.len()
-            && (index <= last || (sequential && ahead + chunks[index].length <= self.read_ahead_bytes))
+            && (index <= last
+                || (sequential && ahead + chunks[index].length <= self.read_ahead_bytes))
         {
             if index > last {
                 ahead += chunks[index].length;

@@ -377,6 +377,16 @@ impl ShardStream {
         Some(item)
     }
 
+    /// The next shard as an async reader (over its verified bytes, no
+    /// copy), for consumers that parse as they go (tar, record files).
+    pub async fn next_reader(&mut self) -> Option<Result<(String, std::io::Cursor<Bytes>)>> {
+        Some(
+            self.next()
+                .await?
+                .map(|(path, bytes)| (path, std::io::Cursor::new(bytes))),
+        )
+    }
+
     /// Where to resume after the shards yielded so far.
     pub fn state(&self) -> Cursor {
         self.cursor.clone()

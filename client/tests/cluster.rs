@@ -242,7 +242,10 @@ async fn a_stalled_chunk_server_is_hedged_around() {
         .unwrap();
     // Warm the client's fetch times, then freeze one server: it accepts
     // connections (the kernel does) but never answers.
-    assert_eq!(hash(&read_all(&client, "/hedge/file").await.unwrap()), hash(&bytes));
+    assert_eq!(
+        hash(&read_all(&client, "/hedge/file").await.unwrap()),
+        hash(&bytes)
+    );
     let stalled = &cluster.chunks[&2];
     // SAFETY: signals a child process of this test.
     unsafe { libc::kill(stalled.child.id() as i32, libc::SIGSTOP) };
@@ -252,8 +255,14 @@ async fn a_stalled_chunk_server_is_hedged_around() {
     unsafe { libc::kill(stalled.child.id() as i32, libc::SIGCONT) };
     assert_eq!(hash(&got.unwrap()), hash(&bytes));
     let counters = client.counters();
-    assert!(counters.hedges > 0, "slow requests were hedged: {counters:?}");
-    assert!(counters.hedge_wins > 0, "and the hedges answered: {counters:?}");
+    assert!(
+        counters.hedges > 0,
+        "slow requests were hedged: {counters:?}"
+    );
+    assert!(
+        counters.hedge_wins > 0,
+        "and the hedges answered: {counters:?}"
+    );
     assert_eq!(counters.replica_failures, 0, "nothing waited for a timeout");
     assert!(took < Duration::from_secs(30), "the read took {took:?}");
 }

@@ -99,13 +99,21 @@ async fn mount_reads_match_the_source_and_unmount_leaves_nothing() {
         source.to_str().unwrap(),
         "/data",
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let mnt = mnt.canonicalize().unwrap();
 
     let out = cluster.cli(&["mount", "/data", mnt.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("mounted /data at"));
     assert!(mounted(&mnt), "the mount is in /proc/self/mounts");
     assert_eq!(processes_serving(&mnt).len(), 1, "one process serves it");
@@ -122,11 +130,9 @@ async fn mount_reads_match_the_source_and_unmount_leaves_nothing() {
         ("empty", 0),
     ] {
         assert!(
-            listing
-                .lines()
-                .any(|l| l.starts_with("-r--r--r--")
-                    && l.contains(&format!(" {len} "))
-                    && l.ends_with(&format!(" {name}"))),
+            listing.lines().any(|l| l.starts_with("-r--r--r--")
+                && l.contains(&format!(" {len} "))
+                && l.ends_with(&format!(" {name}"))),
             "ls -lR shows {name} with {len} bytes:\n{listing}"
         );
     }
@@ -145,9 +151,14 @@ async fn mount_reads_match_the_source_and_unmount_leaves_nothing() {
         hash(&cat.stdout),
         hash(&std::fs::read(source.join("a/b/multi.bin")).unwrap())
     );
-    let files = ["top.bin", "a/small.txt", "a/empty", "a/b/multi.bin", "a/b/c/one-chunk.bin"];
-    let sums =
-        |root: &Path| run(Command::new("sha256sum").args(files).current_dir(root));
+    let files = [
+        "top.bin",
+        "a/small.txt",
+        "a/empty",
+        "a/b/multi.bin",
+        "a/b/c/one-chunk.bin",
+    ];
+    let sums = |root: &Path| run(Command::new("sha256sum").args(files).current_dir(root));
     assert_eq!(sums(&mnt), sums(&source));
 
     // Reads at many random offsets and lengths, across chunk boundaries.
@@ -155,7 +166,9 @@ async fn mount_reads_match_the_source_and_unmount_leaves_nothing() {
     let file = std::fs::File::open(mnt.join("a/b/multi.bin")).unwrap();
     let mut seed: u64 = 0x5eed;
     let mut next = || {
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         seed >> 33
     };
     for _ in 0..300 {
@@ -163,7 +176,10 @@ async fn mount_reads_match_the_source_and_unmount_leaves_nothing() {
         let len = (next() as usize % (3 * MIB)).min(expected.len() - offset);
         let mut got = vec![0u8; len];
         file.read_exact_at(&mut got, offset as u64).unwrap();
-        assert!(got == expected[offset..offset + len], "bytes at {offset}+{len}");
+        assert!(
+            got == expected[offset..offset + len],
+            "bytes at {offset}+{len}"
+        );
     }
     // Past the end: nothing.
     let mut tail = [0u8; 16];
@@ -196,14 +212,22 @@ async fn mount_reads_match_the_source_and_unmount_leaves_nothing() {
     );
 
     let out = cluster.cli(&["umount", mnt.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!mounted(&mnt), "unmounted");
     assert!(
         processes_serving(&mnt).is_empty(),
         "no process left: {:?}",
         processes_serving(&mnt)
     );
-    assert_eq!(std::fs::read_dir(&mnt).unwrap().count(), 0, "the bare directory is back");
+    assert_eq!(
+        std::fs::read_dir(&mnt).unwrap().count(),
+        0,
+        "the bare directory is back"
+    );
 
     // Unmounting again says plainly that nothing is mounted there.
     let out = cluster.cli(&["umount", mnt.to_str().unwrap()]);
@@ -229,9 +253,15 @@ async fn foreground_mount_unmounts_on_ctrl_c_and_bad_mounts_say_why() {
 
     // Bad input: a file, a missing directory, a missing remote path.
     for (args, says) in [
-        (vec!["mount", "/fg/file.bin", mnt.to_str().unwrap()], "is a file"),
+        (
+            vec!["mount", "/fg/file.bin", mnt.to_str().unwrap()],
+            "is a file",
+        ),
         (vec!["mount", "/fg", "/nonexistent/mnt"], "/nonexistent/mnt"),
-        (vec!["mount", "/no/such/dir", mnt.to_str().unwrap()], "/no/such/dir"),
+        (
+            vec!["mount", "/no/such/dir", mnt.to_str().unwrap()],
+            "/no/such/dir",
+        ),
     ] {
         let out = cluster.cli(&args);
         assert_eq!(out.status.code(), Some(1), "{args:?}");
@@ -248,7 +278,9 @@ async fn foreground_mount_unmounts_on_ctrl_c_and_bad_mounts_say_why() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_until("the foreground mount", Duration::from_secs(20), || mounted(&mnt));
+    wait_until("the foreground mount", Duration::from_secs(20), || {
+        mounted(&mnt)
+    });
     assert_eq!(
         hash(&std::fs::read(mnt.join("file.bin")).unwrap()),
         hash(&bytes)

@@ -60,6 +60,27 @@ async fn ranks_resume_and_survive_a_dead_chunk_server() {
     }
     seen.sort();
     assert_eq!(seen, source.keys().cloned().collect::<Vec<_>>());
+    // The same shards as async readers, in the same order.
+    let mut readers = client
+        .shards("/ds")
+        .rank(0)
+        .world(2)
+        .epoch(0)
+        .seed(11)
+        .stream()
+        .await
+        .unwrap();
+    let mut order = Vec::new();
+    while let Some(item) = readers.next_reader().await {
+        let (path, mut reader) = item.unwrap();
+        let mut bytes = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut bytes)
+            .await
+            .unwrap();
+        assert_eq!(source[&path], hash(&bytes));
+        order.push(path);
+    }
+    assert_eq!(order, full[0]);
     // Another epoch, another order.
     let builder = client.shards("/ds").rank(0).world(2).epoch(1).seed(11);
     let (epoch1, _, _) = drain(builder, None).await;
