@@ -461,8 +461,10 @@ async fn mount_here(client: Client, args: MountArgs) -> Result<()> {
     )
     .await?;
     if std::env::var_os(MOUNT_READY_ENV).is_some() {
-        println!("ready");
-        let _ = std::io::stdout().flush();
+        // (Whoever started us may be gone already: a failed write is fine.)
+        let mut stdout = std::io::stdout();
+        let _ = writeln!(stdout, "ready");
+        let _ = stdout.flush();
         detach_output();
     } else {
         eprintln!(

@@ -320,8 +320,6 @@ struct Node {
     path: String,
     parent: u64,
     attr: FileAttr,
-    /// The file's content id as last seen (empty for directories).
-    content: Vec<u8>,
     /// The content id whose pages the kernel may hold (the one last
     /// opened): an open keeps the page cache only while it is unchanged.
     cached_content: Option<Vec<u8>>,
@@ -377,7 +375,6 @@ impl ShardFs {
                 path: root.to_string(),
                 parent: 1,
                 attr,
-                content: Vec::new(),
                 cached_content: None,
                 checked: Instant::now(),
             },
@@ -432,21 +429,14 @@ impl ShardFs {
             }
         };
         let attr = self.attr_of(ino, entry);
-        let content = entry
-            .file
-            .as_ref()
-            .map(|f| f.content_id.to_vec())
-            .unwrap_or_default();
         let node = nodes.by_ino.entry(ino).or_insert_with(|| Node {
             path: path.to_string(),
             parent,
             attr,
-            content: content.clone(),
             cached_content: None,
             checked: Instant::now(),
         });
         node.attr = attr;
-        node.content = content;
         node.parent = parent;
         node.checked = Instant::now();
         attr

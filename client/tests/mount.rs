@@ -212,7 +212,11 @@ async fn mount_reads_match_the_source_and_unmount_leaves_nothing() {
         dir.path().join("late.bin").to_str().unwrap(),
         "/data/late/late.bin",
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     cluster.kill_chunk(1);
     assert_eq!(
         hash(&std::fs::read(mnt.join("late/late.bin")).unwrap()),
