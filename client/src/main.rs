@@ -404,7 +404,13 @@ fn mount_in_background(meta: &str, args: &MountArgs) -> Result<()> {
     if args.allow_other {
         command.arg("--allow-other");
     }
+    if let Some(log) = std::env::var_os(MOUNT_LOG_ENV) {
+        let log = std::path::absolute(&log).map_err(|e| ClientError::local(&log, e))?;
+        command.env(MOUNT_LOG_ENV, log);
+    }
     command
+        // Not the caller's directory: the mount would keep it busy.
+        .current_dir("/")
         .env(MOUNT_READY_ENV, "1")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
@@ -500,16 +506,34 @@ fn detach_output() {
 /// `shardfs umount`: unmounts, then waits for the mount's process to end.
 async fn umount(mountpoint: &Path, lazy: bool) -> Result<()> {
     use shardfs_client::mount::{mount_processes, shardfs_mounts, unmount_path};
-    let canonical = mountpoint
-        .canonicalize()
-        .unwrap_or_else(|_| mountpoint.to_path_buf());
+    // Canonicalize the parent only: looking at the mount point itself asks
+    // the mount, which may be dead or waiting for its cluster.
+    let canonical = match (mountpoint.parent(), mountpoint.file_name()) {
+        (Some(parent), Some(name)) => {
+            let parent = if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                parent
+            };
+            parent
+                .canonicalize()
+                .map(|p| p.join(name))
+                .unwrap_or_else(|_| mountpoint.to_path_buf())
+        }
+        _ => mountpoint.to_path_buf(),
+    };
     if !shardfs_mounts().contains(&canonical) {
         return Err(ClientError::InvalidArgument(format!(
             "{} is not a shardfs mount",
             mountpoint.display()
         )));
     }
-    let serving = mount_processes(&canonical);
+    // Lazily detached, the process serves open files until they close.
+    let serving = if lazy {
+        Vec::new()
+    } else {
+        mount_processes(&canonical)
+    };
     unmount_path(&canonical, lazy)?;
     let deadline = Instant::now() + std::time::Duration::from_secs(10);
     // (A zombie has ended: its parent just has not reaped it.)
@@ -527,7 +551,7 @@ async fn umount(mountpoint: &Path, lazy: bool) -> Result<()> {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     let left: Vec<u32> = serving.iter().copied().filter(|p| alive(p)).collect();
-    if !left.is_empty() && !lazy {
+    if !left.is_empty() {
         return Err(ClientError::InvalidArgument(format!(
             "unmounted {}, but its process {left:?} is still running",
             mountpoint.display()

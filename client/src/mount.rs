@@ -536,14 +536,22 @@ impl Filesystem for ShardFs {
             Ok(layout) => layout,
             Err(e) => return reply.error(errno(e)),
         };
-        let entry_content = crate::shards::content_of(&layout);
+        let content = crate::shards::content_of(&layout).as_bytes().to_vec();
+        // A handle still open on another version of the file can put its
+        // pages in the cache: then the cache is not trusted either.
+        let other_version_open = self
+            .files
+            .lock()
+            .expect("files")
+            .values()
+            .any(|f| f.ino == ino.0 && f.content != content);
         let keep_cache = {
             let mut nodes = self.nodes.lock().expect("nodes");
             match nodes.by_ino.get_mut(&ino.0) {
                 Some(node) => {
-                    let content = entry_content.as_bytes().to_vec();
-                    let keep = node.cached_content.as_ref() == Some(&content);
-                    node.cached_content = Some(content);
+                    let keep =
+                        node.cached_content.as_ref() == Some(&content) && !other_version_open;
+                    node.cached_content = Some(content.clone());
                     node.attr.size = layout.size;
                     keep
                 }
@@ -554,7 +562,13 @@ impl Filesystem for ShardFs {
         let read_ahead = self.client.config().read_ahead_bytes;
         self.files.lock().expect("files").insert(
             handle,
-            Arc::new(OpenFile::new(self.client.clone(), layout, read_ahead)),
+            Arc::new(OpenFile::new(
+                self.client.clone(),
+                ino.0,
+                content,
+                layout,
+                read_ahead,
+            )),
         );
         let flags = if keep_cache {
             FopenFlags::FOPEN_KEEP_CACHE
@@ -611,7 +625,17 @@ impl Filesystem for ShardFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.files.lock().expect("files").remove(&fh.0);
+        let released = self.files.lock().expect("files").remove(&fh.0);
+        // Pages of an older version may be cached now: the next open
+        // drops them.
+        if let Some(file) = released {
+            let mut nodes = self.nodes.lock().expect("nodes");
+            if let Some(node) = nodes.by_ino.get_mut(&file.ino)
+                && node.cached_content.as_ref() != Some(&file.content)
+            {
+                node.cached_content = None;
+            }
+        }
         reply.ok();
     }
 
@@ -702,6 +726,9 @@ type Fetch = Shared<BoxFuture<'static, std::result::Result<ChunkData, String>>>;
 /// An open file: its layout, and the chunk fetches under way or done.
 struct OpenFile {
     client: Client,
+    ino: u64,
+    /// The content id of the version opened.
+    content: Vec<u8>,
     layout: Arc<FileLayout>,
     read_ahead_bytes: u64,
     cache: Mutex<ChunkCache>,
@@ -717,9 +744,17 @@ struct ChunkCache {
 }
 
 impl OpenFile {
-    fn new(client: Client, layout: FileLayout, read_ahead_bytes: u64) -> Self {
+    fn new(
+        client: Client,
+        ino: u64,
+        content: Vec<u8>,
+        layout: FileLayout,
+        read_ahead_bytes: u64,
+    ) -> Self {
         Self {
             client,
+            ino,
+            content,
             layout: Arc::new(layout),
             read_ahead_bytes,
             cache: Mutex::new(ChunkCache::default()),
@@ -769,6 +804,14 @@ impl OpenFile {
             if index > last {
                 ahead += chunks[index].length;
             }
+            // A fetch that failed is not kept: the next read tries again.
+            let failed = cache
+                .chunks
+                .get(&index)
+                .is_some_and(|(fetch, _)| matches!(fetch.peek(), Some(Err(_))));
+            if failed {
+                cache.chunks.remove(&index);
+            }
             let fetch = match cache.chunks.get_mut(&index) {
                 Some((fetch, used)) => {
                     *used = tick;
@@ -788,13 +831,15 @@ impl OpenFile {
         // Keep the window and a few recently used chunks; drop the rest,
         // least recently used first (a fetch nobody waits for is cancelled).
         let chunk_bytes = chunks.first().map(|c| c.length).unwrap_or(0);
-        let budget = self.read_ahead_bytes + RANDOM_CHUNKS_KEPT * chunk_bytes;
+        let budget =
+            self.read_ahead_bytes + RANDOM_CHUNKS_KEPT.max((last - first + 1) as u64) * chunk_bytes;
+        let window = first..index;
         let mut held: u64 = cache.chunks.keys().map(|i| chunks[*i].length).sum();
         while held > budget {
             let Some(oldest) = cache
                 .chunks
                 .iter()
-                .filter(|(i, _)| !(first..=last).contains(*i))
+                .filter(|(i, _)| !window.contains(*i))
                 .min_by_key(|(_, (_, used))| *used)
                 .map(|(i, _)| *i)
             else {

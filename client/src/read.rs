@@ -202,8 +202,11 @@ impl Client {
                     continue;
                 }
             }
+            // Round 0 starts at replica `first` to spread load; later rounds
+            // keep the order above (replicas that just failed last).
             let n = locations.len();
-            let order: Vec<String> = (0..n).map(|k| locations[(first + k) % n].clone()).collect();
+            let start = if round == 0 { first } else { 0 };
+            let order: Vec<String> = (0..n).map(|k| locations[(start + k) % n].clone()).collect();
             tried.extend(order.iter().cloned());
             if let Some(data) = self.fetch_hedged(span, &order, &mut attempts).await {
                 return Ok(data);

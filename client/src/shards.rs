@@ -334,18 +334,24 @@ async fn fetch_whole(client: &Client, layout: &FileLayout, in_flight: &Semaphore
         .await
         .into_iter()
         .collect::<Result<_>>()?;
-    Ok(join_pieces(client, chunks, layout.size))
+    join_pieces(client, &layout.path, chunks, layout.size)
 }
 
 /// One `Bytes` of the chunks' pieces: as they are when there is one, else
 /// copied into a pooled buffer.
-fn join_pieces(client: &Client, chunks: Vec<ChunkData>, size: u64) -> Bytes {
+fn join_pieces(client: &Client, path: &str, chunks: Vec<ChunkData>, size: u64) -> Result<Bytes> {
+    let total: u64 = chunks.iter().map(ChunkData::len).sum();
+    if total != size {
+        return Err(ClientError::InvalidArgument(format!(
+            "{path}: its chunks hold {total} bytes, but the file is {size} bytes"
+        )));
+    }
     let mut pieces = chunks.into_iter().flat_map(|c| c.pieces);
     let Some(first) = pieces.next() else {
-        return Bytes::new();
+        return Ok(Bytes::new());
     };
     if first.len() as u64 == size {
-        return first;
+        return Ok(first);
     }
     let mut out = client.inner.buffers.take(size as usize);
     let target = out.as_mut_slice();
@@ -355,8 +361,7 @@ fn join_pieces(client: &Client, chunks: Vec<ChunkData>, size: u64) -> Bytes {
         target[at..at + piece.len()].copy_from_slice(&piece);
         at += piece.len();
     }
-    debug_assert_eq!(at as u64, size);
-    out.freeze()
+    Ok(out.freeze())
 }
 
 type Fetches = futures::stream::BoxStream<'static, Result<(String, Bytes)>>;

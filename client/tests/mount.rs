@@ -263,7 +263,7 @@ async fn foreground_mount_unmounts_on_ctrl_c_and_bad_mounts_say_why() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let cluster = TestCluster::start(dir.path(), 3).await;
+    let mut cluster = TestCluster::start(dir.path(), 3).await;
     let bytes = data(2 * MIB + 5, "fg");
     let local = dir.path().join("fg.bin");
     std::fs::write(&local, &bytes).unwrap();
@@ -325,6 +325,32 @@ async fn foreground_mount_unmounts_on_ctrl_c_and_bad_mounts_say_why() {
         hash(&std::fs::read(mnt.join("file.bin")).unwrap()),
         hash(&bytes)
     );
+    // A read that fails while no chunk server is up (EIO) is not
+    // remembered: once they are back, the same open file reads whole.
+    let second = data(3 * MIB + 11, "second");
+    std::fs::write(dir.path().join("second.bin"), &second).unwrap();
+    let out = cluster.cli(&[
+        "put",
+        dir.path().join("second.bin").to_str().unwrap(),
+        "/fg/second.bin",
+    ]);
+    assert!(out.status.success());
+    let file = std::fs::File::open(mnt.join("second.bin")).unwrap();
+    for id in [1, 2, 3] {
+        cluster.kill_chunk(id);
+    }
+    let mut buf = vec![0u8; 4096];
+    let err = file.read_at(&mut buf, 0).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    for id in [1, 2, 3] {
+        cluster.start_chunk(id);
+    }
+    cluster.wait_healthy(Duration::from_secs(30)).await;
+    let mut got = vec![0u8; second.len()];
+    file.read_exact_at(&mut got, 0).unwrap();
+    assert_eq!(hash(&got), hash(&second));
+    drop(file);
+
     // SAFETY: signals our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let deadline = Instant::now() + Duration::from_secs(15);
