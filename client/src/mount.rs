@@ -761,12 +761,6 @@ impl OpenFile {
         }
     }
 
-    fn chunk_at(&self, pos: u64) -> usize {
-        self.layout
-            .chunks
-            .partition_point(|c| c.offset + c.length <= pos)
-    }
-
     fn start(&self, index: usize) -> Fetch {
         let fetch = self
             .client
@@ -780,7 +774,7 @@ impl OpenFile {
     /// and, for a sequential reader, the read-ahead after them.
     fn fetches_for(&self, offset: u64, end: u64) -> Vec<(usize, Fetch)> {
         let chunks = &self.layout.chunks;
-        let (first, last) = (self.chunk_at(offset), self.chunk_at(end - 1));
+        let (first, last) = (self.layout.chunk_at(offset), self.layout.chunk_at(end - 1));
         let mut cache = self.cache.lock().expect("chunk cache");
         // The kernel's read-ahead sends many reads at once, not quite in
         // order: near the last one counts as sequential.

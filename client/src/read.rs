@@ -38,6 +38,13 @@ pub struct FileLayout {
     pub chunks: Vec<ChunkSpan>,
 }
 
+impl FileLayout {
+    /// The index of the chunk holding byte `pos` (pos < size).
+    pub fn chunk_at(&self, pos: u64) -> usize {
+        self.chunks.partition_point(|c| c.offset + c.length <= pos)
+    }
+}
+
 /// One chunk of a file.
 #[derive(Debug, Clone)]
 pub struct ChunkSpan {
@@ -93,24 +100,8 @@ impl Client {
                 "{path}: is a directory"
             )));
         };
-        let locations = self.locate(path, &file.chunks).await?;
-        let mut offset = 0;
-        let mut chunks = Vec::with_capacity(file.chunks.len());
-        for (chunk, locations) in file.chunks.iter().zip(locations) {
-            chunks.push(ChunkSpan {
-                id: chunk_id(path, &chunk.id)?,
-                offset,
-                length: chunk.length,
-                locations,
-            });
-            offset += chunk.length;
-        }
-        Ok(FileLayout {
-            path: path.to_string(),
-            size: file.size,
-            mtime_ms: file.mtime_ms,
-            chunks,
-        })
+        let mut layouts = self.layouts_of(vec![(path.to_string(), file)]).await?;
+        Ok(layouts.pop().expect("one layout per file"))
     }
 
     /// The layouts of many files at once, from what a listing said of
@@ -123,6 +114,10 @@ impl Client {
                 ids.push(chunk_id(path, &chunk.id)?);
             }
         }
+        let context = match files.as_slice() {
+            [(path, _)] => path.as_str(),
+            _ => "chunk locations",
+        };
         let mut locations = Vec::with_capacity(ids.len());
         for batch in ids.chunks(BATCH) {
             let found = self
@@ -130,7 +125,7 @@ impl Client {
                 .meta
                 .locate(batch)
                 .await
-                .map_err(|s| ClientError::meta("chunk locations", s))?;
+                .map_err(|s| ClientError::meta(context, s))?;
             locations.extend(found);
         }
         let mut ids = ids.into_iter().zip(locations);
@@ -523,11 +518,6 @@ impl FileReader {
     }
 
     /// The index of the chunk holding byte `pos` (pos < size).
-    fn chunk_at(&self, pos: u64) -> usize {
-        let chunks = &self.layout.chunks;
-        chunks.partition_point(|c| c.offset + c.length <= pos)
-    }
-
     fn spawn_fetch(&self, index: usize) -> Fetch {
         let client = self.client.clone();
         let layout = self.layout.clone();
@@ -589,7 +579,7 @@ impl AsyncRead for FileReader {
             if this.pos >= this.layout.size || buf.remaining() == 0 {
                 return Poll::Ready(Ok(()));
             }
-            let index = this.chunk_at(this.pos);
+            let index = this.layout.chunk_at(this.pos);
             if let Some((current, data)) = &this.current
                 && *current == index
             {

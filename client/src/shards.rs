@@ -334,7 +334,11 @@ async fn fetch_whole(client: &Client, layout: &FileLayout, in_flight: &Semaphore
         .await
         .into_iter()
         .collect::<Result<_>>()?;
-    join_pieces(client, &layout.path, chunks, layout.size)
+    // Copying a shard of many MiB is CPU work: off the async workers.
+    let (client, path, size) = (client.clone(), layout.path.clone(), layout.size);
+    tokio::task::spawn_blocking(move || join_pieces(&client, &path, chunks, size))
+        .await
+        .map_err(|e| ClientError::InvalidArgument(format!("joining a shard failed: {e}")))?
 }
 
 /// One `Bytes` of the chunks' pieces: as they are when there is one, else
