@@ -342,14 +342,22 @@ impl MetaNode {
     /// Commits `file` once every chunk is stored on at least min(R, 2) live
     /// chunk servers, as those servers themselves confirm: locations not
     /// yet reported by heartbeat are checked with the servers directly (and
-    /// recorded, up to R of them).
+    /// recorded, up to R of them). A retry of a commit already applied
+    /// (same `request_id`) gets the first answer.
     pub async fn commit_file(
         &self,
         path: String,
         file: FileMeta,
         if_absent: bool,
+        request_id: &[u8],
+        at_ms: u64,
     ) -> Result<Outcome, MetaError> {
         self.ensure_leader()?;
+        if !request_id.is_empty()
+            && let Some(first) = self.read_local(|s| s.retries.get(request_id).cloned())
+        {
+            return Ok(first.0?);
+        }
         let min = file.replication.min(2) as usize;
         let live: Vec<(ServerId, String)> = self.read_local(|s| {
             s.cluster
@@ -435,14 +443,14 @@ impl MetaNode {
                 return Err(crate::state::unreplicated(&missing, min as u32).into());
             }
         }
-        self.write(Command::Commit {
+        let commit = Command::Commit {
             path,
             file,
             if_absent,
             confirmed,
             min_replicas: min as u32,
-        })
-        .await
+        };
+        self.write(Command::once(request_id, at_ms, commit)).await
     }
 
     /// Chunk servers as this node sees them, and (on the leader) the number

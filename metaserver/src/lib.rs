@@ -35,6 +35,7 @@ pub mod namespace;
 pub mod network;
 pub mod node;
 pub mod repair;
+pub mod retries;
 pub mod server;
 pub mod service;
 pub mod state;

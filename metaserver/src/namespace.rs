@@ -109,6 +109,8 @@ pub struct Journal {
     pub changes: Vec<Change>,
     /// Changes to the chunk server registry and chunk locations.
     pub cluster: Vec<crate::cluster::ClusterChange>,
+    /// Changes to the retry cache.
+    pub retries: Vec<crate::retries::RetryChange>,
 }
 
 /// A namespace as plain rows, for snapshots.

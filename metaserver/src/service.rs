@@ -17,6 +17,7 @@ use crate::error::MetaError;
 use crate::liveness::{ScrubReport, Usage};
 use crate::namespace::NsError;
 use crate::node::MetaNode;
+use crate::retries::MAX_REQUEST_ID;
 use crate::types::{Command, Outcome};
 
 /// Default and largest page of a listing.
@@ -46,6 +47,17 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// A call's request id, checked.
+fn request_id(id: &[u8]) -> Result<&[u8], MetaError> {
+    if id.len() > MAX_REQUEST_ID {
+        return Err(MetaError::InvalidArgument(format!(
+            "a request id is at most {MAX_REQUEST_ID} bytes; this one is {}",
+            id.len()
+        )));
+    }
+    Ok(id)
+}
+
 #[tonic::async_trait]
 impl MetaService for MetaServiceImpl {
     async fn mkdir(
@@ -53,11 +65,13 @@ impl MetaService for MetaServiceImpl {
         request: Request<pb::MkdirRequest>,
     ) -> Result<Response<pb::MkdirResponse>, Status> {
         let request = request.into_inner();
+        let now = now_ms();
         let command = Command::Mkdir {
             path: path(&request.path)?.to_string(),
             parents: request.parents,
-            mtime_ms: now_ms(),
+            mtime_ms: now,
         };
+        let command = Command::once(request_id(&request.request_id)?, now, command);
         let created = matches!(self.node.write(command).await?, Outcome::Created(true));
         Ok(Response::new(pb::MkdirResponse { created }))
     }
@@ -70,11 +84,16 @@ impl MetaService for MetaServiceImpl {
         let file = request
             .file
             .ok_or_else(|| MetaError::InvalidArgument("commit without a file".into()))?;
-        let file = file_from_wire(&file, now_ms())?;
+        let now = now_ms();
+        let file = file_from_wire(&file, now)?;
         let content_id = file.content_id.to_vec().into();
         let path = path(&request.path)?.to_string();
-        let outcome = self.node.commit_file(path, file, request.if_absent).await?;
-        let replaced = matches!(outcome, Outcome::Replaced(Some(_)));
+        let request_id = request_id(&request.request_id)?;
+        let outcome = self
+            .node
+            .commit_file(path, file, request.if_absent, request_id, now)
+            .await?;
+        let replaced = matches!(outcome, Outcome::Replaced(true));
         Ok(Response::new(pb::CommitFileResponse {
             replaced,
             content_id,
@@ -132,6 +151,7 @@ impl MetaService for MetaServiceImpl {
             from: path(&request.from)?.to_string(),
             to: path(&request.to)?.to_string(),
         };
+        let command = Command::once(request_id(&request.request_id)?, now_ms(), command);
         self.node.write(command).await?;
         Ok(Response::new(pb::RenameResponse {}))
     }
@@ -145,8 +165,9 @@ impl MetaService for MetaServiceImpl {
             path: path(&request.path)?.to_string(),
             recursive: request.recursive,
         };
+        let command = Command::once(request_id(&request.request_id)?, now_ms(), command);
         let files_deleted = match self.node.write(command).await? {
-            Outcome::Deleted(files) => files.len() as u64,
+            Outcome::Deleted(files) => files,
             _ => 0,
         };
         Ok(Response::new(pb::DeleteResponse { files_deleted }))

@@ -7,6 +7,7 @@ use shardfs_proto::{ChunkId, DfsPath};
 
 use crate::cluster::Cluster;
 use crate::namespace::{FileMeta, Journal, Namespace, NsError};
+use crate::retries::RetryCache;
 use crate::types::{Command, CommandResult, Outcome};
 
 /// Everything the state machine replicates.
@@ -14,6 +15,7 @@ use crate::types::{Command, CommandResult, Outcome};
 pub struct State {
     pub namespace: Namespace,
     pub cluster: Cluster,
+    pub retries: RetryCache,
 }
 
 fn path(text: &str) -> Result<DfsPath, NsError> {
@@ -23,6 +25,25 @@ fn path(text: &str) -> Result<DfsPath, NsError> {
 impl State {
     /// Applies one command, recording what changed in `journal`.
     pub fn apply(&mut self, command: &Command, journal: &mut Journal) -> CommandResult {
+        if let Command::Once {
+            request_id,
+            at_ms,
+            command,
+        } = command
+        {
+            self.retries.expire(*at_ms, &mut journal.retries);
+            if let Some(first) = self.retries.get(request_id) {
+                return first.clone();
+            }
+            let result = self.apply(command, journal);
+            self.retries.insert(
+                request_id.clone(),
+                *at_ms,
+                result.clone(),
+                &mut journal.retries,
+            );
+            return result;
+        }
         let ns = &mut self.namespace;
         let cluster = &mut self.cluster;
         CommandResult(match command {
@@ -46,14 +67,15 @@ impl State {
                 }
                 check_replicas(cluster, file, *min_replicas)?;
                 ns.commit(&p, file.clone(), *if_absent, journal)
-                    .map(Outcome::Replaced)
+                    .map(|replaced| Outcome::Replaced(replaced.is_some()))
             }),
             Command::Rename { from, to } => path(from)
                 .and_then(|from| Ok((from, path(to)?)))
                 .and_then(|(from, to)| ns.rename(&from, &to, journal).map(|()| Outcome::Done)),
-            Command::Delete { path: p, recursive } => {
-                path(p).and_then(|p| ns.delete(&p, *recursive, journal).map(Outcome::Deleted))
-            }
+            Command::Delete { path: p, recursive } => path(p).and_then(|p| {
+                ns.delete(&p, *recursive, journal)
+                    .map(|files| Outcome::Deleted(files.len() as u64))
+            }),
             Command::RegisterChunkServer { id, info } => {
                 cluster.register(*id, info.clone(), &mut journal.cluster);
                 Ok(Outcome::Done)
@@ -107,6 +129,7 @@ impl State {
                 }
                 Ok(Outcome::Collected(collected))
             }
+            Command::Once { .. } => unreachable!("handled above"),
         })
     }
 }
@@ -169,6 +192,65 @@ mod tests {
             confirmed: Vec::new(),
             min_replicas: 2,
         }
+    }
+
+    /// A call is applied once per request id: its retries get the first
+    /// answer, even after other calls changed the namespace; another id is
+    /// a new call. Answers expire with the leader's clock.
+    #[test]
+    fn calls_with_a_request_id_are_applied_once() {
+        let mut state = State::default();
+        let mkdir = |id: &[u8], at_ms| {
+            Command::once(
+                id,
+                at_ms,
+                Command::Mkdir {
+                    path: "/d".into(),
+                    parents: false,
+                    mtime_ms: at_ms,
+                },
+            )
+        };
+        let delete = |id: &[u8], at_ms| {
+            Command::once(
+                id,
+                at_ms,
+                Command::Delete {
+                    path: "/d".into(),
+                    recursive: true,
+                },
+            )
+        };
+        assert_eq!(
+            apply(&mut state, mkdir(b"m", 1)),
+            Ok(Outcome::Created(true))
+        );
+        assert_eq!(
+            apply(&mut state, mkdir(b"m", 2)),
+            Ok(Outcome::Created(true))
+        );
+        let again = apply(&mut state, mkdir(b"other", 3));
+        assert!(matches!(again, Err(NsError::AlreadyExists(_))), "{again:?}");
+
+        assert_eq!(apply(&mut state, delete(b"d", 4)), Ok(Outcome::Deleted(0)));
+        assert_eq!(apply(&mut state, delete(b"d", 5)), Ok(Outcome::Deleted(0)));
+        let root = DfsPath::parse("/").unwrap();
+        assert!(state.namespace.list(&root, None, 10).unwrap().0.is_empty());
+        // The mkdir's retry still gets its answer, though /d is gone.
+        assert_eq!(
+            apply(&mut state, mkdir(b"m", 6)),
+            Ok(Outcome::Created(true))
+        );
+        assert!(state.namespace.list(&root, None, 10).unwrap().0.is_empty());
+
+        // Past the TTL the id is forgotten: the call is applied again.
+        let late = 6 + crate::retries::RETRY_TTL_MS;
+        assert_eq!(
+            apply(&mut state, mkdir(b"m", late)),
+            Ok(Outcome::Created(true))
+        );
+        assert_eq!(state.namespace.list(&root, None, 10).unwrap().0.len(), 1);
+        assert_eq!(state.retries.len(), 1);
     }
 
     /// Collect gives up only chunks no file references when it is applied,

@@ -82,6 +82,29 @@ pub enum Command {
     RemoveChunkServer {
         id: u64,
     },
+    /// A client's call with its request id: applied once, and its retries
+    /// answered from the retry cache. `at_ms` is the leader's clock, which
+    /// also expires old answers.
+    Once {
+        request_id: Vec<u8>,
+        at_ms: u64,
+        command: Box<Command>,
+    },
+}
+
+impl Command {
+    /// `command` as a client's call with `request_id` (applied once), or as
+    /// it is when the client gave no id.
+    pub fn once(request_id: &[u8], at_ms: u64, command: Command) -> Command {
+        if request_id.is_empty() {
+            return command;
+        }
+        Command::Once {
+            request_id: request_id.to_vec(),
+            at_ms,
+            command: Box::new(command),
+        }
+    }
 }
 
 /// What applying a command did.
@@ -92,10 +115,10 @@ pub enum Outcome {
     Done,
     /// mkdir: whether a directory was created.
     Created(bool),
-    /// commit: the file that was replaced, if any.
-    Replaced(Option<FileMeta>),
-    /// delete: the files removed.
-    Deleted(Vec<FileMeta>),
+    /// commit: whether a file was replaced.
+    Replaced(bool),
+    /// delete: how many files were removed.
+    Deleted(u64),
     /// collect: the chunks given up, each with the servers that held it.
     Collected(Vec<(shardfs_proto::ChunkId, Vec<u64>)>),
 }

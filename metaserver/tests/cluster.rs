@@ -41,6 +41,7 @@ async fn writes_reads_and_redirects() {
         .mkdir(shardfs_proto::meta::v1::MkdirRequest {
             path: "/x".into(),
             parents: false,
+            request_id: Default::default(),
         })
         .await
         .unwrap_err();
@@ -58,6 +59,105 @@ async fn writes_reads_and_redirects() {
         status.message().contains(&cluster.addrs[&leader]),
         "{}",
         status.message()
+    );
+    cluster.stop_all().await;
+}
+
+/// A call retried after the leader that applied it died gets the first
+/// answer from the new leader, instead of being applied again (a rename
+/// would fail "not found", a delete would report nothing deleted). The same
+/// call with another request id is a new call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_call_gets_its_first_answer_from_a_new_leader() {
+    use shardfs_proto::meta::v1 as pb;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), 3, &[]);
+    let leader = cluster.wait_for_leader(Duration::from_secs(15)).await;
+    cluster.with_chunk_servers(3).await;
+    let client = cluster.client();
+    let kept = client.commit("/r/a", file_info(1, 3), false).await.unwrap();
+    client
+        .commit("/r/doomed/x", file_info(2, 2), false)
+        .await
+        .unwrap();
+    let rename = |request_id: &'static [u8]| {
+        let client = client.clone();
+        async move {
+            let request = pb::RenameRequest {
+                from: "/r/a".into(),
+                to: "/r/b".into(),
+                request_id: request_id.into(),
+            };
+            client
+                .call(|mut c| {
+                    let request = request.clone();
+                    async move { c.rename(request).await }
+                })
+                .await
+        }
+    };
+    let delete = |request_id: &'static [u8]| {
+        let client = client.clone();
+        async move {
+            let request = pb::DeleteRequest {
+                path: "/r/doomed".into(),
+                recursive: true,
+                request_id: request_id.into(),
+            };
+            client
+                .call(|mut c| {
+                    let request = request.clone();
+                    async move { c.delete(request).await }
+                })
+                .await
+                .map(|r| r.files_deleted)
+        }
+    };
+    rename(b"rename-once").await.unwrap();
+    assert_eq!(delete(b"delete-once").await.unwrap(), 1);
+
+    cluster.kill9(leader);
+    let new_leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    assert_ne!(new_leader, leader);
+    rename(b"rename-once")
+        .await
+        .expect("the retry gets the first answer");
+    assert_eq!(delete(b"delete-once").await.unwrap(), 1);
+    assert_eq!(
+        rename(b"another-rename").await.unwrap_err().code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        delete(b"another-delete").await.unwrap_err().code(),
+        Code::NotFound
+    );
+    let too_long: &'static [u8] = &[7u8; 65];
+    let status = rename(too_long).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("request id"),
+        "{}",
+        status.message()
+    );
+
+    // The namespace shows each call applied exactly once.
+    let paths: Vec<(String, Vec<u8>)> = listing(&client)
+        .await
+        .into_iter()
+        .map(|(path, entry)| {
+            let content = entry
+                .file
+                .map(|f| f.content_id.to_vec())
+                .unwrap_or_default();
+            (path, content)
+        })
+        .collect();
+    assert_eq!(
+        paths,
+        vec![
+            ("/r".to_string(), Vec::new()),
+            ("/r/b".to_string(), kept.content_id.to_vec()),
+        ]
     );
     cluster.stop_all().await;
 }

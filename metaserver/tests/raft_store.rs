@@ -91,7 +91,29 @@ fn commands() -> Vec<Command> {
             parents: true,
             mtime_ms: 1,
         },
+        renamed_once(),
+        // The retry of a call already applied: answered, not applied again
+        // (applied again, it would fail: the source is gone).
+        renamed_once(),
     ]
+}
+
+fn renamed_once() -> Command {
+    Command::once(
+        b"rename-1",
+        1_000,
+        Command::Rename {
+            from: "/datasets/b/shard-1".into(),
+            to: "/datasets/b/shard-9".into(),
+        },
+    )
+}
+
+/// The retry cache's answer to the rename, as `sm` holds it.
+fn rename_answer(sm: &StateMachine) -> Option<Outcome> {
+    let state = sm.state();
+    let state = state.read().unwrap();
+    state.retries.get(b"rename-1").map(|r| r.0.clone().unwrap())
 }
 
 fn listing(sm: &StateMachine) -> Vec<(String, Inode)> {
@@ -112,25 +134,32 @@ async fn applied_state_survives_restart_and_snapshot_restores() {
             .map(|(i, c)| entry(i as u64 + 1, c))
             .collect();
         let results = sm.apply(entries).await.unwrap();
-        assert_eq!(results.len(), 7);
-        assert_eq!(results[1].0, Ok(Outcome::Replaced(None)));
+        assert_eq!(results.len(), 9);
+        assert_eq!(results[1].0, Ok(Outcome::Replaced(false)));
         assert!(
             results[5].0.is_err(),
             "create-if-absent on an existing path fails"
         );
         assert!(results[6].0.is_err(), "an invalid path fails");
+        assert_eq!(results[7].0, Ok(Outcome::Done));
+        assert_eq!(
+            results[8].0,
+            Ok(Outcome::Done),
+            "a retry gets the first answer"
+        );
         expected = listing(&sm);
         assert_eq!(
             expected.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(),
-            ["/datasets", "/datasets/b", "/datasets/b/shard-1"]
+            ["/datasets", "/datasets/b", "/datasets/b/shard-9"]
         );
         assert_eq!(expected[2].1, Inode::File(file(2)));
     }
     // Reopen: the same state and applied id, without replaying anything.
     let (_log, mut sm) = store::open(&path).unwrap();
     assert_eq!(listing(&sm), expected);
+    assert_eq!(rename_answer(&sm), Some(Outcome::Done));
     let (applied, _) = sm.applied_state().await.unwrap();
-    assert_eq!(applied.unwrap().index, 7);
+    assert_eq!(applied.unwrap().index, 9);
 
     // A snapshot installed into a fresh store reproduces the state.
     let snapshot = sm
@@ -146,6 +175,7 @@ async fn applied_state_survives_restart_and_snapshot_restores() {
         .await
         .unwrap();
     assert_eq!(listing(&other), expected);
+    assert_eq!(rename_answer(&other), Some(Outcome::Done));
     assert_eq!(other.applied_state().await.unwrap().0, applied);
     drop((other, other_log)); // release the engine's directory lock
     let (_other_log, other) = store::open(&other_dir.path().join("raft")).unwrap();
@@ -154,6 +184,7 @@ async fn applied_state_survives_restart_and_snapshot_restores() {
         expected,
         "installed snapshot survives restart"
     );
+    assert_eq!(rename_answer(&other), Some(Outcome::Done));
 }
 
 #[tokio::test]

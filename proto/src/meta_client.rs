@@ -42,10 +42,12 @@ struct Inner {
 /// repeat, and so are commits (a retried commit that finds its own file
 /// succeeds); a retried mkdir, rename or delete whose first attempt was
 /// applied reports that the path exists or is gone.
+///
+/// The code does not tell: a connection closed mid-call arrives as UNKNOWN,
+/// INTERNAL or CANCELLED depending on where it broke. What tells is the
+/// cause: an answer from a metaserver carries none, a broken transport
+/// carries its I/O, h2 or hyper error.
 fn lost_connection(status: &Status) -> bool {
-    if status.code() != Code::Unknown && status.code() != Code::Internal {
-        return false;
-    }
     let mut source = std::error::Error::source(status);
     while let Some(err) = source {
         if err.downcast_ref::<std::io::Error>().is_some()
@@ -57,6 +59,27 @@ fn lost_connection(status: &Status) -> bool {
         source = err.source();
     }
     false
+}
+
+/// A fresh id for one call that changes the namespace, kept by all its
+/// retries so the metaserver group applies the call once (a retried rename
+/// whose first attempt was applied gets that attempt's answer, not "not
+/// found"). 128 bits from the process's random hasher keys, the clock and a
+/// counter: unique without coordination.
+pub fn request_id() -> bytes::Bytes {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = blake3::Hasher::new();
+    let keyed = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.update(&keyed.finish().to_le_bytes());
+    hasher.update(&std::process::id().to_le_bytes());
+    hasher.update(&CALLS.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    hasher.update(&now.as_nanos().to_le_bytes());
+    bytes::Bytes::copy_from_slice(&hasher.finalize().as_bytes()[..16])
 }
 
 impl MetaClient {
@@ -178,6 +201,7 @@ impl MetaClient {
         let request = pb::MkdirRequest {
             path: path.to_string(),
             parents,
+            request_id: request_id(),
         };
         let response = self
             .call(|mut c| {
@@ -198,6 +222,7 @@ impl MetaClient {
             path: path.to_string(),
             file: Some(file),
             if_absent,
+            request_id: request_id(),
         };
         self.call(|mut c| {
             let request = request.clone();
@@ -257,6 +282,7 @@ impl MetaClient {
         let request = pb::RenameRequest {
             from: from.to_string(),
             to: to.to_string(),
+            request_id: request_id(),
         };
         self.call(|mut c| {
             let request = request.clone();
@@ -271,6 +297,7 @@ impl MetaClient {
         let request = pb::DeleteRequest {
             path: path.to_string(),
             recursive,
+            request_id: request_id(),
         };
         let response = self
             .call(|mut c| {
@@ -420,5 +447,31 @@ impl MetaClient {
                 .await
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A call whose stream was cancelled under it (the metaserver died)
+    /// arrives as CANCELLED with the h2 error as its cause: retried. The
+    /// same code answered by a metaserver carries no cause: not retried.
+    #[test]
+    fn a_broken_transport_counts_as_lost_whatever_the_code() {
+        let broken = Status::from_error(Box::new(h2::Error::from(h2::Reason::CANCEL)));
+        assert_eq!(broken.code(), Code::Cancelled);
+        assert!(lost_connection(&broken));
+        assert!(!lost_connection(&Status::cancelled(
+            "cancelled by the server"
+        )));
+        assert!(!lost_connection(&Status::not_found("/x")));
+    }
+
+    #[test]
+    fn request_ids_differ() {
+        let ids: std::collections::BTreeSet<_> = (0..1000).map(|_| request_id()).collect();
+        assert_eq!(ids.len(), 1000);
+        assert!(ids.iter().all(|id| id.len() == 16));
     }
 }

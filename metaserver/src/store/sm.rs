@@ -23,6 +23,7 @@ use shardfs_proto::ChunkId;
 
 use crate::cluster::{ChunkServerInfo, Cluster, ClusterChange};
 use crate::namespace::{Change, Inode, Journal, Namespace, NamespaceParts};
+use crate::retries::{Answer, RetryCache, RetryChange};
 use crate::state::State;
 use crate::types::{
     CommandResult, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
@@ -35,6 +36,7 @@ const INODE_PREFIX: u8 = b'i';
 const ENTRY_PREFIX: u8 = b'e';
 const SERVER_PREFIX: u8 = b's';
 const LOCATION_PREFIX: u8 = b'c';
+const RETRY_PREFIX: u8 = b'r';
 const SNAPSHOT_META_KEY: &[u8] = b"meta";
 const SNAPSHOT_DATA_KEY: &[u8] = b"data";
 
@@ -46,6 +48,8 @@ struct SnapshotPayload {
     servers: Vec<(u64, ChunkServerInfo)>,
     #[serde(default)]
     locations: Vec<(ChunkId, Vec<u64>)>,
+    #[serde(default)]
+    retries: Vec<(Vec<u8>, Answer)>,
 }
 
 impl SnapshotPayload {
@@ -55,6 +59,7 @@ impl SnapshotPayload {
             namespace: state.namespace.to_parts(),
             servers,
             locations,
+            retries: state.retries.to_parts(),
         }
     }
 
@@ -68,6 +73,7 @@ impl SnapshotPayload {
                     .map(|(c, s)| (c, s.into_iter().collect()))
                     .collect(),
             ),
+            retries: RetryCache::from_parts(self.retries),
         }
     }
 }
@@ -120,6 +126,16 @@ fn cluster_row(change: ClusterChange) -> (Vec<u8>, Option<Vec<u8>>) {
     }
 }
 
+fn retry_key(id: &[u8]) -> Vec<u8> {
+    let mut key = vec![RETRY_PREFIX];
+    key.extend_from_slice(id);
+    key
+}
+
+fn retry_row((id, answer): RetryChange) -> (Vec<u8>, Option<Vec<u8>>) {
+    (retry_key(&id), answer.map(|a| json(&a)))
+}
+
 fn u64_at(bytes: &[u8]) -> u64 {
     let mut array = [0u8; 8];
     array.copy_from_slice(&bytes[..8]);
@@ -146,6 +162,9 @@ fn full_batch(state: &State, applied: &Option<LogId>, membership: &StoredMembers
     }
     for (chunk, holders) in locations {
         batch.push(cluster_row(ClusterChange::Locations(chunk, Some(holders))));
+    }
+    for (id, answer) in state.retries.to_parts() {
+        batch.push(retry_row((id, Some(answer))));
     }
     batch.push((APPLIED_KEY.to_vec(), Some(json(applied))));
     batch.push((MEMBERSHIP_KEY.to_vec(), Some(json(membership))));
@@ -202,11 +221,18 @@ impl StateMachine {
                 .map_err(|e| decode_error(ErrorSubject::StateMachine, e))?;
             locations.insert(chunk, holders.into_iter().collect());
         }
+        let mut retries = Vec::new();
+        for (key, value) in rows(RETRY_PREFIX)? {
+            let answer: Answer = serde_json::from_slice(&value)
+                .map_err(|e| decode_error(ErrorSubject::StateMachine, e))?;
+            retries.push((key[1..].to_vec(), answer));
+        }
         let mut sm = Self {
             kv,
             state: Arc::new(RwLock::new(State {
                 namespace: Namespace::from_parts(inodes, entries, next_inode),
                 cluster: Cluster::from_parts(servers, locations),
+                retries: RetryCache::from_parts(retries),
             })),
             applied,
             membership,
@@ -300,6 +326,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             })
             .collect();
         batch.extend(journal.cluster.into_iter().map(cluster_row));
+        batch.extend(journal.retries.into_iter().map(retry_row));
         batch.push((APPLIED_KEY.to_vec(), Some(json(&self.applied))));
         if membership_changed {
             batch.push((MEMBERSHIP_KEY.to_vec(), Some(json(&self.membership))));
