@@ -232,13 +232,12 @@ impl MetaNode {
         }
         let checked = self.read_local(|s| {
             s.cluster.servers.get(&id)?;
-            let wanted = s.namespace.chunk_needs();
             let short = s
                 .cluster
                 .chunks_of(id)
                 .iter()
                 .filter(|c| {
-                    let Some(need) = wanted.get(c) else {
+                    let Some(need) = s.namespace.chunk_need(c) else {
                         return false; // garbage: nothing to keep
                     };
                     let elsewhere = s

@@ -64,10 +64,9 @@ impl MetaNode {
     /// One round: update the clocks, collect what is due.
     pub async fn gc_round(&self, grace: Duration) {
         let unreferenced: Vec<ChunkId> = self.read_local(|s| {
-            let referenced = s.namespace.chunk_needs();
             s.cluster
                 .chunks()
-                .filter(|c| !referenced.contains_key(*c))
+                .filter(|c| !s.namespace.is_referenced(c))
                 .copied()
                 .collect()
         });

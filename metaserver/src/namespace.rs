@@ -103,6 +103,25 @@ pub struct ChunkNeed {
     pub replication: usize,
 }
 
+/// How the files use one chunk: its length and, per replication factor
+/// (ascending), how many references files with that R make to it. Kept up
+/// to date by every change to a file, so repair, garbage collection and
+/// status never scan the files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ChunkUse {
+    length: u64,
+    by_replication: Vec<(u32, u32)>,
+}
+
+impl ChunkUse {
+    fn need(&self) -> ChunkNeed {
+        ChunkNeed {
+            length: self.length,
+            replication: self.by_replication.last().map_or(0, |(r, _)| *r as usize),
+        }
+    }
+}
+
 /// The changes made by the commands applied since it was last drained.
 #[derive(Debug, Default)]
 pub struct Journal {
@@ -126,6 +145,8 @@ pub struct Namespace {
     inodes: HashMap<u64, Inode>,
     entries: BTreeMap<(u64, String), u64>,
     next_inode: u64,
+    /// Derived from the files (never stored): every referenced chunk.
+    uses: HashMap<ChunkId, ChunkUse>,
 }
 
 impl Default for Namespace {
@@ -143,6 +164,7 @@ impl Namespace {
             inodes,
             entries: BTreeMap::new(),
             next_inode: ROOT_INODE + 1,
+            uses: HashMap::new(),
         }
     }
 
@@ -156,10 +178,18 @@ impl Namespace {
             inodes,
             entries,
             next_inode: next_inode.max(ROOT_INODE + 1),
+            uses: HashMap::new(),
         };
         ns.inodes
             .entry(ROOT_INODE)
             .or_insert(Inode::Dir { mtime_ms: 0 });
+        let inodes = std::mem::take(&mut ns.inodes);
+        for inode in inodes.values() {
+            if let Inode::File(file) = inode {
+                ns.count_uses(file, true);
+            }
+        }
+        ns.inodes = inodes;
         ns
     }
 
@@ -310,6 +340,8 @@ impl Namespace {
                 Inode::File(_) if if_absent => Err(NsError::AlreadyExists(path.to_string())),
                 Inode::File(old) => {
                     let old = old.clone();
+                    self.count_uses(&old, false);
+                    self.count_uses(&file, true);
                     let inode = Inode::File(file);
                     journal
                         .changes
@@ -396,6 +428,7 @@ impl Namespace {
                 stack.push(child);
             }
             if let Some(Inode::File(file)) = self.inodes.remove(&inode) {
+                self.count_uses(&file, false);
                 removed.push(file);
             }
             journal.changes.push(Change::Inode(inode, None));
@@ -431,18 +464,18 @@ impl Namespace {
     /// Every chunk a file references, with its length and the highest
     /// replication factor among the files that use it: what repair,
     /// garbage collection and status measure the cluster against.
-    pub fn chunk_needs(&self) -> HashMap<ChunkId, ChunkNeed> {
-        let mut needs: HashMap<ChunkId, ChunkNeed> = HashMap::new();
-        for file in self.files() {
-            for chunk in &file.chunks {
-                let need = needs.entry(chunk.id).or_insert(ChunkNeed {
-                    length: chunk.length,
-                    replication: 0,
-                });
-                need.replication = need.replication.max(file.replication as usize);
-            }
-        }
-        needs
+    pub fn chunk_needs(&self) -> impl Iterator<Item = (ChunkId, ChunkNeed)> + '_ {
+        self.uses.iter().map(|(id, uses)| (*id, uses.need()))
+    }
+
+    /// What the files ask of chunk `id`; None when no file references it.
+    pub fn chunk_need(&self, id: &ChunkId) -> Option<ChunkNeed> {
+        self.uses.get(id).map(ChunkUse::need)
+    }
+
+    /// Whether some file references chunk `id`.
+    pub fn is_referenced(&self, id: &ChunkId) -> bool {
+        self.uses.contains_key(id)
     }
 
     /// Every file in the namespace (for reference counting chunks).
@@ -500,9 +533,46 @@ impl Namespace {
         journal
             .changes
             .push(Change::Entry(parent, name.clone(), Some(number)));
+        if let Inode::File(file) = &inode {
+            self.count_uses(file, true);
+        }
         self.inodes.insert(number, inode);
         self.entries.insert((parent, name), number);
         number
+    }
+
+    /// Counts the references `file` makes to its chunks in (`add`) or out.
+    fn count_uses(&mut self, file: &FileMeta, add: bool) {
+        let r = file.replication;
+        for chunk in &file.chunks {
+            let uses = self.uses.entry(chunk.id).or_insert_with(|| ChunkUse {
+                length: chunk.length,
+                by_replication: Vec::new(),
+            });
+            let at = uses.by_replication.partition_point(|(x, _)| *x < r);
+            match uses.by_replication.get_mut(at) {
+                Some((x, count)) if *x == r => {
+                    if add {
+                        *count += 1;
+                    } else {
+                        *count -= 1;
+                        if *count == 0 {
+                            uses.by_replication.remove(at);
+                        }
+                    }
+                }
+                _ => {
+                    // Every file's chunks are counted when the file comes.
+                    debug_assert!(add, "chunk {} was never counted", chunk.id);
+                    if add {
+                        uses.by_replication.insert(at, (r, 1));
+                    }
+                }
+            }
+            if uses.by_replication.is_empty() {
+                self.uses.remove(&chunk.id);
+            }
+        }
     }
 }
 
@@ -536,6 +606,70 @@ mod tests {
     fn names(ns: &Namespace, path: &str) -> Vec<String> {
         let (entries, _) = ns.list(&p(path), None, usize::MAX).unwrap();
         entries.into_iter().map(|e| e.name).collect()
+    }
+
+    /// What the files ask of each chunk, computed from scratch.
+    fn needs_by_scan(ns: &Namespace) -> BTreeMap<ChunkId, ChunkNeed> {
+        let mut needs: BTreeMap<ChunkId, ChunkNeed> = BTreeMap::new();
+        for file in ns.files() {
+            for chunk in &file.chunks {
+                let need = needs.entry(chunk.id).or_insert(ChunkNeed {
+                    length: chunk.length,
+                    replication: 0,
+                });
+                need.replication = need.replication.max(file.replication as usize);
+            }
+        }
+        needs
+    }
+
+    /// The chunk index kept by commits, replacements, renames and deletes
+    /// always equals a scan of the files, including chunks shared by files
+    /// of different R and chunks repeated within a file.
+    #[test]
+    fn chunk_needs_follow_every_change() {
+        let chunk = |n: u8| ChunkRef {
+            id: ChunkId::of(&[n]),
+            length: 10 + n as u64,
+        };
+        let made = |chunks: &[u8], replication: u32| {
+            let chunks: Vec<ChunkRef> = chunks.iter().map(|n| chunk(*n)).collect();
+            FileMeta {
+                content_id: FileMeta::content_id_of(&chunks),
+                size: chunks.iter().map(|c| c.length).sum(),
+                chunks,
+                replication,
+                mtime_ms: 1,
+            }
+        };
+        let mut ns = Namespace::new();
+        let mut j = Journal::default();
+        let check = |ns: &Namespace| {
+            let indexed: BTreeMap<ChunkId, ChunkNeed> = ns.chunk_needs().collect();
+            assert_eq!(indexed, needs_by_scan(ns));
+        };
+        ns.commit(&p("/d/a"), made(&[1, 2, 2], 3), false, &mut j)
+            .unwrap();
+        ns.commit(&p("/d/b"), made(&[2, 3], 5), false, &mut j)
+            .unwrap();
+        check(&ns);
+        assert_eq!(ns.chunk_need(&chunk(2).id).unwrap().replication, 5);
+        ns.commit(&p("/d/b"), made(&[3, 4], 2), false, &mut j)
+            .unwrap();
+        check(&ns);
+        assert_eq!(ns.chunk_need(&chunk(2).id).unwrap().replication, 3);
+        ns.rename(&p("/d"), &p("/e"), &mut j).unwrap();
+        ns.commit(&p("/f"), made(&[1], 1), false, &mut j).unwrap();
+        check(&ns);
+        ns.delete(&p("/e/a"), false, &mut j).unwrap();
+        check(&ns);
+        assert!(!ns.is_referenced(&chunk(2).id));
+        assert_eq!(ns.chunk_need(&chunk(1).id).unwrap().replication, 1);
+        ns.delete(&p("/e"), true, &mut j).unwrap();
+        check(&ns);
+        assert_eq!(ns.chunk_needs().count(), 1);
+        ns.delete(&p("/f"), false, &mut j).unwrap();
+        assert_eq!(ns.chunk_needs().count(), 0);
     }
 
     #[test]

@@ -192,7 +192,6 @@ impl MetaNode {
                 .unwrap_or(0.0)
         };
         let (mut under, over) = self.read_local(|state| {
-            let wanted = state.namespace.chunk_needs();
             let mut under = Vec::new();
             let mut over = Vec::new();
             for (
@@ -201,9 +200,25 @@ impl MetaNode {
                     length,
                     replication: r,
                 },
-            ) in wanted
+            ) in state.namespace.chunk_needs()
             {
                 if in_flight.contains(&id) {
+                    continue;
+                }
+                let draining =
+                    |h: &ServerId| state.cluster.servers.get(h).is_some_and(|i| i.draining);
+                // A chunk without a live copy cannot be repaired (it is lost
+                // until a holder returns), and most have exactly R live
+                // copies on servers that are not draining: settle those
+                // without building anything.
+                let (mut live_count, mut counted_count) = (0, 0);
+                for holder in state.cluster.holders(&id) {
+                    if self.liveness.is_alive(holder) {
+                        live_count += 1;
+                        counted_count += usize::from(!draining(&holder));
+                    }
+                }
+                if live_count == 0 || (live_count == r && counted_count == r) {
                     continue;
                 }
                 let live: BTreeSet<ServerId> = state
@@ -211,8 +226,6 @@ impl MetaNode {
                     .holders(&id)
                     .filter(|h| self.liveness.is_alive(*h))
                     .collect();
-                let draining =
-                    |h: &ServerId| state.cluster.servers.get(h).is_some_and(|i| i.draining);
                 let counted: BTreeSet<ServerId> =
                     live.iter().copied().filter(|h| !draining(h)).collect();
                 let need = Need {
@@ -222,9 +235,6 @@ impl MetaNode {
                     live,
                     counted,
                 };
-                if need.live.is_empty() {
-                    continue; // nothing to copy from: lost until a holder returns
-                }
                 let fresh = need
                     .counted
                     .iter()

@@ -108,11 +108,10 @@ impl State {
                 }
             }
             Command::Collect { chunks } => {
-                let referenced = ns.chunk_needs();
                 let mut collected = Vec::new();
                 let mut by_server: BTreeMap<u64, Vec<ChunkId>> = BTreeMap::new();
                 for id in chunks {
-                    if referenced.contains_key(id) {
+                    if ns.is_referenced(id) {
                         continue;
                     }
                     let holders: Vec<u64> = cluster.holders(id).collect();
