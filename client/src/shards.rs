@@ -37,9 +37,24 @@ pub struct Cursor {
     /// The dataset's content id (hex): a cursor only resumes the dataset
     /// it was taken from.
     pub dataset: String,
-    /// When the cursor was taken from a stream resumed with another world
-    /// size, the global position that stream started from.
+    /// Cursors written before `resizes` existed: a global position of the
+    /// epoch's order the stream started from. 0 in new cursors.
+    #[serde(default)]
     pub base: u64,
+    /// The world size changes this epoch went through before this stream,
+    /// oldest first: each says which shards the ranks of then had yielded.
+    #[serde(default)]
+    pub resizes: Vec<Resize>,
+}
+
+/// A change of world size mid-epoch: the old world, and how many of its
+/// shards each old rank had yielded (by rank). The shards no old rank had
+/// yielded are split across the new ranks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resize {
+    pub world: u64,
+    pub drop_remainder: bool,
+    pub positions: Vec<u64>,
 }
 
 /// What decides an epoch's assignment of shards to ranks.
@@ -52,28 +67,63 @@ pub struct Assignment<'a> {
     pub epoch: u64,
     pub world: u64,
     pub drop_remainder: bool,
-    /// Global position of the epoch's shuffled order to start from (0, or
-    /// where a stream with another world size stopped).
+    /// Global position of the epoch's shuffled order to start from (0 but
+    /// for old cursors).
     pub base: u64,
+    /// World size changes earlier in the epoch, oldest first.
+    pub resizes: &'a [Resize],
 }
 
 impl Assignment<'_> {
     /// The shards (indexes into the sorted listing) rank `rank` reads, in
     /// order.
     pub fn rank(&self, rank: u64) -> Vec<usize> {
-        let order = shuffled(self.shards, self.dataset, self.seed, self.epoch);
-        let rest: Vec<usize> = order.into_iter().skip(self.base as usize).collect();
         let w = self.world.max(1) as usize;
-        let padded: Vec<usize> = if self.drop_remainder {
-            let keep = rest.len() / w * w;
-            rest[..keep].to_vec()
-        } else if rest.is_empty() {
-            Vec::new()
-        } else {
-            let total = rest.len().div_ceil(w) * w;
-            (0..total).map(|i| rest[i % rest.len()]).collect()
-        };
-        padded.into_iter().skip(rank as usize).step_by(w).collect()
+        padded(&self.remaining(), w, self.drop_remainder)
+            .into_iter()
+            .skip(rank as usize)
+            .step_by(w)
+            .collect()
+    }
+
+    /// The shards left for this world to split, in the epoch's order: all
+    /// of them, less those yielded before each resize.
+    fn remaining(&self) -> Vec<usize> {
+        let order = shuffled(self.shards, self.dataset, self.seed, self.epoch);
+        let mut rest: Vec<usize> = order.into_iter().skip(self.base as usize).collect();
+        for resize in self.resizes {
+            let w = resize.world.max(1) as usize;
+            let assigned = padded(&rest, w, resize.drop_remainder);
+            // Padded slot j went to rank j % w as its (j / w)th shard.
+            let yielded =
+                |j: usize| ((j / w) as u64) < resize.positions.get(j % w).copied().unwrap_or(0);
+            let done: std::collections::HashSet<usize> = assigned
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| yielded(*j))
+                .map(|(_, shard)| *shard)
+                .collect();
+            let mut kept = std::collections::HashSet::new();
+            rest = assigned
+                .into_iter()
+                .filter(|shard| !done.contains(shard) && kept.insert(*shard))
+                .collect();
+        }
+        rest
+    }
+}
+
+/// `shards` cut (`drop_remainder`) or padded by wrapping to a multiple of
+/// `world`.
+fn padded(shards: &[usize], world: usize, drop_remainder: bool) -> Vec<usize> {
+    if drop_remainder {
+        let keep = shards.len() / world * world;
+        shards[..keep].to_vec()
+    } else if shards.is_empty() {
+        Vec::new()
+    } else {
+        let total = shards.len().div_ceil(world) * world;
+        (0..total).map(|i| shards[i % shards.len()]).collect()
     }
 }
 
@@ -121,7 +171,7 @@ pub struct ShardsBuilder {
     drop_remainder: bool,
     prefetch_bytes: u64,
     parallel_chunks: usize,
-    resume: Option<Cursor>,
+    resume: Vec<Cursor>,
 }
 
 enum Source {
@@ -151,7 +201,7 @@ impl Client {
             drop_remainder: false,
             prefetch_bytes: 1 << 30,
             parallel_chunks: 16,
-            resume: None,
+            resume: Vec::new(),
         }
     }
 }
@@ -192,11 +242,22 @@ impl ShardsBuilder {
     }
     /// Continues from a cursor taken with [`ShardStream::state`] (its epoch
     /// and seed win). With the same world size, rank r yields exactly the
-    /// rest of its shards; with another world size, the shards no rank had
-    /// reached are split across the new ranks (all ranks are assumed to
-    /// have reached the same position, as at a synchronous checkpoint).
+    /// rest of its shards. With another world size, every old rank is taken
+    /// to have reached this cursor's position (a synchronous checkpoint);
+    /// when they stopped at different positions, use
+    /// [`resume_all`](Self::resume_all).
     pub fn resume(mut self, cursor: Cursor) -> Self {
-        self.resume = Some(cursor);
+        self.resume = vec![cursor];
+        self
+    }
+
+    /// Continues from the cursors of every rank of the old world (one per
+    /// rank, any order): the shards no old rank had yielded are split across
+    /// the new world, each exactly once (apart from padding), however far
+    /// each old rank had got. With the same world size, rank r resumes from
+    /// the old rank r's cursor.
+    pub fn resume_all(mut self, cursors: Vec<Cursor>) -> Self {
+        self.resume = cursors;
         self
     }
 
@@ -245,24 +306,15 @@ impl ShardsBuilder {
             .map(|l| (l.path.clone(), content_of(l)))
             .collect();
         let dataset = dataset_id(&listing);
-        let (epoch, seed, position, base) = match &self.resume {
-            None => (self.epoch, self.seed, 0, 0),
-            Some(cursor) => {
-                if cursor.dataset != dataset.to_hex() {
-                    return Err(ClientError::InvalidArgument(
-                        "the cursor was taken from another dataset (its listing or contents changed)"
-                            .into(),
-                    ));
-                }
-                if cursor.world == self.world && cursor.drop_remainder == self.drop_remainder {
-                    (cursor.epoch, cursor.seed, cursor.position, cursor.base)
-                } else {
-                    // Global position every old rank had reached.
-                    let reached = cursor.base + cursor.position * cursor.world;
-                    (cursor.epoch, cursor.seed, 0, reached)
-                }
-            }
-        };
+        let start = self.start(&dataset)?;
+        let Cursor {
+            epoch,
+            seed,
+            position,
+            base,
+            resizes,
+            ..
+        } = start;
         let order = Assignment {
             shards: layouts.len(),
             dataset: &dataset,
@@ -271,6 +323,7 @@ impl ShardsBuilder {
             world: self.world,
             drop_remainder: self.drop_remainder,
             base,
+            resizes: &resizes,
         }
         .rank(self.rank);
         let layouts = Arc::new(layouts);
@@ -302,8 +355,115 @@ impl ShardsBuilder {
                 drop_remainder: self.drop_remainder,
                 dataset: dataset.to_hex(),
                 base,
+                resizes,
             },
             fetches,
+        })
+    }
+
+    /// Where this stream starts: the cursor it continues from (a fresh
+    /// start, the rank's own cursor, or a new resize).
+    fn start(&self, dataset: &ChunkId) -> Result<Cursor> {
+        let fresh = Cursor {
+            epoch: self.epoch,
+            position: 0,
+            seed: self.seed,
+            world: self.world,
+            rank: self.rank,
+            drop_remainder: self.drop_remainder,
+            dataset: dataset.to_hex(),
+            base: 0,
+            resizes: Vec::new(),
+        };
+        let Some(first) = self.resume.first() else {
+            return Ok(fresh);
+        };
+        let bad = |why: String| Err(ClientError::InvalidArgument(why));
+        if first.dataset != fresh.dataset {
+            return bad(
+                "the cursor was taken from another dataset (its listing or contents changed)"
+                    .into(),
+            );
+        }
+        let same_stream = |c: &Cursor| {
+            (
+                c.epoch,
+                c.seed,
+                c.world,
+                c.drop_remainder,
+                c.base,
+                &c.resizes,
+                &c.dataset,
+            ) == (
+                first.epoch,
+                first.seed,
+                first.world,
+                first.drop_remainder,
+                first.base,
+                &first.resizes,
+                &first.dataset,
+            )
+        };
+        if !self.resume.iter().all(same_stream) {
+            return bad("the cursors come from different streams (dataset, epoch, seed, world size or resizes differ)".into());
+        }
+        let resumed = Cursor {
+            position: 0,
+            ..first.clone()
+        };
+        if first.world == self.world && first.drop_remainder == self.drop_remainder {
+            // One cursor stands for every rank; of several, take our own.
+            let own = match self.resume.as_slice() {
+                [only] => only,
+                all => match all.iter().find(|c| c.rank == self.rank) {
+                    Some(own) => own,
+                    None => return bad(format!("no cursor of rank {} was given", self.rank)),
+                },
+            };
+            return Ok(Cursor {
+                position: own.position,
+                rank: self.rank,
+                ..resumed
+            });
+        }
+        let positions = if let [only] = self.resume.as_slice() {
+            vec![only.position; first.world as usize]
+        } else {
+            let mut positions = vec![None; first.world as usize];
+            for cursor in &self.resume {
+                match positions.get_mut(cursor.rank as usize) {
+                    Some(slot @ None) => *slot = Some(cursor.position),
+                    Some(Some(_)) => {
+                        return bad(format!("two cursors of rank {} were given", cursor.rank));
+                    }
+                    None => {
+                        return bad(format!(
+                            "a cursor of rank {} does not belong to a world of {}",
+                            cursor.rank, first.world
+                        ));
+                    }
+                }
+            }
+            if let Some(missing) = positions.iter().position(Option::is_none) {
+                return bad(format!(
+                    "every old rank's cursor is needed to resume with another world size; rank {missing} of {} is missing",
+                    first.world
+                ));
+            }
+            positions.into_iter().flatten().collect()
+        };
+        let mut resizes = first.resizes.clone();
+        resizes.push(Resize {
+            world: first.world,
+            drop_remainder: first.drop_remainder,
+            positions,
+        });
+        Ok(Cursor {
+            world: self.world,
+            rank: self.rank,
+            drop_remainder: self.drop_remainder,
+            resizes,
+            ..resumed
         })
     }
 }
@@ -435,7 +595,7 @@ mod tests {
         world: u64,
         rank: u64,
         drop_remainder: bool,
-        base: u64,
+        resizes: &[Resize],
     ) -> Vec<usize> {
         Assignment {
             shards,
@@ -444,7 +604,8 @@ mod tests {
             epoch,
             world,
             drop_remainder,
-            base,
+            base: 0,
+            resizes,
         }
         .rank(rank)
     }
@@ -454,7 +615,7 @@ mod tests {
         for (n, w) in [(12usize, 3u64), (10, 5), (7, 7), (100, 4)] {
             let mut all = Vec::new();
             for r in 0..w {
-                let mine = assign(n, &id(), 42, 3, w, r, false, 0);
+                let mine = assign(n, &id(), 42, 3, w, r, false, &[]);
                 assert_eq!(mine.len(), n / w as usize);
                 all.extend(mine);
             }
@@ -467,13 +628,13 @@ mod tests {
     fn uneven_counts_pad_or_drop_and_ranks_stay_equal() {
         let (n, w) = (10usize, 4u64);
         let padded: Vec<Vec<usize>> = (0..w)
-            .map(|r| assign(n, &id(), 1, 0, w, r, false, 0))
+            .map(|r| assign(n, &id(), 1, 0, w, r, false, &[]))
             .collect();
         assert!(padded.iter().all(|m| m.len() == 3));
         let covered: BTreeSet<usize> = padded.iter().flatten().copied().collect();
         assert_eq!(covered.len(), n, "padding wraps; nothing is left out");
         let dropped: Vec<Vec<usize>> = (0..w)
-            .map(|r| assign(n, &id(), 1, 0, w, r, true, 0))
+            .map(|r| assign(n, &id(), 1, 0, w, r, true, &[]))
             .collect();
         assert!(dropped.iter().all(|m| m.len() == 2));
         let distinct: BTreeSet<usize> = dropped.iter().flatten().copied().collect();
@@ -482,25 +643,61 @@ mod tests {
 
     #[test]
     fn same_inputs_same_order_and_epochs_reorder() {
-        let a = assign(50, &id(), 7, 1, 2, 0, false, 0);
-        assert_eq!(a, assign(50, &id(), 7, 1, 2, 0, false, 0));
-        assert_ne!(a, assign(50, &id(), 7, 2, 2, 0, false, 0));
-        assert_ne!(a, assign(50, &id(), 8, 1, 2, 0, false, 0));
-        assert_ne!(a, assign(50, &ChunkId::of(b"other"), 7, 1, 2, 0, false, 0));
+        let a = assign(50, &id(), 7, 1, 2, 0, false, &[]);
+        assert_eq!(a, assign(50, &id(), 7, 1, 2, 0, false, &[]));
+        assert_ne!(a, assign(50, &id(), 7, 2, 2, 0, false, &[]));
+        assert_ne!(a, assign(50, &id(), 8, 1, 2, 0, false, &[]));
+        assert_ne!(
+            a,
+            assign(50, &ChunkId::of(b"other"), 7, 1, 2, 0, false, &[])
+        );
     }
 
+    /// Old ranks that stopped at different positions: the new world gets
+    /// exactly the shards none of them yielded, each once (no padding
+    /// needed here), and a second resize composes with the first.
     #[test]
     fn resuming_with_another_world_splits_the_rest() {
-        let (n, old_w, position) = (24usize, 3u64, 5u64);
-        let order = shuffled(n, &id(), 9, 0);
-        let reached = position * old_w;
-        let rest: BTreeSet<usize> = order[reached as usize..].iter().copied().collect();
-        let mut got = Vec::new();
-        for r in 0..2u64 {
-            got.extend(assign(n, &id(), 9, 0, 2, r, false, reached));
-        }
+        let n = 24usize;
+        let old: Vec<Vec<usize>> = (0..3)
+            .map(|r| assign(n, &id(), 9, 0, 3, r, false, &[]))
+            .collect();
+        let positions = vec![5u64, 2, 7];
+        let yielded: BTreeSet<usize> = old
+            .iter()
+            .zip(&positions)
+            .flat_map(|(mine, p)| mine[..*p as usize].iter().copied())
+            .collect();
+        let resize = Resize {
+            world: 3,
+            drop_remainder: false,
+            positions,
+        };
+        let new: Vec<Vec<usize>> = (0..2)
+            .map(|r| assign(n, &id(), 9, 0, 2, r, false, std::slice::from_ref(&resize)))
+            .collect();
+        let got: Vec<usize> = new.iter().flatten().copied().collect();
         let got_set: BTreeSet<usize> = got.iter().copied().collect();
-        assert_eq!(got_set, rest);
-        assert_eq!(got.len(), 10, "9 left, padded to 5 + 5");
+        assert_eq!(got.len(), 10, "10 left, 5 + 5");
+        assert_eq!(got_set.len(), 10);
+        assert!(got_set.is_disjoint(&yielded));
+        assert_eq!(got_set.len() + yielded.len(), n);
+
+        // The 2 new ranks stop at 4 and 1; 3 ranks take the last 5.
+        let again = Resize {
+            world: 2,
+            drop_remainder: false,
+            positions: vec![4, 1],
+        };
+        let second: BTreeSet<usize> = new[0][..4].iter().chain(&new[1][..1]).copied().collect();
+        let resizes = [resize, again];
+        let last: Vec<usize> = (0..3)
+            .flat_map(|r| assign(n, &id(), 9, 0, 3, r, false, &resizes))
+            .collect();
+        assert_eq!(last.len(), 6, "5 left, padded to 2 + 2 + 2");
+        let last_set: BTreeSet<usize> = last.iter().copied().collect();
+        assert_eq!(last_set.len(), 5);
+        assert!(last_set.is_disjoint(&yielded) && last_set.is_disjoint(&second));
+        assert_eq!(last_set.len() + second.len() + yielded.len(), n);
     }
 }

@@ -113,6 +113,65 @@ async fn ranks_resume_and_survive_a_dead_chunk_server() {
     assert!(taken_set.is_disjoint(&consumed));
     assert_eq!(taken_set.len() + consumed.len(), source.len());
 
+    // The two ranks stopped at different shards (3 and 1): with every old
+    // rank's cursor, 3 new ranks take exactly the 6 neither had yielded,
+    // each verified; the shards they read are the ones not yet read.
+    let mut cursors = Vec::new();
+    let mut yielded = BTreeSet::new();
+    for (rank, stop) in [(1u64, 1usize), (0, 3)] {
+        let builder = client.shards("/ds").rank(rank).world(2).epoch(0).seed(11);
+        let (paths, cursor, hashes) = drain(builder, Some(stop)).await;
+        assert!(hashes.iter().all(|(p, h)| source[p] == *h));
+        yielded.extend(paths);
+        cursors.push(cursor);
+    }
+    let mut taken = Vec::new();
+    let mut later = Vec::new();
+    for rank in 0..3 {
+        let builder = client
+            .shards("/ds")
+            .rank(rank)
+            .world(3)
+            .resume_all(cursors.clone());
+        let (paths, cursor, hashes) = drain(builder, None).await;
+        assert!(hashes.iter().all(|(p, h)| source[p] == *h));
+        assert_eq!(paths.len(), 2);
+        taken.extend(paths);
+        later.push(cursor);
+    }
+    let taken_set: BTreeSet<String> = taken.iter().cloned().collect();
+    assert_eq!(taken_set.len(), 6);
+    assert!(taken_set.is_disjoint(&yielded));
+    assert_eq!(taken_set.len() + yielded.len(), source.len());
+    // Those cursors are at the end of the epoch: resuming yields nothing.
+    let builder = client.shards("/ds").rank(0).world(1).resume_all(later);
+    assert!(drain(builder, None).await.0.is_empty());
+    // A rank's cursor given twice (instead of every rank's) is refused.
+    let err = client
+        .shards("/ds")
+        .world(3)
+        .resume_all(vec![cursors[0].clone(), cursors[0].clone()])
+        .stream()
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("two cursors of rank 1"), "{err}");
+    // So is a set with an old rank missing, saying which.
+    let mut partial = Vec::new();
+    for rank in [0, 2] {
+        let builder = client.shards("/ds").rank(rank).world(3).epoch(0).seed(11);
+        partial.push(drain(builder, Some(1)).await.1);
+    }
+    let err = client
+        .shards("/ds")
+        .world(2)
+        .resume_all(partial)
+        .stream()
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("rank 1 of 3 is missing"), "{err}");
+
     // A chunk server dies just as an epoch starts: every shard still comes,
     // verified.
     let builder = client.shards("/ds").rank(0).world(1).epoch(2).seed(11);
