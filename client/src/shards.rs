@@ -87,7 +87,8 @@ impl Assignment<'_> {
     }
 
     /// The shards left for this world to split, in the epoch's order: all
-    /// of them, less those yielded before each resize.
+    /// of them, less those yielded before each resize (a remainder an old
+    /// world dropped was not yielded: it stays).
     fn remaining(&self) -> Vec<usize> {
         let order = shuffled(self.shards, self.dataset, self.seed, self.epoch);
         let mut rest: Vec<usize> = order.into_iter().skip(self.base as usize).collect();
@@ -103,11 +104,7 @@ impl Assignment<'_> {
                 .filter(|(j, _)| yielded(*j))
                 .map(|(_, shard)| *shard)
                 .collect();
-            let mut kept = std::collections::HashSet::new();
-            rest = assigned
-                .into_iter()
-                .filter(|shard| !done.contains(shard) && kept.insert(*shard))
-                .collect();
+            rest.retain(|shard| !done.contains(shard));
         }
         rest
     }
@@ -171,7 +168,16 @@ pub struct ShardsBuilder {
     drop_remainder: bool,
     prefetch_bytes: u64,
     parallel_chunks: usize,
-    resume: Vec<Cursor>,
+    resume: Resume,
+}
+
+/// What a stream continues from.
+enum Resume {
+    Nothing,
+    /// One cursor, standing for every rank of its world.
+    One(Cursor),
+    /// Every rank's cursor of the old world.
+    All(Vec<Cursor>),
 }
 
 enum Source {
@@ -201,7 +207,7 @@ impl Client {
             drop_remainder: false,
             prefetch_bytes: 1 << 30,
             parallel_chunks: 16,
-            resume: Vec::new(),
+            resume: Resume::Nothing,
         }
     }
 }
@@ -247,7 +253,7 @@ impl ShardsBuilder {
     /// when they stopped at different positions, use
     /// [`resume_all`](Self::resume_all).
     pub fn resume(mut self, cursor: Cursor) -> Self {
-        self.resume = vec![cursor];
+        self.resume = Resume::One(cursor);
         self
     }
 
@@ -257,7 +263,7 @@ impl ShardsBuilder {
     /// each old rank had got. With the same world size, rank r resumes from
     /// the old rank r's cursor.
     pub fn resume_all(mut self, cursors: Vec<Cursor>) -> Self {
-        self.resume = cursors;
+        self.resume = Resume::All(cursors);
         self
     }
 
@@ -375,10 +381,15 @@ impl ShardsBuilder {
             base: 0,
             resizes: Vec::new(),
         };
-        let Some(first) = self.resume.first() else {
-            return Ok(fresh);
+        let cursors: &[Cursor] = match &self.resume {
+            Resume::Nothing => return Ok(fresh),
+            Resume::One(cursor) => std::slice::from_ref(cursor),
+            Resume::All(cursors) => cursors,
         };
         let bad = |why: String| Err(ClientError::InvalidArgument(why));
+        let Some(first) = cursors.first() else {
+            return bad("resume_all was given no cursors".into());
+        };
         if first.dataset != fresh.dataset {
             return bad(
                 "the cursor was taken from another dataset (its listing or contents changed)"
@@ -404,54 +415,49 @@ impl ShardsBuilder {
                 &first.dataset,
             )
         };
-        if !self.resume.iter().all(same_stream) {
+        if !cursors.iter().all(same_stream) {
             return bad("the cursors come from different streams (dataset, epoch, seed, world size or resizes differ)".into());
         }
+        // Each old rank's position: one cursor stands for every rank;
+        // resume_all needs exactly one cursor per rank.
+        let positions: Vec<u64> = match &self.resume {
+            Resume::All(_) => {
+                let mut positions = vec![None; first.world as usize];
+                for cursor in cursors {
+                    match positions.get_mut(cursor.rank as usize) {
+                        Some(slot @ None) => *slot = Some(cursor.position),
+                        Some(Some(_)) => {
+                            return bad(format!("two cursors of rank {} were given", cursor.rank));
+                        }
+                        None => {
+                            return bad(format!(
+                                "a cursor of rank {} does not belong to a world of {}",
+                                cursor.rank, first.world
+                            ));
+                        }
+                    }
+                }
+                if let Some(missing) = positions.iter().position(Option::is_none) {
+                    return bad(format!(
+                        "resume_all needs every old rank's cursor; rank {missing} of {} is missing",
+                        first.world
+                    ));
+                }
+                positions.into_iter().flatten().collect()
+            }
+            _ => vec![first.position; first.world as usize],
+        };
         let resumed = Cursor {
             position: 0,
             ..first.clone()
         };
         if first.world == self.world && first.drop_remainder == self.drop_remainder {
-            // One cursor stands for every rank; of several, take our own.
-            let own = match self.resume.as_slice() {
-                [only] => only,
-                all => match all.iter().find(|c| c.rank == self.rank) {
-                    Some(own) => own,
-                    None => return bad(format!("no cursor of rank {} was given", self.rank)),
-                },
-            };
             return Ok(Cursor {
-                position: own.position,
+                position: positions[self.rank as usize],
                 rank: self.rank,
                 ..resumed
             });
         }
-        let positions = if let [only] = self.resume.as_slice() {
-            vec![only.position; first.world as usize]
-        } else {
-            let mut positions = vec![None; first.world as usize];
-            for cursor in &self.resume {
-                match positions.get_mut(cursor.rank as usize) {
-                    Some(slot @ None) => *slot = Some(cursor.position),
-                    Some(Some(_)) => {
-                        return bad(format!("two cursors of rank {} were given", cursor.rank));
-                    }
-                    None => {
-                        return bad(format!(
-                            "a cursor of rank {} does not belong to a world of {}",
-                            cursor.rank, first.world
-                        ));
-                    }
-                }
-            }
-            if let Some(missing) = positions.iter().position(Option::is_none) {
-                return bad(format!(
-                    "every old rank's cursor is needed to resume with another world size; rank {missing} of {} is missing",
-                    first.world
-                ));
-            }
-            positions.into_iter().flatten().collect()
-        };
         let mut resizes = first.resizes.clone();
         resizes.push(Resize {
             world: first.world,
@@ -699,5 +705,26 @@ mod tests {
         assert_eq!(last_set.len(), 5);
         assert!(last_set.is_disjoint(&yielded) && last_set.is_disjoint(&second));
         assert_eq!(last_set.len() + second.len() + yielded.len(), n);
+    }
+
+    /// A remainder the old world dropped was never yielded: the new world
+    /// gets it.
+    #[test]
+    fn a_dropped_remainder_goes_to_the_new_world() {
+        let n = 10usize;
+        let old: Vec<Vec<usize>> = (0..4)
+            .map(|r| assign(n, &id(), 3, 0, 4, r, true, &[]))
+            .collect();
+        let yielded: BTreeSet<usize> = old.iter().map(|mine| mine[0]).collect();
+        let resize = Resize {
+            world: 4,
+            drop_remainder: true,
+            positions: vec![1; 4],
+        };
+        let new: BTreeSet<usize> = (0..2)
+            .flat_map(|r| assign(n, &id(), 3, 0, 2, r, false, std::slice::from_ref(&resize)))
+            .collect();
+        assert_eq!(new.len(), 6);
+        assert!(new.is_disjoint(&yielded));
     }
 }

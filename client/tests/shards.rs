@@ -156,6 +156,16 @@ async fn ranks_resume_and_survive_a_dead_chunk_server() {
         .err()
         .unwrap();
     assert!(err.to_string().contains("two cursors of rank 1"), "{err}");
+    // One cursor is not every rank's.
+    let err = client
+        .shards("/ds")
+        .world(3)
+        .resume_all(vec![cursors[0].clone()])
+        .stream()
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("rank 0 of 2 is missing"), "{err}");
     // So is a set with an old rank missing, saying which.
     let mut partial = Vec::new();
     for rank in [0, 2] {

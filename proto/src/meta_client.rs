@@ -39,9 +39,9 @@ struct Inner {
 /// True when a call failed because its connection broke (the metaserver
 /// died mid-call), not because the metaserver answered with an error.
 /// Such calls are retried elsewhere: reads and allocations are harmless to
-/// repeat, and so are commits (a retried commit that finds its own file
-/// succeeds); a retried mkdir, rename or delete whose first attempt was
-/// applied reports that the path exists or is gone.
+/// repeat, and mkdir, commit, rename and delete carry a request id, so the
+/// metaservers answer a retry whose first attempt was applied with that
+/// attempt's answer. Operator calls (drain, remove) are idempotent.
 ///
 /// The code does not tell: a connection closed mid-call arrives as UNKNOWN,
 /// INTERNAL or CANCELLED depending on where it broke. What tells is the
