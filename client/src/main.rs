@@ -167,6 +167,23 @@ struct StreamArgs {
     /// Discard the shards (the default): measure only.
     #[arg(long)]
     null: bool,
+    /// Stop after this many shards (the rest of the epoch stays for a
+    /// resume).
+    #[arg(long)]
+    limit: Option<u64>,
+    /// Keep the stream's cursor in this file (JSON), rewritten atomically
+    /// after every shard, to resume from after an interruption.
+    #[arg(long, value_name = "FILE")]
+    cursor: Option<PathBuf>,
+    /// Continue from cursor files (their epoch and seed win). One cursor
+    /// resumes this rank; to change the world size after ranks stopped at
+    /// different shards, give every old rank's cursor (--resume once each).
+    #[arg(long, value_name = "FILE")]
+    resume: Vec<PathBuf>,
+    /// Print one JSON object per shard and a JSON summary (with the cursor)
+    /// instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -1068,21 +1085,39 @@ async fn stream(client: &Client, args: StreamArgs) -> Result<()> {
     if let Some(out) = &args.out {
         std::fs::create_dir_all(out).map_err(|e| ClientError::local(out, e))?;
     }
+    let mut cursors = Vec::new();
+    for file in &args.resume {
+        let text = std::fs::read_to_string(file).map_err(|e| ClientError::local(file, e))?;
+        let cursor: shardfs_client::shards::Cursor = serde_json::from_str(&text).map_err(|e| {
+            ClientError::InvalidArgument(format!(
+                "{}: not a shard stream cursor: {e}",
+                file.display()
+            ))
+        })?;
+        cursors.push(cursor);
+    }
     let started = Instant::now();
-    let mut stream = client
+    let mut builder = client
         .shards(&args.prefix)
         .rank(args.rank)
         .world(args.world)
         .epoch(args.epoch)
         .seed(args.seed)
         .drop_remainder(args.drop_remainder)
-        .prefetch_bytes(args.prefetch)
-        .stream()
-        .await?;
+        .prefetch_bytes(args.prefetch);
+    builder = match cursors.len() {
+        0 => builder,
+        1 => builder.resume(cursors.pop().expect("one cursor")),
+        _ => builder.resume_all(cursors),
+    };
+    let mut stream = builder.stream().await?;
     let listed = started.elapsed();
     let (mut shards, mut bytes) = (0u64, 0u64);
     let mut waiting = std::time::Duration::ZERO;
-    loop {
+    if let Some(file) = &args.cursor {
+        save_cursor(file, &stream.state())?;
+    }
+    while args.limit.is_none_or(|limit| shards < limit) {
         let asked = Instant::now();
         let Some(item) = stream.next().await else {
             break;
@@ -1094,19 +1129,50 @@ async fn stream(client: &Client, args: StreamArgs) -> Result<()> {
             let target = out.join(name);
             std::fs::write(&target, &data).map_err(|e| ClientError::local(&target, e))?;
         }
+        if let Some(file) = &args.cursor {
+            save_cursor(file, &stream.state())?;
+        }
         shards += 1;
         bytes += data.len() as u64;
-        println!("{path}\t{} bytes\tverified", data.len());
+        if args.json {
+            println!(
+                "{}",
+                json!({ "path": path, "bytes": data.len(), "verified": true })
+            );
+        } else {
+            println!("{path}\t{} bytes\tverified", data.len());
+        }
     }
     let secs = started.elapsed().as_secs_f64().max(1e-6);
     let counters = client.counters();
+    let cursor = stream.state();
+    if args.json {
+        let summary = json!({
+            "rank": cursor.rank,
+            "world": cursor.world,
+            "epoch": cursor.epoch,
+            "shards": shards,
+            "bytes": bytes,
+            "seconds": secs,
+            "mb_per_s": bytes as f64 / 1e6 / secs,
+            "shards_per_s": shards as f64 / secs,
+            "waiting_s": waiting.as_secs_f64(),
+            "listing_s": listed.as_secs_f64(),
+            "hedges": counters.hedges,
+            "hedge_wins": counters.hedge_wins,
+            "replica_failures": counters.replica_failures,
+            "cursor": cursor,
+        });
+        println!("{summary}");
+        return Ok(());
+    }
     eprintln!(
         "rank {} of {}, epoch {}: {shards} shard(s), {} in {secs:.2} s: {:.1} MB/s, {:.1} shards/s; \
          {:.2} s waiting for data (listing and chunk maps: {:.2} s); \
          {} hedged chunk request(s), {} answered first; {} failed replica request(s)",
-        args.rank,
-        args.world,
-        args.epoch,
+        cursor.rank,
+        cursor.world,
+        cursor.epoch,
         human(bytes),
         bytes as f64 / 1e6 / secs,
         shards as f64 / secs,
@@ -1117,6 +1183,21 @@ async fn stream(client: &Client, args: StreamArgs) -> Result<()> {
         counters.replica_failures
     );
     Ok(())
+}
+
+/// Writes a stream cursor to `file` atomically (a temporary file, synced,
+/// renamed over it), so an interruption leaves the old or the new cursor.
+fn save_cursor(file: &Path, cursor: &shardfs_client::shards::Cursor) -> Result<()> {
+    let text = serde_json::to_string(cursor).expect("cursor serializes");
+    let mut temporary = file.as_os_str().to_owned();
+    temporary.push(".tmp");
+    let temporary = PathBuf::from(temporary);
+    let written = std::fs::File::create(&temporary).and_then(|mut f| {
+        std::io::Write::write_all(&mut f, text.as_bytes())?;
+        f.sync_all()
+    });
+    written.map_err(|e| ClientError::local(&temporary, e))?;
+    std::fs::rename(&temporary, file).map_err(|e| ClientError::local(file, e))
 }
 
 async fn bench(client: &Client, args: BenchArgs) -> Result<()> {

@@ -214,3 +214,99 @@ async fn ranks_resume_and_survive_a_dead_chunk_server() {
         .unwrap();
     assert!(err.to_string().contains("another dataset"), "{err}");
 }
+
+/// `shardfs stream` as a job would run it: two ranks stop early, keeping
+/// their cursors in files; one rank resumes from both and writes exactly
+/// the shards neither read, each matching the source by hash. JSON output
+/// carries the cursor; a file that is not a cursor is refused plainly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_stream_command_keeps_cursors_and_resumes_from_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = TestCluster::start(dir.path(), 3).await;
+    let client = cluster.client(chunked(CHUNK)).await;
+    let mut source = BTreeMap::new();
+    for i in 0..6 {
+        let bytes = data(i * CHUNK / 2 + 10, &format!("cli-shard-{i}"));
+        let name = format!("part-{i}.tar");
+        client
+            .put_bytes(
+                bytes.clone().into(),
+                &format!("/cli/{name}"),
+                &PutOptions::default(),
+            )
+            .await
+            .unwrap();
+        source.insert(name, hash(&bytes));
+    }
+    let shard_names = |stdout: &[u8]| -> Vec<String> {
+        String::from_utf8_lossy(stdout)
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter_map(|v| v["path"].as_str().map(str::to_string))
+            .map(|p| p.rsplit('/').next().unwrap().to_string())
+            .collect()
+    };
+    let mut read = BTreeSet::new();
+    let mut cursor_files = Vec::new();
+    for (rank, limit) in [(0, "1"), (1, "2")] {
+        let cursor = dir.path().join(format!("rank-{rank}.json"));
+        let out = cluster.cli(&[
+            "stream",
+            "/cli",
+            "--world",
+            "2",
+            "--rank",
+            &rank.to_string(),
+            "--seed",
+            "5",
+            "--limit",
+            limit,
+            "--cursor",
+            cursor.to_str().unwrap(),
+            "--json",
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        let names = shard_names(&out.stdout);
+        assert_eq!(names.len(), limit.parse::<usize>().unwrap());
+        let summary: serde_json::Value =
+            serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap())
+                .unwrap();
+        let saved: Cursor =
+            serde_json::from_str(&std::fs::read_to_string(&cursor).unwrap()).unwrap();
+        assert_eq!(summary["cursor"], serde_json::to_value(&saved).unwrap());
+        assert_eq!(saved.position, limit.parse::<u64>().unwrap());
+        read.extend(names);
+        cursor_files.push(cursor);
+    }
+    let out_dir = dir.path().join("rest");
+    let out = cluster.cli(&[
+        "stream",
+        "/cli",
+        "--world",
+        "1",
+        "--resume",
+        cursor_files[0].to_str().unwrap(),
+        "--resume",
+        cursor_files[1].to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let mut rest = BTreeSet::new();
+    for entry in std::fs::read_dir(&out_dir).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().into_string().unwrap();
+        assert_eq!(source[&name], hash(&std::fs::read(entry.path()).unwrap()));
+        rest.insert(name);
+    }
+    assert_eq!(rest.len(), 3);
+    assert!(rest.is_disjoint(&read));
+    assert_eq!(rest.len() + read.len(), source.len());
+
+    let bogus = dir.path().join("bogus.json");
+    std::fs::write(&bogus, "{\"epoch\": 1}").unwrap();
+    let out = cluster.cli(&["stream", "/cli", "--resume", bogus.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not a shard stream cursor"), "{stderr}");
+}
