@@ -977,6 +977,8 @@ async fn cluster_status(client: &Client, json: bool) -> Result<()> {
                 "failures": s.repair_failures,
                 "trimmed": s.repair_trimmed,
                 "in_flight": s.repair_in_flight,
+                "examined": s.repair_examined,
+                "full_rounds": s.repair_full_rounds,
             },
             "gc": { "collected": s.gc_collected, "pending": s.gc_pending },
         });

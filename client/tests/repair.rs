@@ -44,6 +44,23 @@ async fn lost_replicas_are_copied_back_and_extra_ones_trimmed() {
     .await;
     let paths: Vec<String> = files.keys().cloned().collect();
 
+    // Repair looks only at chunks that may have changed: once the new
+    // files' chunks were looked at, an idle cluster's rounds look at none.
+    wait_for(
+        "the new leader's first round",
+        Duration::from_secs(20),
+        async || client.cluster_status().await.unwrap().repair_full_rounds > 0,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = client.cluster_status().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle = client.cluster_status().await.unwrap();
+    assert!(idle.repair_examined > 0, "{idle:?}");
+    assert_eq!(idle.repair_examined, before.repair_examined, "{idle:?}");
+    let full_rounds = idle.repair_full_rounds;
+    assert_eq!(full_rounds, 1, "only the leader's first round looks at all");
+
     // Kill the server holding the most replicas.
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for chunk in locations(&client, &paths).await {
@@ -111,6 +128,10 @@ async fn lost_replicas_are_copied_back_and_extra_ones_trimmed() {
     let status = client.cluster_status().await.unwrap();
     assert!(status.repair_trimmed > 0, "{status:?}");
     assert_eq!(status.under_replicated, 0);
+    assert_eq!(
+        status.repair_full_rounds, full_rounds,
+        "the death and the return were found from what changed"
+    );
     // Trimmed copies are gone from the servers' disks too: each chunk is
     // stored exactly three times in all.
     let mut stored: BTreeMap<shardfs_proto::ChunkId, usize> = BTreeMap::new();

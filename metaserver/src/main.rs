@@ -81,6 +81,10 @@ struct Cli {
     /// Repair traffic each chunk server may send, and receive, in MB/s.
     #[arg(long, env = "SHARDFS_META_REPAIR_MB_PER_S", default_value_t = 100)]
     repair_mb_per_s: u64,
+    /// Seconds between repair rounds that look at every chunk (the others
+    /// look only at chunks that may have changed).
+    #[arg(long, env = "SHARDFS_META_REPAIR_FULL_SCAN_SECS", default_value_t = 30)]
+    repair_full_scan_secs: u64,
     /// Seconds a chunk no file references is kept before it is deleted.
     #[arg(long, env = "SHARDFS_META_GC_GRACE_SECS", default_value_t = 3600)]
     gc_grace_secs: u64,
@@ -150,6 +154,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         node.clone(),
         shardfs_meta::repair::RepairConfig {
             mb_per_s: cli.repair_mb_per_s,
+            full_scan_every: std::time::Duration::from_secs(cli.repair_full_scan_secs.max(1)),
             ..Default::default()
         },
     );

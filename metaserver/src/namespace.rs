@@ -130,6 +130,8 @@ pub struct Journal {
     pub cluster: Vec<crate::cluster::ClusterChange>,
     /// Changes to the retry cache.
     pub retries: Vec<crate::retries::RetryChange>,
+    /// Chunks whose need changed (a file using them came or went).
+    pub touched: Vec<ChunkId>,
 }
 
 /// A namespace as plain rows, for snapshots.
@@ -342,6 +344,8 @@ impl Namespace {
                     let old = old.clone();
                     self.count_uses(&old, false);
                     self.count_uses(&file, true);
+                    journal.touched.extend(old.chunks.iter().map(|c| c.id));
+                    journal.touched.extend(file.chunks.iter().map(|c| c.id));
                     let inode = Inode::File(file);
                     journal
                         .changes
@@ -429,6 +433,7 @@ impl Namespace {
             }
             if let Some(Inode::File(file)) = self.inodes.remove(&inode) {
                 self.count_uses(&file, false);
+                journal.touched.extend(file.chunks.iter().map(|c| c.id));
                 removed.push(file);
             }
             journal.changes.push(Change::Inode(inode, None));
@@ -535,6 +540,7 @@ impl Namespace {
             .push(Change::Entry(parent, name.clone(), Some(number)));
         if let Inode::File(file) = &inode {
             self.count_uses(file, true);
+            journal.touched.extend(file.chunks.iter().map(|c| c.id));
         }
         self.inodes.insert(number, inode);
         self.entries.insert((parent, name), number);

@@ -91,6 +91,8 @@ pub struct MetaNode {
     pub recent_placements: Arc<std::sync::Mutex<RecentPlacements>>,
     /// What repair did while this node led (soft state).
     pub repair: Arc<RepairCounters>,
+    /// What applied entries changed since repair last looked.
+    pub(crate) touched: Arc<std::sync::Mutex<crate::repair::Touched>>,
     /// Garbage collection clocks and counters (soft state).
     pub gc: Arc<GcState>,
 }
@@ -111,6 +113,7 @@ impl MetaNode {
         })
         .await??;
         let state = state_machine.state();
+        let touched = state_machine.touched();
         let config = Config {
             cluster_name: "shardfs".into(),
             heartbeat_interval: tuning.heartbeat.as_millis() as u64,
@@ -159,6 +162,7 @@ impl MetaNode {
             chunk_clients: Arc::default(),
             bad_replicas: Arc::default(),
             repair: Arc::default(),
+            touched,
             gc: Arc::default(),
             recent_placements: Arc::new(std::sync::Mutex::new((
                 std::time::Instant::now(),

@@ -13,17 +13,24 @@
 //!
 //! Nothing is done while a new leader's liveness grace period runs (it
 //! cannot yet tell dead servers from live ones). The plan is rebuilt from
-//! the replicated state every round, so a new leader simply continues.
+//! the replicated state, so a new leader simply continues.
+//!
+//! A round looks only at chunks that may have changed: those whose files
+//! or locations applied log entries touched ([`Touched`]), every chunk of a
+//! server that died, came back or changed its registration, and chunks an
+//! earlier round could not finish with. A new leader's first round, and
+//! one round every `full_scan_every` (default [`FULL_SCAN_EVERY`]), look at
+//! every chunk.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use shardfs_proto::ChunkId;
 use tracing::{info, warn};
 
-use crate::cluster::{ServerId, place};
+use crate::cluster::{ClusterChange, ServerId, place};
 use crate::namespace::ChunkNeed;
 use crate::node::MetaNode;
 use crate::types::Command;
@@ -34,6 +41,8 @@ pub struct RepairConfig {
     /// Repair traffic each chunk server may send, and receive, per second.
     pub mb_per_s: u64,
     pub interval: Duration,
+    /// A round at this interval looks at every chunk, whatever changed.
+    pub full_scan_every: Duration,
 }
 
 impl Default for RepairConfig {
@@ -41,6 +50,7 @@ impl Default for RepairConfig {
         Self {
             mb_per_s: 100,
             interval: Duration::from_secs(1),
+            full_scan_every: FULL_SCAN_EVERY,
         }
     }
 }
@@ -52,8 +62,71 @@ pub struct RepairCounters {
     pub copied_bytes: AtomicU64,
     pub copy_failures: AtomicU64,
     pub trimmed: AtomicU64,
+    /// Chunks looked at by rounds so far (each full round counts them all).
+    pub examined: AtomicU64,
+    /// Rounds that looked at every chunk.
+    pub full_rounds: AtomicU64,
     /// Chunks with a copy or trim under way: never planned twice.
     in_flight: Mutex<HashSet<ChunkId>>,
+    /// Chunks the next round must look at again (work not started or
+    /// finished without a change to the state).
+    again: Mutex<HashSet<ChunkId>>,
+    /// The live servers as the last round saw them, and when a round last
+    /// looked at every chunk.
+    last_round: Mutex<(BTreeSet<ServerId>, Option<Instant>)>,
+}
+
+/// By default, a round at this interval looks at every chunk.
+pub const FULL_SCAN_EVERY: Duration = Duration::from_secs(30);
+/// Most touched chunks kept; past it the next round looks at everything.
+const TOUCHED_MAX: usize = 100_000;
+
+/// What applied log entries changed since repair last looked: chunks whose
+/// files or locations changed, and chunk servers whose registration did.
+/// Every metaserver records it; the leader's repair drains it. Past a bound
+/// (on a follower, say, which nobody drains) it becomes "everything".
+#[derive(Debug, Default)]
+pub struct Touched {
+    chunks: HashSet<ChunkId>,
+    servers: BTreeSet<ServerId>,
+    everything: bool,
+}
+
+impl Touched {
+    /// Records what one batch of applied entries changed.
+    pub fn record(&mut self, chunks: &[ChunkId], cluster: &[ClusterChange]) {
+        if self.everything {
+            return;
+        }
+        self.chunks.extend(chunks.iter().copied());
+        for change in cluster {
+            match change {
+                ClusterChange::Server(id, _) => {
+                    self.servers.insert(*id);
+                }
+                ClusterChange::Locations(chunk, _) => {
+                    self.chunks.insert(*chunk);
+                }
+            }
+        }
+        if self.chunks.len() > TOUCHED_MAX {
+            self.everything();
+        }
+    }
+
+    /// Everything may have changed (a snapshot replaced the state).
+    pub fn everything(&mut self) {
+        *self = Self {
+            everything: true,
+            ..Self::default()
+        };
+    }
+}
+
+/// The chunks one round looks at.
+enum Scope {
+    All,
+    Some(HashSet<ChunkId>),
 }
 
 impl RepairCounters {
@@ -82,20 +155,26 @@ struct Need {
 /// Runs repair rounds until the process ends.
 pub fn spawn(node: MetaNode, config: RepairConfig) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        // A new leader's first round looks at everything.
+        let mut first = true;
         loop {
             tokio::time::sleep(config.interval).await;
             if node.ensure_leader().is_err() || node.liveness.in_grace() {
+                first = true;
                 continue;
             }
-            node.repair_round(&config).await;
+            node.repair_round(&config, std::mem::take(&mut first)).await;
         }
     })
 }
 
 impl MetaNode {
-    /// Plans and starts one round of copies and trims (they run on).
-    pub async fn repair_round(&self, config: &RepairConfig) {
-        let (under, over) = self.repair_needs();
+    /// Plans and starts one round of copies and trims (they run on);
+    /// `everything` looks at every chunk rather than those that may have
+    /// changed.
+    pub async fn repair_round(&self, config: &RepairConfig, everything: bool) {
+        let (scope, alive) = self.repair_scope(everything, config.full_scan_every);
+        let (under, over) = self.repair_needs(&scope, &alive);
         if under.is_empty() && over.is_empty() {
             return;
         }
@@ -122,6 +201,7 @@ impl MetaNode {
         let mut planned = HashMap::new();
         for need in under {
             if !self.repair.claim(need.id) {
+                self.repair.look_again(need.id);
                 continue;
             }
             // The least busy live holder sends.
@@ -168,6 +248,7 @@ impl MetaNode {
         }
         for (need, extra) in over {
             if !self.repair.claim(need.id) {
+                self.repair.look_again(need.id);
                 continue;
             }
             let node = self.clone();
@@ -176,9 +257,56 @@ impl MetaNode {
         }
     }
 
-    /// Chunks with too few live replicas (fewest first), and chunks with a
-    /// replica too many with the server to trim it from.
-    fn repair_needs(&self) -> (Vec<Need>, Vec<(Need, ServerId)>) {
+    /// Which chunks this round looks at, and the live servers.
+    fn repair_scope(
+        &self,
+        everything: bool,
+        full_scan_every: Duration,
+    ) -> (Scope, BTreeSet<ServerId>) {
+        let touched = std::mem::take(&mut *self.touched.lock().expect("touched"));
+        let registered: Vec<ServerId> =
+            self.read_local(|s| s.cluster.servers.keys().copied().collect());
+        let alive: BTreeSet<ServerId> = registered
+            .into_iter()
+            .filter(|id| self.liveness.is_alive(*id))
+            .collect();
+        let again = std::mem::take(&mut *self.repair.again.lock().expect("repair again"));
+        let mut last = self.repair.last_round.lock().expect("repair last round");
+        let (last_alive, last_full) = &mut *last;
+        let changed: BTreeSet<ServerId> = last_alive
+            .symmetric_difference(&alive)
+            .copied()
+            .chain(touched.servers)
+            .collect();
+        *last_alive = alive.clone();
+        if everything
+            || touched.everything
+            || last_full.is_none_or(|at| at.elapsed() >= full_scan_every)
+        {
+            *last_full = Some(Instant::now());
+            self.repair.full_rounds.fetch_add(1, Ordering::Relaxed);
+            return (Scope::All, alive);
+        }
+        let mut chunks = touched.chunks;
+        chunks.extend(again);
+        if !changed.is_empty() {
+            self.read_local(|s| {
+                for server in &changed {
+                    chunks.extend(s.cluster.chunks_of(*server));
+                }
+            });
+        }
+        (Scope::Some(chunks), alive)
+    }
+
+    /// Of the chunks in `scope`: those with too few live replicas (fewest
+    /// first), and those with a replica too many with the server to trim it
+    /// from. Chunks it cannot settle yet are looked at again next round.
+    fn repair_needs(
+        &self,
+        scope: &Scope,
+        alive: &BTreeSet<ServerId>,
+    ) -> (Vec<Need>, Vec<(Need, ServerId)>) {
         let in_flight = self
             .repair
             .in_flight
@@ -191,19 +319,20 @@ impl MetaNode {
                 .map(|u| u.used_bytes as f64 / u.capacity_bytes.max(1) as f64)
                 .unwrap_or(0.0)
         };
+        let mut again = Vec::new();
+        let mut examined = 0u64;
         let (mut under, over) = self.read_local(|state| {
             let mut under = Vec::new();
             let mut over = Vec::new();
-            for (
-                id,
-                ChunkNeed {
+            let mut visit = |id: ChunkId, need: ChunkNeed| {
+                examined += 1;
+                let ChunkNeed {
                     length,
                     replication: r,
-                },
-            ) in state.namespace.chunk_needs()
-            {
+                } = need;
                 if in_flight.contains(&id) {
-                    continue;
+                    again.push(id);
+                    return;
                 }
                 let draining =
                     |h: &ServerId| state.cluster.servers.get(h).is_some_and(|i| i.draining);
@@ -213,18 +342,18 @@ impl MetaNode {
                 // without building anything.
                 let (mut live_count, mut counted_count) = (0, 0);
                 for holder in state.cluster.holders(&id) {
-                    if self.liveness.is_alive(holder) {
+                    if alive.contains(&holder) {
                         live_count += 1;
                         counted_count += usize::from(!draining(&holder));
                     }
                 }
                 if live_count == 0 || (live_count == r && counted_count == r) {
-                    continue;
+                    return;
                 }
                 let live: BTreeSet<ServerId> = state
                     .cluster
                     .holders(&id)
-                    .filter(|h| self.liveness.is_alive(*h))
+                    .filter(|h| alive.contains(h))
                     .collect();
                 let counted: BTreeSet<ServerId> =
                     live.iter().copied().filter(|h| !draining(h)).collect();
@@ -241,7 +370,11 @@ impl MetaNode {
                     .all(|h| self.liveness.seen_within(*h, TRIM_FRESHNESS));
                 if need.counted.len() < r {
                     under.push(need);
-                } else if fresh && need.live.len() > need.counted.len() {
+                } else if !fresh {
+                    // A copy too many, but a holder was not heard from
+                    // lately: trim later.
+                    again.push(id);
+                } else if need.live.len() > need.counted.len() {
                     // Enough copies elsewhere: the draining server's goes.
                     let extra = need
                         .live
@@ -250,7 +383,7 @@ impl MetaNode {
                         .find(|h| draining(h))
                         .expect("a draining holder");
                     over.push((need, extra));
-                } else if need.counted.len() > r && fresh {
+                } else if need.counted.len() > r {
                     // Trim where the zone is doubled, else the fullest.
                     let zone_of =
                         |h: &ServerId| state.cluster.servers.get(h).map(|i| i.zone.clone());
@@ -274,9 +407,29 @@ impl MetaNode {
                         .expect("holders");
                     over.push((need, extra));
                 }
+            };
+            match scope {
+                Scope::All => {
+                    for (id, need) in state.namespace.chunk_needs() {
+                        visit(id, need);
+                    }
+                }
+                Scope::Some(chunks) => {
+                    for id in chunks {
+                        if let Some(need) = state.namespace.chunk_need(id) {
+                            visit(*id, need);
+                        }
+                    }
+                }
             }
             (under, over)
         });
+        self.repair.examined.fetch_add(examined, Ordering::Relaxed);
+        self.repair
+            .again
+            .lock()
+            .expect("repair again")
+            .extend(again);
         under.sort_by_key(|n| (n.counted.len(), n.wanted, n.id));
         (under, over)
     }
@@ -365,7 +518,14 @@ impl RepairCounters {
         self.in_flight.lock().expect("repair in flight").insert(id)
     }
 
+    /// Ends the work on `id`; the next round looks at it again (a copy or
+    /// trim that failed changed nothing that would bring it back).
     fn release(&self, id: ChunkId) {
         self.in_flight.lock().expect("repair in flight").remove(&id);
+        self.look_again(id);
+    }
+
+    fn look_again(&self, id: ChunkId) {
+        self.again.lock().expect("repair again").insert(id);
     }
 }

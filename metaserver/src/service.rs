@@ -241,6 +241,8 @@ impl MetaService for MetaServiceImpl {
             repair_failures: self.node.repair.copy_failures.load(Ordering::Relaxed),
             repair_trimmed: self.node.repair.trimmed.load(Ordering::Relaxed),
             repair_in_flight: self.node.repair.in_flight(),
+            repair_examined: self.node.repair.examined.load(Ordering::Relaxed),
+            repair_full_rounds: self.node.repair.full_rounds.load(Ordering::Relaxed),
             gc_collected: self.node.gc.collected.load(Ordering::Relaxed),
             gc_pending: self.node.gc.pending.load(Ordering::Relaxed),
         }))

@@ -182,6 +182,9 @@ impl TestCluster {
             .arg(self.dir.join(format!("meta-{id}")))
             .args(["--heartbeat-ms", "100", "--election-timeout-ms", "500"])
             .args(["--dead-after-secs", "3"])
+            // Repair looks only at what changed (apart from a new leader's
+            // first round), so the tests show that alone finds every need.
+            .args(["--repair-full-scan-secs", "3600"])
             .args(&self.meta_args)
             .env("RUST_LOG", "info,openraft=warn")
             .stdout(Stdio::piped())

@@ -9,7 +9,7 @@
 //! At start-up a snapshot newer than the stored state wins.
 
 use std::io::Cursor;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{
@@ -23,6 +23,7 @@ use shardfs_proto::ChunkId;
 
 use crate::cluster::{ChunkServerInfo, Cluster, ClusterChange};
 use crate::namespace::{Change, Inode, Journal, Namespace, NamespaceParts};
+use crate::repair::Touched;
 use crate::retries::{Answer, RetryCache, RetryChange};
 use crate::state::State;
 use crate::types::{
@@ -82,6 +83,8 @@ pub struct StateMachine {
     kv: Arc<dyn Kv>,
     /// Shared with the read path (lookups and listings).
     state: Arc<RwLock<State>>,
+    /// What applied entries changed, for repair (shared with the node).
+    touched: Arc<Mutex<Touched>>,
     applied: Option<LogId>,
     membership: StoredMembership,
     /// Makes snapshot ids unique among snapshots of the same log id.
@@ -237,6 +240,7 @@ impl StateMachine {
             applied,
             membership,
             snapshot_seq: 0,
+            touched: Arc::default(),
         };
         if let Some((meta, data)) = sm.read_snapshot()?
             && meta.last_log_id > sm.applied
@@ -249,6 +253,11 @@ impl StateMachine {
     /// The state, shared with readers.
     pub fn state(&self) -> Arc<RwLock<State>> {
         self.state.clone()
+    }
+
+    /// What applied entries changed since repair last looked.
+    pub fn touched(&self) -> Arc<Mutex<Touched>> {
+        self.touched.clone()
     }
 
     fn read_snapshot(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError> {
@@ -275,6 +284,7 @@ impl StateMachine {
         self.kv.clear(Space::State).map_err(write_err)?;
         self.kv.write(Space::State, batch).map_err(write_err)?;
         *self.state.write().expect("state lock") = state;
+        self.touched.lock().expect("touched").everything();
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         Ok(())
@@ -313,6 +323,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
             }
         }
+        self.touched
+            .lock()
+            .expect("touched")
+            .record(&journal.touched, &journal.cluster);
         let mut batch: Batch = journal
             .changes
             .into_iter()
