@@ -66,7 +66,8 @@ struct Cli {
     /// heartbeat_ms, election_timeout_ms, snapshot_every).
     #[arg(long, env = "SHARDFS_META_CONFIG")]
     config: Option<PathBuf>,
-    /// Raft heartbeat interval in milliseconds (default 150).
+    /// Raft heartbeat interval in milliseconds (default 250); also how long
+    /// the leader waits for a follower to answer AppendEntries.
     #[arg(long, env = "SHARDFS_META_HEARTBEAT_MS")]
     heartbeat_ms: Option<u64>,
     /// Minimum election timeout in milliseconds (default 1000; max is twice).

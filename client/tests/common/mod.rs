@@ -180,7 +180,7 @@ impl TestCluster {
             ])
             .arg("--data-dir")
             .arg(self.dir.join(format!("meta-{id}")))
-            .args(["--heartbeat-ms", "100", "--election-timeout-ms", "500"])
+            .args(["--heartbeat-ms", "250", "--election-timeout-ms", "1000"])
             .args(["--dead-after-secs", "3"])
             // Repair looks only at what changed (apart from a new leader's
             // first round), so the tests show that alone finds every need.

@@ -120,7 +120,7 @@ impl Cluster {
         command
             .args(["--id", &id.to_string(), "--listen", &addr, "--data-dir"])
             .arg(self.data_dir(id))
-            .args(["--heartbeat-ms", "100", "--election-timeout-ms", "500"])
+            .args(["--heartbeat-ms", "250", "--election-timeout-ms", "1000"])
             .args(&self.extra_args)
             .env("RUST_LOG", "info,openraft=warn")
             .stdout(Stdio::piped())
