@@ -166,6 +166,15 @@ impl Cluster {
             .collect()
     }
 
+    /// The chunks held by any of `servers`, in one pass over the locations.
+    pub fn chunks_of_any(&self, servers: &BTreeSet<ServerId>) -> Vec<ChunkId> {
+        self.locations
+            .iter()
+            .filter(|(_, holders)| !holders.is_disjoint(servers))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
     /// Every chunk some server reported holding.
     pub fn chunks(&self) -> impl Iterator<Item = &ChunkId> + '_ {
         self.locations.keys()

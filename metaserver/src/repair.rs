@@ -155,15 +155,20 @@ struct Need {
 /// Runs repair rounds until the process ends.
 pub fn spawn(node: MetaNode, config: RepairConfig) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        // A new leader's first round looks at everything.
-        let mut first = true;
+        // A new leader's first round looks at everything: work the last
+        // leader left for later lived only in its memory. The term tells a
+        // new leadership even when no round saw this node not leading.
+        let mut last_term = None;
         loop {
             tokio::time::sleep(config.interval).await;
             if node.ensure_leader().is_err() || node.liveness.in_grace() {
-                first = true;
+                last_term = None;
                 continue;
             }
-            node.repair_round(&config, std::mem::take(&mut first)).await;
+            let term = node.raft.metrics().borrow().current_term;
+            let first = last_term != Some(term);
+            last_term = Some(term);
+            node.repair_round(&config, first).await;
         }
     })
 }
@@ -239,8 +244,14 @@ impl MetaNode {
             };
             *sent.entry(source).or_insert(0) += need.length;
             *received.entry(target).or_insert(0) += need.length;
+            // A server removed since the plan was made: leave it for later.
+            let (Some(source_addr), Some(target_addr)) =
+                (addrs.get(&source).cloned(), addrs.get(&target).cloned())
+            else {
+                self.repair.release(need.id);
+                continue;
+            };
             let node = self.clone();
-            let (source_addr, target_addr) = (addrs[&source].clone(), addrs[&target].clone());
             tokio::spawn(async move {
                 node.copy_chunk(need, target, &source_addr, &target_addr)
                     .await;
@@ -251,8 +262,11 @@ impl MetaNode {
                 self.repair.look_again(need.id);
                 continue;
             }
+            let Some(addr) = addrs.get(&extra).cloned() else {
+                self.repair.release(need.id);
+                continue;
+            };
             let node = self.clone();
-            let addr = addrs[&extra].clone();
             tokio::spawn(async move { node.trim_chunk(need.id, extra, &addr).await });
         }
     }
@@ -290,11 +304,7 @@ impl MetaNode {
         let mut chunks = touched.chunks;
         chunks.extend(again);
         if !changed.is_empty() {
-            self.read_local(|s| {
-                for server in &changed {
-                    chunks.extend(s.cluster.chunks_of(*server));
-                }
-            });
+            self.read_local(|s| chunks.extend(s.cluster.chunks_of_any(&changed)));
         }
         (Scope::Some(chunks), alive)
     }
