@@ -1117,7 +1117,7 @@ async fn stream(client: &Client, args: StreamArgs) -> Result<()> {
     let (mut shards, mut bytes) = (0u64, 0u64);
     let mut waiting = std::time::Duration::ZERO;
     if let Some(file) = &args.cursor {
-        save_cursor(file, &stream.state())?;
+        save_cursor(file.clone(), stream.state()).await?;
     }
     while args.limit.is_none_or(|limit| shards < limit) {
         let asked = Instant::now();
@@ -1128,11 +1128,16 @@ async fn stream(client: &Client, args: StreamArgs) -> Result<()> {
         let (path, data) = item?;
         if let Some(out) = &args.out {
             let name = path.rsplit('/').next().unwrap_or("shard");
-            let target = out.join(name);
-            std::fs::write(&target, &data).map_err(|e| ClientError::local(&target, e))?;
+            let (target, data) = (out.join(name), data.clone());
+            // Off the async workers: they keep fetching the next shards.
+            tokio::task::spawn_blocking(move || {
+                std::fs::write(&target, &data).map_err(|e| ClientError::local(&target, e))
+            })
+            .await
+            .expect("shard write task")?;
         }
         if let Some(file) = &args.cursor {
-            save_cursor(file, &stream.state())?;
+            save_cursor(file.clone(), stream.state()).await?;
         }
         shards += 1;
         bytes += data.len() as u64;
@@ -1189,7 +1194,13 @@ async fn stream(client: &Client, args: StreamArgs) -> Result<()> {
 
 /// Writes a stream cursor to `file` atomically (a temporary file, synced,
 /// renamed over it), so an interruption leaves the old or the new cursor.
-fn save_cursor(file: &Path, cursor: &shardfs_client::shards::Cursor) -> Result<()> {
+async fn save_cursor(file: PathBuf, cursor: shardfs_client::shards::Cursor) -> Result<()> {
+    tokio::task::spawn_blocking(move || write_cursor(&file, &cursor))
+        .await
+        .expect("cursor write task")
+}
+
+fn write_cursor(file: &Path, cursor: &shardfs_client::shards::Cursor) -> Result<()> {
     let text = serde_json::to_string(cursor).expect("cursor serializes");
     let mut temporary = file.as_os_str().to_owned();
     temporary.push(".tmp");

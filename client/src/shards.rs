@@ -396,25 +396,13 @@ impl ShardsBuilder {
                     .into(),
             );
         }
-        let same_stream = |c: &Cursor| {
-            (
-                c.epoch,
-                c.seed,
-                c.world,
-                c.drop_remainder,
-                c.base,
-                &c.resizes,
-                &c.dataset,
-            ) == (
-                first.epoch,
-                first.seed,
-                first.world,
-                first.drop_remainder,
-                first.base,
-                &first.resizes,
-                &first.dataset,
-            )
+        // Cursors of one stream differ only in rank and position.
+        let stream_of = |c: &Cursor| Cursor {
+            rank: 0,
+            position: 0,
+            ..c.clone()
         };
+        let same_stream = |c: &Cursor| stream_of(c) == stream_of(first);
         if !cursors.iter().all(same_stream) {
             return bad("the cursors come from different streams (dataset, epoch, seed, world size or resizes differ)".into());
         }

@@ -159,11 +159,7 @@ impl Cluster {
 
     /// The chunks `server` holds.
     pub fn chunks_of(&self, server: ServerId) -> Vec<ChunkId> {
-        self.locations
-            .iter()
-            .filter(|(_, holders)| holders.contains(&server))
-            .map(|(id, _)| *id)
-            .collect()
+        self.chunks_of_any(&BTreeSet::from([server]))
     }
 
     /// The chunks held by any of `servers`, in one pass over the locations.
