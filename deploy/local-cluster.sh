@@ -13,10 +13,11 @@
 #   logs/            one log per process
 #   cluster.env      `source` it: export SHARDFS_META=127.0.0.1:7101,...
 #
-# Defaults: 3 metaservers, 3 chunk servers. "up" waits until the metaservers
-# have a leader and every chunk server is registered and alive, proves each
-# chunk server with a chunk put/get, then puts a 20 MiB file with the
-# shardfs CLI, gets it back and compares the hashes.
+# Defaults: 3 metaservers, 3 chunk servers. "up" and "restart" wait until the
+# metaservers have a leader and every chunk server is registered and alive,
+# prove each chunk server with a chunk put/get, and say "healthy" only once a
+# put and a get through the shardfs CLI succeed (retried for up to 60 s);
+# "up" then puts a 20 MiB file, gets it back and compares the hashes.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -142,6 +143,29 @@ wait_healthy() {
     done
 }
 
+wait_serving() {
+    # Healthy means serving: a put and a get through the CLI, compared.
+    local deadline=$((SECONDS + 60)) meta probe="$dir/demo/probe.bin" back="$dir/demo/probe.back"
+    local err="$dir/logs/health-probe.err" started=$SECONDS
+    meta="$(meta_list)"
+    mkdir -p "$dir/demo"
+    head -c 4096 /dev/urandom >"$probe"
+    rm -f "$back"
+    until "$bin/shardfs" --meta "$meta" put "$probe" /.local-cluster/probe >/dev/null 2>"$err" \
+        && "$bin/shardfs" --meta "$meta" get /.local-cluster/probe "$back" >/dev/null 2>>"$err" \
+        && cmp -s "$probe" "$back"; do
+        if [ $SECONDS -ge $deadline ]; then
+            echo "cluster not serving after 60 s (a put and a get kept failing): $(tail -n 1 "$err")" >&2
+            echo "logs in $dir/logs" >&2
+            exit 1
+        fi
+        rm -f "$back"
+        sleep 0.5
+    done
+    rm -f "$back"
+    echo "healthy: a put and a get succeeded ($((SECONDS - started)) s after the servers were up)"
+}
+
 round_trip() {
     # A real put and get through the shardfs CLI, compared by hash.
     local demo="$dir/demo" meta
@@ -228,6 +252,7 @@ case "$cmd" in
         for id in $CHUNK_IDS; do wait_healthy "$id"; done
         wait_cluster
         write_env
+        wait_serving
         echo "local cluster up in $dir"
         status
         round_trip
@@ -249,6 +274,7 @@ case "$cmd" in
         for id in $CHUNK_IDS; do wait_healthy "$id"; done
         wait_cluster
         write_env
+        wait_serving
         status
         ;;
     *) echo "local-cluster.sh: unknown command $cmd" >&2; usage ;;

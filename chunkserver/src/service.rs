@@ -4,6 +4,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -31,6 +32,17 @@ const LIST_MAX_LIMIT: usize = 10_000;
 const MAX_IDS_PER_CALL: usize = 100_000;
 /// Most ids one VerifyChunks call re-hashes (each may be 64 MiB of reading).
 const MAX_VERIFY_PER_CALL: usize = 1024;
+/// Longest wait for the next message of a put stream (the header, or the
+/// next data message): a writer that stalls is dropped, and what it held
+/// goes to others.
+pub const PUT_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Slowest a put's data may arrive on average once it started: its whole
+/// body must come within `PUT_IDLE_TIMEOUT` plus its length at this rate,
+/// so a trickle of bytes cannot hold its memory for long either.
+pub const PUT_MIN_BYTES_PER_SEC: u64 = 1 << 20;
+/// Longest a put waits for room in the put memory budget before it is
+/// refused as busy (RESOURCE_EXHAUSTED: the writer tries another server).
+pub const PUT_MEMORY_WAIT: Duration = Duration::from_secs(10);
 
 pub struct ChunkServiceImpl {
     store: ChunkStore,
@@ -49,6 +61,23 @@ impl ChunkServiceImpl {
             store,
             put_memory: Arc::new(Semaphore::new(permits)),
             peers: Default::default(),
+        }
+    }
+
+    /// Room for `length` bytes of chunk `id` in the put memory budget,
+    /// waiting at most [`PUT_MEMORY_WAIT`].
+    async fn reserve(
+        &self,
+        id: ChunkId,
+        length: u64,
+    ) -> Result<tokio::sync::SemaphorePermit<'_>, Status> {
+        let wanted = (length as u32).max(1);
+        match tokio::time::timeout(PUT_MEMORY_WAIT, self.put_memory.acquire_many(wanted)).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) => Err(Status::unavailable("chunk server is shutting down")),
+            Err(_) => Err(Status::resource_exhausted(format!(
+                "chunk {id}: this chunk server is busy (no room for {length} bytes in its put memory within {PUT_MEMORY_WAIT:?}); try another"
+            ))),
         }
     }
 
@@ -80,12 +109,11 @@ impl ChunkService for ChunkServiceImpl {
                 already_stored: true,
             }));
         }
-        let _permit = self
-            .put_memory
-            .acquire_many(length as u32)
-            .await
-            .map_err(|_| Status::unavailable("chunk server is shutting down"))?;
-        let pieces = receive_data(&mut stream, id, length).await?;
+        // Memory is counted once data comes: a stream that sends a header
+        // and then nothing holds none of the budget.
+        let first = next_data(&mut stream, id).await?;
+        let _permit = self.reserve(id, length).await?;
+        let pieces = receive_data(&mut stream, id, length, first).await?;
         let outcome = self.store.put(id, pieces).await?;
         Ok(Response::new(PutChunkResponse {
             already_stored: outcome == PutOutcome::AlreadyStored,
@@ -112,8 +140,11 @@ impl ChunkService for ChunkServiceImpl {
         request: Request<HasChunksRequest>,
     ) -> Result<Response<HasChunksResponse>, Status> {
         let ids = ids_from_wire(&check_id_count(request.into_inner().ids)?)?;
-        let present = self.store.has(ids).await?;
-        Ok(Response::new(HasChunksResponse { present }))
+        let lengths = self.store.lengths(ids).await?;
+        Ok(Response::new(HasChunksResponse {
+            present: lengths.iter().map(Option::is_some).collect(),
+            lengths: lengths.iter().map(|l| l.unwrap_or(0)).collect(),
+        }))
     }
 
     async fn delete_chunks(
@@ -168,13 +199,11 @@ impl ChunkService for ChunkServiceImpl {
             }));
         }
         let source = self.peer(&request.source)?;
-        let _permit = self
-            .put_memory
-            .acquire_many(request.length as u32)
-            .await
-            .map_err(|_| Status::unavailable("chunk server is shutting down"))?;
-        // The source sends without re-hashing; the put below verifies.
-        let pieces = source.get_pieces(id, 0, None, false).await.map_err(|s| {
+        let _permit = self.reserve(id, request.length).await?;
+        // The source sends without re-hashing; the put below verifies. It
+        // may send the declared length and no more.
+        let length = (request.length > 0).then_some(request.length);
+        let pieces = source.get_pieces(id, 0, length, false).await.map_err(|s| {
             Status::new(
                 s.code(),
                 format!(
@@ -229,11 +258,23 @@ fn check_id_count(ids: Vec<Bytes>) -> Result<Vec<Bytes>, Status> {
     Ok(ids)
 }
 
+/// The next message of a put stream, within [`PUT_IDLE_TIMEOUT`].
+async fn next_message(
+    stream: &mut Streaming<PutChunkRequest>,
+    waiting_for: &str,
+) -> Result<Option<PutChunkRequest>, Status> {
+    match tokio::time::timeout(PUT_IDLE_TIMEOUT, stream.message()).await {
+        Ok(message) => message,
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "PutChunk: no {waiting_for} within {PUT_IDLE_TIMEOUT:?}; the stream was dropped"
+        ))),
+    }
+}
+
 /// Reads the header that must open every put stream and checks the size
 /// limit before a data byte is buffered.
 async fn receive_header(stream: &mut Streaming<PutChunkRequest>) -> Result<(ChunkId, u64), Status> {
-    let first = stream
-        .message()
+    let first = next_message(stream, "header")
         .await?
         .ok_or_else(|| Status::invalid_argument("PutChunk stream ended before its header"))?;
     let Some(put_chunk_request::Msg::Header(header)) = first.msg else {
@@ -253,21 +294,50 @@ async fn receive_header(stream: &mut Streaming<PutChunkRequest>) -> Result<(Chun
     Ok((id, header.length))
 }
 
-/// Receives exactly `length` data bytes. A stream that breaks off, sends too
-/// much or ends early is an error and nothing is stored.
+/// The first data message after the header (None: the stream ended, as an
+/// empty chunk's does).
+async fn next_data(
+    stream: &mut Streaming<PutChunkRequest>,
+    id: ChunkId,
+) -> Result<Option<Bytes>, Status> {
+    match next_message(stream, "data").await? {
+        None => Ok(None),
+        Some(message) => data_of(message, id).map(Some),
+    }
+}
+
+/// The bytes of a data message, at most [`MAX_DATA_MESSAGE_BYTES`] of them.
+fn data_of(message: PutChunkRequest, id: ChunkId) -> Result<Bytes, Status> {
+    let Some(put_chunk_request::Msg::Data(data)) = message.msg else {
+        return Err(Status::invalid_argument(format!(
+            "chunk {id}: a second header arrived in the middle of the data"
+        )));
+    };
+    if data.len() > MAX_DATA_MESSAGE_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "chunk {id}: a data message of {} bytes; the protocol allows at most {MAX_DATA_MESSAGE_BYTES}",
+            data.len()
+        )));
+    }
+    Ok(data)
+}
+
+/// Receives exactly `length` data bytes, `first` and those after it. A
+/// stream that breaks off, stalls, trickles, sends too much or ends early
+/// is an error and nothing is stored.
 async fn receive_data(
     stream: &mut Streaming<PutChunkRequest>,
     id: ChunkId,
     length: u64,
+    first: Option<Bytes>,
 ) -> Result<Vec<Bytes>, Status> {
     let mut pieces = Vec::with_capacity(length.div_ceil(MAX_DATA_MESSAGE_BYTES as u64) as usize);
     let mut received = 0u64;
-    while let Some(message) = stream.message().await? {
-        let Some(put_chunk_request::Msg::Data(data)) = message.msg else {
-            return Err(Status::invalid_argument(format!(
-                "chunk {id}: a second header arrived in the middle of the data"
-            )));
-        };
+    let deadline = tokio::time::Instant::now()
+        + PUT_IDLE_TIMEOUT
+        + Duration::from_secs(length / PUT_MIN_BYTES_PER_SEC);
+    let mut next = first;
+    while let Some(data) = next {
         received += data.len() as u64;
         if received > length {
             return Err(ChunkError::LengthMismatch {
@@ -278,6 +348,14 @@ async fn receive_data(
             .into());
         }
         pieces.push(data);
+        next = match tokio::time::timeout_at(deadline, next_data(stream, id)).await {
+            Ok(next) => next?,
+            Err(_) => {
+                return Err(Status::deadline_exceeded(format!(
+                    "chunk {id}: {received} of {length} bytes arrived before the put's deadline (it must send at least {PUT_MIN_BYTES_PER_SEC} bytes/s); the stream was dropped"
+                )));
+            }
+        };
     }
     if received != length {
         return Err(ChunkError::LengthMismatch {

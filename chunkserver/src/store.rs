@@ -314,10 +314,20 @@ impl ChunkStore {
 
     /// Which of `ids` are stored (by the index).
     pub async fn has(&self, ids: Vec<ChunkId>) -> Result<Vec<bool>> {
+        Ok(self
+            .lengths(ids)
+            .await?
+            .into_iter()
+            .map(|l| l.is_some())
+            .collect())
+    }
+
+    /// The stored length of each of `ids` (None: not stored here).
+    pub async fn lengths(&self, ids: Vec<ChunkId>) -> Result<Vec<Option<u64>>> {
         let inner = self.inner.clone();
         blocking(move || {
             ids.iter()
-                .map(|id| Ok(inner.index.get(id)?.is_some()))
+                .map(|id| Ok(inner.index.get(id)?.map(|entry| entry.length)))
                 .collect()
         })
         .await

@@ -291,7 +291,12 @@ impl Client {
                         break;
                     }
                 }
-                Err(status) if status.code() == Code::Unavailable => break,
+                // No more servers to try (or no leader to ask): keep what is stored.
+                Err(status)
+                    if matches!(status.code(), Code::Unavailable | Code::FailedPrecondition) =>
+                {
+                    break;
+                }
                 Err(status) => return Err(unwritable(status_cause(&status))),
             }
         }

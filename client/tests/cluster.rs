@@ -378,11 +378,24 @@ async fn a_failed_put_leaves_no_file_and_errors_say_what_is_wrong() {
         replication: Some(4),
         ..PutOptions::default()
     };
+    let started = Instant::now();
     let err = client
         .put_bytes(data(2 * CHUNK, "r4").into(), "/fail/r4", &options)
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("replication 4"), "{err}");
+    // The real cause, at once, naming each server's state.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    for says in [
+        "cannot place 4 replicas: 3 chunk server(s) can take them",
+        "alive",
+    ] {
+        assert!(err.to_string().contains(says), "{err}");
+    }
+    assert!(!err.to_string().contains("leader"), "{err}");
     assert!(matches!(
         client.stat("/fail/r4").await,
         Err(ClientError::NotFound(_))

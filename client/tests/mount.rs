@@ -33,6 +33,14 @@ fn mounted(mountpoint: &Path) -> bool {
 
 /// Processes (other than this one) whose command line names `mountpoint`.
 fn processes_serving(mountpoint: &Path) -> Vec<String> {
+    pids_serving(mountpoint)
+        .into_iter()
+        .map(|(_, c)| c)
+        .collect()
+}
+
+/// The pids and command lines of [`processes_serving`].
+fn pids_serving(mountpoint: &Path) -> Vec<(u32, String)> {
     let target = mountpoint.to_str().unwrap().as_bytes();
     std::fs::read_dir("/proc")
         .unwrap()
@@ -43,9 +51,77 @@ fn processes_serving(mountpoint: &Path) -> Vec<String> {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
             let zombie = stat.rsplit(')').next()?.trim_start().starts_with('Z');
             let names_it = cmdline.split(|b| *b == 0).any(|a| a == target);
-            (names_it && !zombie).then(|| String::from_utf8_lossy(&cmdline).replace('\0', " "))
+            (names_it && !zombie)
+                .then(|| (pid, String::from_utf8_lossy(&cmdline).replace('\0', " ")))
         })
         .collect()
+}
+
+/// Leaves nothing behind however the test ends: on drop, a mount still at
+/// `mountpoint` is detached and every process serving it is killed (a
+/// failed assertion must not leave a live FUSE mount and its process, which
+/// would hang later tests and cargo's clean-up).
+struct MountGuard(std::path::PathBuf);
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        if mounted(&self.0) {
+            let path = std::ffi::CString::new(self.0.to_str().unwrap()).unwrap();
+            // SAFETY: a valid C string; detaching a mount has no memory effects.
+            unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+        }
+        for (pid, _) in pids_serving(&self.0) {
+            // SAFETY: signals a process of this test's making.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+}
+
+/// A file's pages held in the kernel's page cache: mapped and locked, so
+/// neither memory pressure nor inode eviction can drop them while this
+/// lives. Only an open that does not keep the cache could.
+struct PinnedPages {
+    addr: *mut libc::c_void,
+    len: usize,
+    _file: std::fs::File,
+}
+
+impl PinnedPages {
+    fn new(path: &Path) -> Self {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::File::open(path).unwrap();
+        let len = file.metadata().unwrap().len() as usize;
+        // SAFETY: a read-only shared mapping of an open file, of its size.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(addr, libc::MAP_FAILED, "mmap {}", path.display());
+        // SAFETY: the range was just mapped; locking faults every page in.
+        let locked = unsafe { libc::mlock(addr, len) };
+        assert_eq!(locked, 0, "mlock: {}", std::io::Error::last_os_error());
+        Self {
+            addr,
+            len,
+            _file: file,
+        }
+    }
+}
+
+impl Drop for PinnedPages {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `new`.
+        unsafe {
+            libc::munlock(self.addr, self.len);
+            libc::munmap(self.addr, self.len);
+        }
+    }
 }
 
 fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
@@ -107,6 +183,7 @@ async fn mount_reads_match_the_source_and_unmount_leaves_nothing() {
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let mnt = mnt.canonicalize().unwrap();
+    let _guard = MountGuard(mnt.clone());
 
     let out = cluster.cli(&["mount", "/data", mnt.to_str().unwrap()]);
     assert!(
@@ -224,7 +301,11 @@ async fn mount_reads_match_the_source_and_unmount_leaves_nothing() {
     );
 
     // Immutable files stay in the kernel's page cache: with every chunk
-    // server gone, a file read before reads again, unchanged.
+    // server gone, a file read before reads again, unchanged, through a
+    // new open. (Its pages are pinned so that only the mount dropping the
+    // cache on that open could make the read fail: the kernel may evict
+    // unpinned pages whenever it likes, which once failed this test.)
+    let pinned = PinnedPages::new(&mnt.join("a/b/multi.bin"));
     for id in [2, 3] {
         cluster.kill_chunk(id);
     }
@@ -232,6 +313,7 @@ async fn mount_reads_match_the_source_and_unmount_leaves_nothing() {
         hash(&std::fs::read(mnt.join("a/b/multi.bin")).unwrap()),
         hash(&expected)
     );
+    drop(pinned);
 
     let out = cluster.cli(&["umount", mnt.to_str().unwrap()]);
     assert!(
@@ -272,6 +354,7 @@ async fn foreground_mount_unmounts_on_ctrl_c_and_bad_mounts_say_why() {
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let mnt = mnt.canonicalize().unwrap();
+    let _guard = MountGuard(mnt.clone());
 
     // Bad input: a file, a missing directory, a missing remote path.
     for (args, says) in [

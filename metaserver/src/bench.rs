@@ -31,6 +31,10 @@ pub struct BenchArgs {
     /// Seconds per measurement.
     #[arg(long, default_value_t = 5)]
     pub seconds: u64,
+    /// Sizes (in chunks) of the single large commits timed after the
+    /// rates; sizes over the per-file limit are skipped.
+    #[arg(long, value_delimiter = ',', default_values_t = [16_384, 65_536, 131_072, 262_144])]
+    pub large_commits: Vec<usize>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -213,6 +217,26 @@ fn file(seed: u64) -> pb::FileInfo {
     }
 }
 
+/// A file of `n` chunks cycling through the pool.
+fn file_of(n: usize) -> pb::FileInfo {
+    let chunks: Vec<pb::ChunkRef> = (0..n)
+        .map(|j| {
+            let (id, data) = pool_chunk(j % POOL);
+            pb::ChunkRef {
+                id: id.to_vec().into(),
+                length: data.len() as u64,
+            }
+        })
+        .collect();
+    pb::FileInfo {
+        size: chunks.iter().map(|c| c.length).sum(),
+        chunks,
+        replication: 3,
+        content_id: Default::default(),
+        mtime_ms: 0,
+    }
+}
+
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.concurrency.is_empty() || args.concurrency.contains(&0) || args.seconds == 0 {
         bail!("--concurrency needs counts > 0 and --seconds must be > 0");
@@ -324,6 +348,24 @@ async fn run_in(args: &BenchArgs, base: &Path) -> anyhow::Result<()> {
         let (rate, _) = measure(&client, c, args.seconds, false, &committed).await?;
         rows.push(("stats/s", c, rate));
     }
+    let mut large = Vec::new();
+    for &n in &args.large_commits {
+        if n > crate::convert::MAX_CHUNKS_PER_FILE {
+            say(&format!(
+                "skipping a commit of {n} chunks: over the limit of {}",
+                crate::convert::MAX_CHUNKS_PER_FILE
+            ));
+            continue;
+        }
+        say(&format!("one commit of {n} chunks"));
+        let info = file_of(n);
+        let started = Instant::now();
+        client
+            .commit(&format!("/bench/large/{n}"), info, false)
+            .await
+            .map_err(|e| anyhow::anyhow!("commit of {n} chunks: {}", e.message()))?;
+        large.push((n, started.elapsed()));
+    }
     drop(procs);
     if args.json {
         let items: Vec<String> = rows
@@ -332,7 +374,15 @@ async fn run_in(args: &BenchArgs, base: &Path) -> anyhow::Result<()> {
                 format!(r#"{{"measure":"{what}","concurrency":{c},"per_second":{rate:.0}}}"#)
             })
             .collect();
-        println!(r#"{{"figures":[{}]}}"#, items.join(","));
+        let commits: Vec<String> = large
+            .iter()
+            .map(|(n, took)| format!(r#"{{"chunks":{n},"ms":{:.1}}}"#, took.as_secs_f64() * 1e3))
+            .collect();
+        println!(
+            r#"{{"figures":[{}],"large_commits":[{}]}}"#,
+            items.join(","),
+            commits.join(",")
+        );
     } else {
         println!("metaserver bench: 3 metaservers, 3 chunk servers, files of 4 chunks, R = 3");
         println!(
@@ -341,6 +391,12 @@ async fn run_in(args: &BenchArgs, base: &Path) -> anyhow::Result<()> {
         );
         for (what, c, rate) in rows {
             println!("{what:<12} {c:>11} {rate:>12.0}");
+        }
+        for (n, took) in large {
+            println!(
+                "one commit of {n:>7} chunks: {:>8.1} ms (committed and applied on the leader)",
+                took.as_secs_f64() * 1e3
+            );
         }
     }
     Ok(())

@@ -66,6 +66,14 @@ pub struct ServerView {
     pub scrub: Option<ScrubReport>,
 }
 
+/// A commit that gives `chunk` another length than it has (`by` says who
+/// knows better).
+fn length_mismatch(chunk: &ChunkId, claimed: u64, actual: u64, by: &str) -> MetaError {
+    MetaError::InvalidArgument(format!(
+        "chunk {chunk}: the file says {claimed} bytes, but {by} {actual} bytes"
+    ))
+}
+
 impl MetaNode {
     pub async fn register_chunk_server(
         &self,
@@ -161,14 +169,7 @@ impl MetaNode {
         });
         candidates.retain(|c| !excluded.contains(&c.id));
         if candidates.len() < r {
-            let left_out = match excluded.len() {
-                0 => String::new(),
-                n => format!(" ({n} left out as asked)"),
-            };
-            return Err(MetaError::Unavailable(format!(
-                "only {} live chunk server(s){left_out}; replication {r} needs {r}",
-                candidates.len()
-            )));
+            return Err(self.cannot_place(r, &candidates, &excluded));
         }
         let by_id: HashMap<ServerId, &Candidate> = candidates.iter().map(|c| (c.id, c)).collect();
         // One look at the state for the whole batch.
@@ -203,9 +204,10 @@ impl MetaNode {
             let need = r.saturating_sub(holders.len());
             let targets = place(&candidates, &holders, &zones, need, *length, &mut planned);
             if targets.len() < need {
-                return Err(MetaError::Unavailable(format!(
-                    "chunk {id}: only {} of {need} new replica(s) can be placed (chunk servers full?)",
-                    targets.len()
+                return Err(MetaError::FailedPrecondition(format!(
+                    "cannot place {r} replicas of chunk {id}: only {} of the {need} new one(s) fit ({})",
+                    targets.len(),
+                    self.server_states(&excluded)
                 )));
             }
             for target in &targets {
@@ -218,6 +220,50 @@ impl MetaNode {
             });
         }
         Ok(placements)
+    }
+
+    /// Why `r` replicas cannot be placed on `candidates`, in words, with
+    /// every chunk server's state. Not worth a retry (a new leader counts
+    /// every registered server alive until it knows better), so the writer
+    /// hears the cause at once.
+    fn cannot_place(
+        &self,
+        r: usize,
+        candidates: &[Candidate],
+        excluded: &BTreeSet<ServerId>,
+    ) -> MetaError {
+        MetaError::FailedPrecondition(format!(
+            "cannot place {r} replicas: {} chunk server(s) can take them ({})",
+            candidates.len(),
+            self.server_states(excluded)
+        ))
+    }
+
+    /// Every registered chunk server and its state, for error messages:
+    /// `1 at 127.0.0.1:7201 alive, 2 at ... dead, ...`.
+    fn server_states(&self, excluded: &BTreeSet<ServerId>) -> String {
+        let servers = self.read_local(|s| s.cluster.servers.clone());
+        if servers.is_empty() {
+            return "none is registered".into();
+        }
+        servers
+            .iter()
+            .map(|(id, info)| {
+                let state = if excluded.contains(id) {
+                    "left out by the writer"
+                } else if !self.liveness.is_alive(*id) {
+                    "dead"
+                } else if info.draining {
+                    "draining"
+                } else if self.liveness.usage(*id).is_some_and(|u| u.free_bytes == 0) {
+                    "full"
+                } else {
+                    "alive"
+                };
+                format!("{id} at {} {state}", info.addr)
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// Removes chunk server `id` from the cluster, only when no chunk of a
@@ -367,28 +413,52 @@ impl MetaNode {
                 .collect()
         });
         let live_ids: BTreeSet<ServerId> = live.iter().map(|(id, _)| *id).collect();
-        let chunks: Vec<ChunkId> = {
-            let mut seen = BTreeSet::new();
-            file.chunks
-                .iter()
-                .map(|c| c.id)
-                .filter(|id| seen.insert(*id))
-                .collect()
-        };
-        let mut known: HashMap<ChunkId, BTreeSet<ServerId>> = self.read_local(|s| {
-            chunks
-                .iter()
-                .map(|c| {
-                    (
-                        *c,
-                        s.cluster
-                            .holders(c)
-                            .filter(|h| live_ids.contains(h))
-                            .collect(),
-                    )
-                })
-                .collect()
-        });
+        // Each distinct chunk with the length the file gives it.
+        let mut claimed: HashMap<ChunkId, u64> = HashMap::new();
+        let mut chunks: Vec<ChunkId> = Vec::new();
+        for chunk in &file.chunks {
+            match claimed.insert(chunk.id, chunk.length) {
+                None => chunks.push(chunk.id),
+                Some(other) if other != chunk.length => {
+                    return Err(MetaError::InvalidArgument(format!(
+                        "chunk {} appears in the file with two lengths ({other} and {} bytes)",
+                        chunk.id, chunk.length
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
+        // Live holders as heartbeats reported them; a chunk a committed file
+        // uses has a known length, the others must have theirs confirmed by
+        // a chunk server (a file naming a real chunk with a wrong length
+        // could never be read).
+        let (mut known, mut unvouched) = self.read_local(|s| {
+            let mut unvouched = BTreeSet::new();
+            let mut known = HashMap::with_capacity(chunks.len());
+            for c in &chunks {
+                match s.namespace.chunk_need(c) {
+                    Some(need) if need.length != claimed[c] => {
+                        return Err(length_mismatch(
+                            c,
+                            claimed[c],
+                            need.length,
+                            "committed files use it as",
+                        ));
+                    }
+                    Some(_) => {}
+                    None => {
+                        unvouched.insert(*c);
+                    }
+                }
+                let holders: BTreeSet<ServerId> = s
+                    .cluster
+                    .holders(c)
+                    .filter(|h| live_ids.contains(h))
+                    .collect();
+                known.insert(*c, holders);
+            }
+            Ok((known, unvouched))
+        })?;
         // Chunks whose replicas are not all known yet (heartbeats lag a
         // second behind writes): ask the servers, so readers see every
         // replica at once, though only `min` are required.
@@ -399,11 +469,16 @@ impl MetaNode {
             .copied()
             .collect();
         let mut confirmed: Vec<(ServerId, Vec<ChunkId>)> = Vec::new();
-        if !short.is_empty() {
+        if !short.is_empty() || !unvouched.is_empty() {
             let asks = live.iter().map(|(server, addr)| {
-                let ask: Vec<ChunkId> = short
+                // Where a replica is not known yet, and where an unvouched
+                // chunk is said to be.
+                let ask: Vec<ChunkId> = chunks
                     .iter()
-                    .filter(|c| !known[*c].contains(server))
+                    .filter(|c| {
+                        let here = known[*c].contains(server);
+                        (!here && known[*c].len() < want) || (here && unvouched.contains(*c))
+                    })
                     .copied()
                     .collect();
                 let client = self.chunk_client(*server, addr);
@@ -412,22 +487,31 @@ impl MetaNode {
                     if ask.is_empty() {
                         return None;
                     }
-                    let present = tokio::time::timeout(CONFIRM_TIMEOUT, client.has(&ask))
+                    let lengths = tokio::time::timeout(CONFIRM_TIMEOUT, client.lengths(&ask))
                         .await
                         .ok()?
                         .ok()?;
-                    let held: Vec<ChunkId> = ask
-                        .iter()
-                        .zip(present)
-                        .filter(|(_, p)| *p)
-                        .map(|(c, _)| *c)
-                        .collect();
-                    Some((*server, held))
+                    Some((
+                        *server,
+                        addr,
+                        ask.into_iter().zip(lengths).collect::<Vec<_>>(),
+                    ))
                 }
             });
-            for (server, held) in futures::future::join_all(asks).await.into_iter().flatten() {
-                for chunk in &held {
-                    known.get_mut(chunk).expect("asked chunk").insert(server);
+            for (server, addr, answers) in
+                futures::future::join_all(asks).await.into_iter().flatten()
+            {
+                let mut held = Vec::new();
+                for (chunk, length) in answers {
+                    let Some(length) = length else { continue };
+                    if length != claimed[&chunk] {
+                        let holder = format!("chunk server {server} ({addr}) holds");
+                        return Err(length_mismatch(&chunk, claimed[&chunk], length, &holder));
+                    }
+                    unvouched.remove(&chunk);
+                    if known.get_mut(&chunk).expect("asked chunk").insert(server) {
+                        held.push(chunk);
+                    }
                 }
                 if !held.is_empty() {
                     confirmed.push((server, held));
@@ -440,6 +524,12 @@ impl MetaNode {
                 .collect();
             if !missing.is_empty() {
                 return Err(crate::state::unreplicated(&missing, min as u32).into());
+            }
+            if let Some(chunk) = unvouched.first() {
+                return Err(MetaError::Unavailable(format!(
+                    "no chunk server answered for the length of {} chunk(s) (first {chunk}); try again",
+                    unvouched.len()
+                )));
             }
         }
         let commit = Command::Commit {

@@ -20,12 +20,15 @@
 //! - [`server`]: `run(listener, node, shutdown)`.
 //! - [`config`]: TOML file, environment and flags.
 //! - [`error`]: `MetaError`, one variant per failure a caller can act on.
+//! - [`codec`]: the binary encoding of Raft entries, messages, snapshots and
+//!   stored rows (postcard, readable JSON from older stores).
 //! - [`store`]: the Raft log store and state machine on sled, behind
 //!   openraft's storage traits (checked by `openraft::testing::Suite`).
 
 pub mod bench;
 pub mod chunks;
 pub mod cluster;
+pub mod codec;
 pub mod config;
 pub mod convert;
 pub mod error;

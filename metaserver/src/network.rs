@@ -1,12 +1,21 @@
 //! Raft transport over gRPC: [`Network`] dials peers (one cached channel per
 //! peer) for openraft, and [`RaftServer`] receives their messages. Messages
-//! travel as openraft's own serde (JSON) forms inside a `RaftMessage`.
+//! travel as openraft's own serde forms, encoded by [`crate::codec`], inside
+//! a `RaftMessage`.
+//!
+//! openraft gives an AppendEntries one heartbeat interval to complete, and
+//! re-sends the same range after a timeout: a batch that a follower cannot
+//! take in (decode, write, flush) within it would be re-sent forever and the
+//! group would never commit again. So a batch is kept under
+//! [`APPEND_BATCH_BYTES`]: a larger one is answered `PayloadTooLarge` with
+//! the number of entries that fit, and openraft sends that many.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -23,7 +32,27 @@ use shardfs_proto::transport;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
+use crate::codec;
 use crate::types::{NodeId, TypeConfig};
+
+/// Most bytes of entries in one AppendEntries (a single larger entry still
+/// goes alone). About 25 ms of decoding in a debug build.
+pub const APPEND_BATCH_BYTES: usize = 4 << 20;
+
+/// How many of `sizes` (encoded entry sizes, in order) fit in `budget`
+/// bytes; at least one.
+pub fn entries_that_fit(sizes: impl IntoIterator<Item = usize>, budget: usize) -> usize {
+    let mut total = 0usize;
+    let mut count = 0usize;
+    for size in sizes {
+        total = total.saturating_add(size);
+        if count > 0 && total > budget {
+            break;
+        }
+        count += 1;
+    }
+    count.max(1)
+}
 
 /// Dials metaservers for openraft. Clones share the channel cache.
 #[derive(Clone, Default)]
@@ -92,9 +121,7 @@ impl PeerClient {
             Err(e) => return Err(RPCError::Unreachable(Unreachable::from(AnyError::error(e)))),
         };
         let message = RaftMessage {
-            json: serde_json::to_vec(request)
-                .map_err(|e| RPCError::Network(NetworkError::new(&e)))?
-                .into(),
+            body: codec::encode(request).into(),
         };
         let call = async move {
             match rpc {
@@ -119,8 +146,8 @@ impl PeerClient {
             Ok(Err(status)) => return Err(RPCError::Network(NetworkError::new(&status))),
             Ok(Ok(reply)) => reply.into_inner(),
         };
-        let result: Result<Resp, RaftError<NodeId, E>> = serde_json::from_slice(&reply.json)
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let result: Result<Resp, RaftError<NodeId, E>> =
+            codec::decode(&reply.body).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
@@ -131,6 +158,15 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        if rpc.entries.len() > 1 {
+            let sizes = rpc.entries.iter().map(codec::encoded_len);
+            let fit = entries_that_fit(sizes, APPEND_BATCH_BYTES);
+            if fit < rpc.entries.len() {
+                return Err(RPCError::PayloadTooLarge(
+                    PayloadTooLarge::new_entries_hint(fit as u64),
+                ));
+            }
+        }
         self.exchange(Rpc::AppendEntries, &rpc, &option).await
     }
 
@@ -165,15 +201,28 @@ impl RaftServer {
     }
 }
 
+/// The request's message. The error names what was wrong, never the bytes
+/// (a decoder's message can quote its input).
 fn decode<T: DeserializeOwned>(request: Request<RaftMessage>) -> Result<T, Status> {
-    serde_json::from_slice(&request.into_inner().json)
-        .map_err(|e| Status::invalid_argument(format!("malformed raft message: {e}")))
+    let body = request.into_inner().body;
+    codec::decode(&body).map_err(|e| {
+        let kind = match e {
+            codec::DecodeError::Empty => "empty",
+            codec::DecodeError::Binary(_) => "not a valid binary message",
+            codec::DecodeError::Json(_) => "not valid JSON",
+            codec::DecodeError::Invalid(_) => "invalid",
+        };
+        Status::invalid_argument(format!(
+            "malformed raft message ({} bytes): {kind}",
+            body.len()
+        ))
+    })
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Response<RaftMessage>, Status> {
-    let json = serde_json::to_vec(value)
-        .map_err(|e| Status::internal(format!("cannot encode raft reply: {e}")))?;
-    Ok(Response::new(RaftMessage { json: json.into() }))
+    Ok(Response::new(RaftMessage {
+        body: codec::encode(value).into(),
+    }))
 }
 
 #[tonic::async_trait]

@@ -66,6 +66,7 @@ impl State {
                     cluster.report(*server, chunks, &[], false, &mut journal.cluster);
                 }
                 check_replicas(cluster, file, *min_replicas)?;
+                check_lengths(ns, file)?;
                 ns.commit(&p, file.clone(), *if_absent, journal)
                     .map(|replaced| Outcome::Replaced(replaced.is_some()))
             }),
@@ -148,6 +149,22 @@ fn check_replicas(cluster: &Cluster, file: &FileMeta, min: u32) -> Result<(), Ns
 }
 
 /// The error for chunks held by fewer than `min` chunk servers (hex ids).
+/// Every chunk a committed file already uses keeps its length: the leader
+/// checked the others with the chunk servers before proposing.
+fn check_lengths(ns: &Namespace, file: &FileMeta) -> Result<(), NsError> {
+    for chunk in &file.chunks {
+        if let Some(need) = ns.chunk_need(&chunk.id)
+            && need.length != chunk.length
+        {
+            return Err(NsError::Invalid(format!(
+                "chunk {}: the file says {} bytes, but committed files use it as {} bytes",
+                chunk.id, chunk.length, need.length
+            )));
+        }
+    }
+    Ok(())
+}
+
 pub fn unreplicated(missing: &[String], min: u32) -> NsError {
     let shown: Vec<&str> = missing.iter().take(5).map(String::as_str).collect();
     NsError::Unreplicated(format!(

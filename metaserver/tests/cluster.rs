@@ -434,6 +434,8 @@ async fn bad_input_gets_clear_errors_and_harms_nothing() {
         "/a/./b",
         "/trailing/",
         "/nul\0x",
+        "/new\nline",
+        "/esc\x1b[2J",
     ] {
         let status = client.mkdir(bad, true).await.unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{bad:?}");
@@ -503,6 +505,35 @@ async fn bad_input_gets_clear_errors_and_harms_nothing() {
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert!(status.message().contains("262144"), "{}", status.message());
+    // A commit naming real chunks with wrong lengths: one no committed file
+    // uses yet (the chunk servers say how long it is), one a committed file
+    // uses (the namespace knows).
+    for (seed, says) in [(10, "holds"), (1, "committed files use it as")] {
+        let mut lying = file_info(seed, 2);
+        let real = lying.chunks[0].length;
+        lying.chunks[0].length = real - 1;
+        lying.size -= 1;
+        let status = client.commit("/ok/lying", lying, false).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        for part in [
+            format!("the file says {} bytes", real - 1),
+            format!("{says} {real} bytes"),
+        ] {
+            assert!(status.message().contains(&part), "{}", status.message());
+        }
+    }
+    let mut twice = file_info(11, 2);
+    twice.chunks[1] = twice.chunks[0].clone();
+    twice.chunks[1].length -= 1;
+    twice.size = twice.chunks.iter().map(|c| c.length).sum();
+    let status = client.commit("/ok/lying", twice, false).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("two lengths"),
+        "{}",
+        status.message()
+    );
+
     // A commit naming chunks no chunk server holds.
     let mut unknown = file_info(9, 2);
     unknown.chunks[1].id = blake3::hash(b"never stored").as_bytes().to_vec().into();
@@ -660,12 +691,15 @@ async fn chunk_servers_placement_dedup_and_death() {
     let status = wait_dead(2).await;
     assert!(status.under_replicated > 0, "{status:?}");
     let status = allocate(pool_chunk.clone()).await.unwrap_err();
-    assert_eq!(status.code(), Code::Unavailable);
-    assert!(
-        status.message().contains("live chunk server"),
-        "{}",
-        status.message()
-    );
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    for says in [
+        "cannot place 3 replicas: 2 chunk server(s) can take them",
+        "1 at ",
+        " dead",
+        " alive",
+    ] {
+        assert!(status.message().contains(says), "{}", status.message());
+    }
     // Commits that need min(R, 2) = 2 live replicas still succeed.
     client.commit("/d/h", file_info(5, 2), false).await.unwrap();
     cluster.stop_all().await;

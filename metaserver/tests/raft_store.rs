@@ -155,7 +155,7 @@ async fn applied_state_survives_restart_and_snapshot_restores() {
         assert_eq!(expected[2].1, Inode::File(file(2)));
     }
     // Reopen: the same state and applied id, without replaying anything.
-    let (_log, mut sm) = store::open(&path).unwrap();
+    let (_log, mut sm) = reopen(&path);
     assert_eq!(listing(&sm), expected);
     assert_eq!(rename_answer(&sm), Some(Outcome::Done));
     let (applied, _) = sm.applied_state().await.unwrap();
@@ -178,7 +178,7 @@ async fn applied_state_survives_restart_and_snapshot_restores() {
     assert_eq!(rename_answer(&other), Some(Outcome::Done));
     assert_eq!(other.applied_state().await.unwrap().0, applied);
     drop((other, other_log)); // release the engine's directory lock
-    let (_other_log, other) = store::open(&other_dir.path().join("raft")).unwrap();
+    let (_other_log, other) = reopen(&other_dir.path().join("raft"));
     assert_eq!(
         listing(&other),
         expected,
@@ -203,7 +203,7 @@ async fn log_state_vote_and_purge_survive_restart() {
             .await
             .unwrap();
     }
-    let (mut log, _sm) = store::open(&path).unwrap();
+    let (mut log, _sm) = reopen(&path);
     let state = log.get_log_state().await.unwrap();
     assert_eq!(state.last_purged_log_id.unwrap().index, 4);
     assert_eq!(state.last_log_id.unwrap().index, 10);
@@ -218,4 +218,25 @@ async fn log_state_vote_and_purge_survive_restart() {
         rest.iter().map(|e| e.log_id.index).collect::<Vec<_>>(),
         (5..=10).collect::<Vec<_>>()
     );
+}
+
+/// Opens a store just closed by this process. sled's background flusher
+/// may hold the directory lock for a moment after the last handle drops
+/// (a restarted process never meets this: its old one has exited).
+fn reopen(
+    path: &std::path::Path,
+) -> (
+    shardfs_meta::store::log::LogStore,
+    shardfs_meta::store::sm::StateMachine,
+) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match store::open(path) {
+            Ok(stores) => return stores,
+            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => panic!("reopening {}: {e}", path.display()),
+        }
+    }
 }

@@ -148,6 +148,14 @@ impl ChunkClient {
         let mut received = 0u64;
         while let Some(message) = stream.next().await {
             let message = message?;
+            if expected.is_none() && message.chunk_length > crate::MAX_CHUNK_BYTES {
+                return Err(Status::out_of_range(format!(
+                    "chunk server {} says chunk {id} is {} bytes; no chunk is over {}",
+                    self.addr,
+                    message.chunk_length,
+                    crate::MAX_CHUNK_BYTES
+                )));
+            }
             let expected = *expected.get_or_insert(message.chunk_length.saturating_sub(offset));
             received += message.data.len() as u64;
             if received > expected {
@@ -174,6 +182,28 @@ impl ChunkClient {
             ids: ids.iter().map(|id| id.to_vec().into()).collect(),
         };
         Ok(self.rpc().has_chunks(request).await?.into_inner().present)
+    }
+
+    /// The stored length of each of `ids` (None where it is not stored).
+    pub async fn lengths(&self, ids: &[ChunkId]) -> Result<Vec<Option<u64>>, Status> {
+        let request = HasChunksRequest {
+            ids: ids.iter().map(|id| id.to_vec().into()).collect(),
+        };
+        let reply = self.rpc().has_chunks(request).await?.into_inner();
+        if reply.present.len() != ids.len() || reply.lengths.len() != ids.len() {
+            return Err(Status::internal(format!(
+                "asked about {} chunks, the chunk server answered for {} (lengths {})",
+                ids.len(),
+                reply.present.len(),
+                reply.lengths.len()
+            )));
+        }
+        Ok(reply
+            .present
+            .into_iter()
+            .zip(reply.lengths)
+            .map(|(present, length)| present.then_some(length))
+            .collect())
     }
 
     /// Deletes `ids`; returns how many were stored.

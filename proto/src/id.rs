@@ -105,18 +105,41 @@ fn hex_digit(c: u8) -> Option<u8> {
     }
 }
 
-/// Ids travel in Raft entries and snapshots as 64-character hex strings:
-/// readable in dumps, and the same form as in file names and logs.
+/// In text formats (JSON: status dumps, old stores) ids are 64-character hex
+/// strings, the same form as in file names and logs; in binary formats
+/// (Raft entries, snapshots) they are their 32 raw bytes.
 impl serde::Serialize for ChunkId {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.to_hex())
+        if serializer.is_human_readable() {
+            serializer.serialize_str(&self.to_hex())
+        } else {
+            serializer.serialize_bytes(self.as_bytes())
+        }
     }
 }
 
 impl<'de> serde::Deserialize<'de> for ChunkId {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-        text.parse().map_err(serde::de::Error::custom)
+        if deserializer.is_human_readable() {
+            let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+            text.parse().map_err(serde::de::Error::custom)
+        } else {
+            deserializer.deserialize_bytes(RawIdVisitor)
+        }
+    }
+}
+
+struct RawIdVisitor;
+
+impl serde::de::Visitor<'_> for RawIdVisitor {
+    type Value = ChunkId;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a 32-byte chunk id")
+    }
+
+    fn visit_bytes<E: serde::de::Error>(self, bytes: &[u8]) -> Result<ChunkId, E> {
+        ChunkId::from_slice(bytes).map_err(E::custom)
     }
 }
 

@@ -3,7 +3,8 @@
 //! The rules are checked once, where a path enters the system, so that the
 //! metaserver's state machine only ever sees canonical paths: no empty
 //! components (so no `//` and no trailing `/` except the root itself), no
-//! `.` or `..`, no NUL, no name over [`MAX_NAME_BYTES`] and no path over
+//! `.` or `..`, no NUL or other control character (a newline or an escape
+//! in a name breaks `ls` output and every line-based tool), no name over [`MAX_NAME_BYTES`] and no path over
 //! [`MAX_PATH_BYTES`].
 
 use std::fmt;
@@ -46,6 +47,12 @@ impl DfsPath {
         }
         if path.contains('\0') {
             return Err(fail("contains a NUL byte".into()));
+        }
+        if let Some(c) = path.chars().find(|c| c.is_control()) {
+            return Err(fail(format!(
+                "contains the control character {:?} (U+{:04X}); names may not hold control characters",
+                c, c as u32
+            )));
         }
         if path == "/" {
             return Ok(Self::root());
@@ -157,6 +164,11 @@ mod tests {
             ("/a/./b", "\".\""),
             ("/a/../b", "\"..\""),
             ("/a\0b", "NUL"),
+            ("/new\nline", "control character '\\n'"),
+            ("/tab\there", "U+0009"),
+            ("/esc\x1b[31m", "U+001B"),
+            ("/del\x7f", "U+007F"),
+            ("/next\u{85}line", "U+0085"),
         ];
         for (path, why) in cases {
             let err = DfsPath::parse(path).unwrap_err();

@@ -223,6 +223,24 @@ impl TestCluster {
         self.chunks.insert(id, Process { child, addr });
     }
 
+    /// Stops every server as `local-cluster.sh down` does: SIGTERM, then
+    /// SIGKILL for one still running after 15 s. Their data stays.
+    pub fn stop_all(&mut self) {
+        let mut all: Vec<Process> = std::mem::take(&mut self.chunks).into_values().collect();
+        all.extend(std::mem::take(&mut self.metas).into_values());
+        for process in &all {
+            // SAFETY: signals a child of this process.
+            unsafe { libc::kill(process.child.id() as i32, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        for mut process in all {
+            while process.child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            // Drop kills one still running.
+        }
+    }
+
     pub fn kill_meta(&mut self, id: u64) {
         self.metas.remove(&id); // Drop kills (SIGKILL) and reaps it
     }
@@ -297,6 +315,45 @@ pub fn cli_at(meta: &str, args: &[&str]) -> std::process::Output {
         .stdin(Stdio::null())
         .output()
         .expect("run shardfs")
+}
+
+/// Busy loops on `threads` threads, as other work on a shared machine
+/// would load it; they stop when dropped, or after `max` at the latest.
+pub struct CpuLoad {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<u64>>,
+}
+
+impl CpuLoad {
+    pub fn start(threads: usize, max: Duration) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let threads = (0..threads)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let until = Instant::now() + max;
+                    let mut spins = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < until
+                    {
+                        for _ in 0..10_000 {
+                            spins = std::hint::black_box(spins.wrapping_add(1));
+                        }
+                    }
+                    spins
+                })
+            })
+            .collect();
+        Self { stop, threads }
+    }
+}
+
+impl Drop for CpuLoad {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// Deterministic incompressible bytes.

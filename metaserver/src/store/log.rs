@@ -1,7 +1,8 @@
 //! The Raft log store. Entries live under their big-endian index, so the
 //! engine's key order is log order; the vote, the committed id and the last
 //! purged id live in their own space. The vote and appended entries are
-//! flushed before Raft is told they are stored.
+//! flushed before Raft is told they are stored. Values are encoded by
+//! [`crate::codec`].
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -12,6 +13,7 @@ use openraft::{Entry, ErrorSubject, ErrorVerb, LogState, RaftLogReader, Vote};
 
 use super::kv::{Kv, Row, Space};
 use super::{blocking, decode_error, io_error};
+use crate::codec;
 use crate::types::{LogId, NodeId, StorageError, TypeConfig};
 
 const VOTE_KEY: &[u8] = b"vote";
@@ -28,7 +30,7 @@ impl LogStore {
         Self { kv }
     }
 
-    fn read_json<T: serde::de::DeserializeOwned>(
+    fn read_value<T: serde::de::DeserializeOwned>(
         &self,
         key: &[u8],
         subject: ErrorSubject<NodeId>,
@@ -39,19 +41,19 @@ impl LogStore {
             .map_err(|e| io_error(subject.clone(), ErrorVerb::Read, e))?
         {
             Some(bytes) => Ok(Some(
-                serde_json::from_slice(&bytes).map_err(|e| decode_error(subject, e))?,
+                codec::decode(&bytes).map_err(|e| decode_error(subject, e))?,
             )),
             None => Ok(None),
         }
     }
 
-    fn write_json<T: serde::Serialize>(
+    fn write_value<T: serde::Serialize>(
         &self,
         key: &[u8],
         value: &T,
         subject: ErrorSubject<NodeId>,
     ) -> Result<(), StorageError> {
-        let bytes = serde_json::to_vec(value).expect("raft metadata serializes");
+        let bytes = codec::encode(value);
         self.kv
             .write(Space::Raft, vec![(key.to_vec(), Some(bytes))])
             .map_err(|e| io_error(subject, ErrorVerb::Write, e))
@@ -90,7 +92,7 @@ impl LogStore {
 }
 
 fn decode_entry(bytes: &[u8]) -> Result<Entry<TypeConfig>, StorageError> {
-    serde_json::from_slice(bytes).map_err(|e| decode_error(ErrorSubject::Logs, e))
+    codec::decode(bytes).map_err(|e| decode_error(ErrorSubject::Logs, e))
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -121,7 +123,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged_log_id: Option<LogId> =
-            self.read_json(LAST_PURGED_KEY, ErrorSubject::Logs)?;
+            self.read_value(LAST_PURGED_KEY, ErrorSubject::Logs)?;
         let last = self
             .kv
             .last(Space::Log)
@@ -141,22 +143,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
-        self.write_json(VOTE_KEY, vote, ErrorSubject::Vote)?;
+        self.write_value(VOTE_KEY, vote, ErrorSubject::Vote)?;
         self.flush(ErrorSubject::Vote).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
-        self.read_json(VOTE_KEY, ErrorSubject::Vote)
+        self.read_value(VOTE_KEY, ErrorSubject::Vote)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         // Not flushed: after a crash Raft learns the commit index again.
-        self.write_json(COMMITTED_KEY, &committed, ErrorSubject::Store)
+        self.write_value(COMMITTED_KEY, &committed, ErrorSubject::Store)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
         Ok(self
-            .read_json::<Option<LogId>>(COMMITTED_KEY, ErrorSubject::Store)?
+            .read_value::<Option<LogId>>(COMMITTED_KEY, ErrorSubject::Store)?
             .flatten())
     }
 
@@ -172,7 +174,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let batch = entries
             .into_iter()
             .map(|entry| {
-                let bytes = serde_json::to_vec(&entry).expect("log entries serialize");
+                let bytes = codec::encode(&entry);
                 (entry.log_id.index.to_be_bytes().to_vec(), Some(bytes))
             })
             .collect();
@@ -194,7 +196,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         // Record the purge point first: a crash in between leaves entries
         // that are already covered, never a hole.
-        self.write_json(LAST_PURGED_KEY, &Some(log_id), ErrorSubject::Logs)?;
+        self.write_value(LAST_PURGED_KEY, &log_id, ErrorSubject::Logs)?;
         self.flush(ErrorSubject::Logs).await?;
         self.delete_range(0, Some(log_id.index + 1))
     }

@@ -32,7 +32,10 @@ pub(crate) fn io_error(
     StorageError::from_io_error(subject, verb, e)
 }
 
-pub(crate) fn decode_error(subject: ErrorSubject<NodeId>, e: serde_json::Error) -> StorageError {
+pub(crate) fn decode_error(
+    subject: ErrorSubject<NodeId>,
+    e: crate::codec::DecodeError,
+) -> StorageError {
     StorageIOError::new(subject, ErrorVerb::Read, AnyError::new(&e)).into()
 }
 

@@ -4,7 +4,8 @@
 //! Each `apply` call writes the changed keys of all its entries and the new
 //! applied log id in one atomic batch, without flushing: the Raft log is the
 //! durable record, and a restart replays exactly what the engine lost.
-//! Snapshots are the whole state serialized; the current one is persisted
+//! Values and snapshots are encoded by [`crate::codec`]. Snapshots are the
+//! whole state serialized; the current one is persisted
 //! (and flushed, with the state) before Raft may purge the log it covers.
 //! At start-up a snapshot newer than the stored state wins.
 
@@ -22,6 +23,7 @@ use super::{blocking, decode_error, io_error};
 use shardfs_proto::ChunkId;
 
 use crate::cluster::{ChunkServerInfo, Cluster, ClusterChange};
+use crate::codec;
 use crate::namespace::{Change, Inode, Journal, Namespace, NamespaceParts};
 use crate::repair::Touched;
 use crate::retries::{Answer, RetryCache, RetryChange};
@@ -104,8 +106,8 @@ fn entry_key(parent: u64, name: &str) -> Vec<u8> {
     key
 }
 
-fn json<T: Serialize>(value: &T) -> Vec<u8> {
-    serde_json::to_vec(value).expect("state serializes")
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    codec::encode(value)
 }
 
 fn server_key(id: u64) -> Vec<u8> {
@@ -122,9 +124,9 @@ fn location_key(chunk: &ChunkId) -> Vec<u8> {
 
 fn cluster_row(change: ClusterChange) -> (Vec<u8>, Option<Vec<u8>>) {
     match change {
-        ClusterChange::Server(id, info) => (server_key(id), info.map(|i| json(&i))),
+        ClusterChange::Server(id, info) => (server_key(id), info.map(|i| encode(&i))),
         ClusterChange::Locations(chunk, holders) => {
-            (location_key(&chunk), holders.map(|h| json(&h)))
+            (location_key(&chunk), holders.map(|h| encode(&h)))
         }
     }
 }
@@ -136,7 +138,7 @@ fn retry_key(id: &[u8]) -> Vec<u8> {
 }
 
 fn retry_row((id, answer): RetryChange) -> (Vec<u8>, Option<Vec<u8>>) {
-    (retry_key(&id), answer.map(|a| json(&a)))
+    (retry_key(&id), answer.map(|a| encode(&a)))
 }
 
 fn u64_at(bytes: &[u8]) -> u64 {
@@ -150,7 +152,7 @@ fn full_batch(state: &State, applied: &Option<LogId>, membership: &StoredMembers
     let parts = state.namespace.to_parts();
     let mut batch: Batch = Vec::with_capacity(parts.inodes.len() + parts.entries.len() + 3);
     for (n, inode) in &parts.inodes {
-        batch.push((inode_key(*n), Some(json(inode))));
+        batch.push((inode_key(*n), Some(encode(inode))));
     }
     for (parent, name, child) in &parts.entries {
         batch.push((entry_key(*parent, name), Some(child.to_be_bytes().to_vec())));
@@ -169,8 +171,8 @@ fn full_batch(state: &State, applied: &Option<LogId>, membership: &StoredMembers
     for (id, answer) in state.retries.to_parts() {
         batch.push(retry_row((id, Some(answer))));
     }
-    batch.push((APPLIED_KEY.to_vec(), Some(json(applied))));
-    batch.push((MEMBERSHIP_KEY.to_vec(), Some(json(membership))));
+    batch.push((APPLIED_KEY.to_vec(), Some(encode(applied))));
+    batch.push((MEMBERSHIP_KEY.to_vec(), Some(encode(membership))));
     batch
 }
 
@@ -183,13 +185,15 @@ impl StateMachine {
                 .map_err(|e| io_error(ErrorSubject::StateMachine, ErrorVerb::Read, e))
         };
         let applied: Option<LogId> = match read(APPLIED_KEY)? {
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| decode_error(ErrorSubject::StateMachine, e))?,
+            Some(bytes) => {
+                codec::decode(&bytes).map_err(|e| decode_error(ErrorSubject::StateMachine, e))?
+            }
             None => None,
         };
         let membership: StoredMembership = match read(MEMBERSHIP_KEY)? {
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| decode_error(ErrorSubject::StateMachine, e))?,
+            Some(bytes) => {
+                codec::decode(&bytes).map_err(|e| decode_error(ErrorSubject::StateMachine, e))?
+            }
             None => StoredMembership::default(),
         };
         let next_inode = read(NEXT_INODE_KEY)?.map(|b| u64_at(&b)).unwrap_or(0);
@@ -199,8 +203,8 @@ impl StateMachine {
         };
         let mut inodes = std::collections::HashMap::new();
         for (key, value) in rows(INODE_PREFIX)? {
-            let inode: Inode = serde_json::from_slice(&value)
-                .map_err(|e| decode_error(ErrorSubject::StateMachine, e))?;
+            let inode: Inode =
+                codec::decode(&value).map_err(|e| decode_error(ErrorSubject::StateMachine, e))?;
             inodes.insert(u64_at(&key[1..]), inode);
         }
         let mut entries = std::collections::BTreeMap::new();
@@ -211,23 +215,26 @@ impl StateMachine {
         }
         let mut servers = std::collections::BTreeMap::new();
         for (key, value) in rows(SERVER_PREFIX)? {
-            let info: ChunkServerInfo = serde_json::from_slice(&value)
-                .map_err(|e| decode_error(ErrorSubject::StateMachine, e))?;
+            let info: ChunkServerInfo =
+                codec::decode(&value).map_err(|e| decode_error(ErrorSubject::StateMachine, e))?;
             servers.insert(u64_at(&key[1..]), info);
         }
         let mut locations = std::collections::HashMap::new();
         for (key, value) in rows(LOCATION_PREFIX)? {
             let chunk = ChunkId::from_slice(&key[1..]).map_err(|e| {
-                decode_error(ErrorSubject::StateMachine, serde::de::Error::custom(e))
+                decode_error(
+                    ErrorSubject::StateMachine,
+                    codec::DecodeError::Invalid(e.to_string()),
+                )
             })?;
-            let holders: Vec<u64> = serde_json::from_slice(&value)
-                .map_err(|e| decode_error(ErrorSubject::StateMachine, e))?;
+            let holders: Vec<u64> =
+                codec::decode(&value).map_err(|e| decode_error(ErrorSubject::StateMachine, e))?;
             locations.insert(chunk, holders.into_iter().collect());
         }
         let mut retries = Vec::new();
         for (key, value) in rows(RETRY_PREFIX)? {
-            let answer: Answer = serde_json::from_slice(&value)
-                .map_err(|e| decode_error(ErrorSubject::StateMachine, e))?;
+            let answer: Answer =
+                codec::decode(&value).map_err(|e| decode_error(ErrorSubject::StateMachine, e))?;
             retries.push((key[1..].to_vec(), answer));
         }
         let mut sm = Self {
@@ -269,14 +276,14 @@ impl StateMachine {
         let (Some(meta), Some(data)) = (read(SNAPSHOT_META_KEY)?, read(SNAPSHOT_DATA_KEY)?) else {
             return Ok(None);
         };
-        let meta: SnapshotMeta = serde_json::from_slice(&meta)
-            .map_err(|e| decode_error(ErrorSubject::Snapshot(None), e))?;
+        let meta: SnapshotMeta =
+            codec::decode(&meta).map_err(|e| decode_error(ErrorSubject::Snapshot(None), e))?;
         Ok(Some((meta, data)))
     }
 
     /// Replaces the state with a snapshot's and writes it through.
     fn restore(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
-        let payload: SnapshotPayload = serde_json::from_slice(data)
+        let payload: SnapshotPayload = codec::decode(data)
             .map_err(|e| decode_error(ErrorSubject::Snapshot(Some(meta.signature())), e))?;
         let state = payload.into_state();
         let batch = full_batch(&state, &meta.last_log_id, &meta.last_membership);
@@ -331,7 +338,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .changes
             .into_iter()
             .map(|change| match change {
-                Change::Inode(n, inode) => (inode_key(n), inode.map(|i| json(&i))),
+                Change::Inode(n, inode) => (inode_key(n), inode.map(|i| encode(&i))),
                 Change::Entry(parent, name, child) => (
                     entry_key(parent, &name),
                     child.map(|c| c.to_be_bytes().to_vec()),
@@ -341,9 +348,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .collect();
         batch.extend(journal.cluster.into_iter().map(cluster_row));
         batch.extend(journal.retries.into_iter().map(retry_row));
-        batch.push((APPLIED_KEY.to_vec(), Some(json(&self.applied))));
+        batch.push((APPLIED_KEY.to_vec(), Some(encode(&self.applied))));
         if membership_changed {
-            batch.push((MEMBERSHIP_KEY.to_vec(), Some(json(&self.membership))));
+            batch.push((MEMBERSHIP_KEY.to_vec(), Some(encode(&self.membership))));
         }
         self.kv.write(Space::State, batch).map_err(|e| {
             let subject = match self.applied {
@@ -361,7 +368,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.snapshot_seq += 1;
         SnapshotBuilder {
             kv: self.kv.clone(),
-            data: json(&payload),
+            data: encode(&payload),
             last_log_id: self.applied,
             membership: self.membership.clone(),
             seq: self.snapshot_seq,
@@ -413,14 +420,14 @@ async fn persist_snapshot(
         .get(Space::Snapshot, SNAPSHOT_META_KEY)
         .map_err(|e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
     if let Some(stored) = stored
-        && let Ok(stored) = serde_json::from_slice::<SnapshotMeta>(&stored)
+        && let Ok(stored) = codec::decode::<SnapshotMeta>(&stored)
         && stored.last_log_id > meta.last_log_id
         && stored.snapshot_id != meta.snapshot_id
     {
         return Ok(());
     }
     let batch = vec![
-        (SNAPSHOT_META_KEY.to_vec(), Some(json(meta))),
+        (SNAPSHOT_META_KEY.to_vec(), Some(encode(meta))),
         (SNAPSHOT_DATA_KEY.to_vec(), Some(data.to_vec())),
     ];
     let signature = Some(meta.signature());

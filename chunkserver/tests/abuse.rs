@@ -1,0 +1,278 @@
+//! A chunk server process against peers that break the protocol on
+//! purpose: oversized messages, writers that stall after the header or in
+//! the middle of the data, and a repair source that sends more than the
+//! chunk it declared. Each is cut off with a clear error, costs a bounded
+//! amount of memory and time, and the server goes on serving others.
+
+mod common;
+
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{ServerProcess, chunk};
+use shardfs_proto::ChunkId;
+use shardfs_proto::chunk::v1::chunk_service_client::ChunkServiceClient;
+use shardfs_proto::chunk::v1::chunk_service_server::{ChunkService, ChunkServiceServer};
+use shardfs_proto::chunk::v1::*;
+use shardfs_proto::transport;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Request, Response, Status, Streaming};
+
+const MIB: usize = 1 << 20;
+
+fn header(id: &ChunkId, length: u64) -> PutChunkRequest {
+    PutChunkRequest {
+        msg: Some(put_chunk_request::Msg::Header(PutHeader {
+            id: Bytes::copy_from_slice(id.as_bytes()),
+            length,
+        })),
+    }
+}
+
+fn data(bytes: Bytes) -> PutChunkRequest {
+    PutChunkRequest {
+        msg: Some(put_chunk_request::Msg::Data(bytes)),
+    }
+}
+
+async fn raw_client(addr: &str) -> ChunkServiceClient<tonic::transport::Channel> {
+    ChunkServiceClient::new(transport::endpoint(addr).unwrap().connect().await.unwrap())
+}
+
+/// A put stream whose messages the test sends by hand; the call runs in
+/// the background.
+struct RawPut {
+    tx: mpsc::Sender<PutChunkRequest>,
+    call: tokio::task::JoinHandle<Result<Response<PutChunkResponse>, Status>>,
+}
+
+async fn raw_put(addr: &str) -> RawPut {
+    let mut raw = raw_client(addr).await;
+    let (tx, rx) = mpsc::channel(4);
+    let call = tokio::spawn(async move { raw.put_chunk(ReceiverStream::new(rx)).await });
+    RawPut { tx, call }
+}
+
+/// The server's resident memory in MiB.
+fn rss_mib(server: &ServerProcess) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib / 1024
+}
+
+/// A normal writer and reader still get through, promptly.
+async fn assert_serving(server: &ServerProcess, seed: u64, len: usize) {
+    let client = server.client();
+    let (id, bytes) = chunk(seed, len);
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(15), client.put(id, bytes))
+        .await
+        .expect("a normal put got no answer in 15 s")
+        .unwrap();
+    let back = client.get(id, 0, None, true).await.unwrap();
+    assert_eq!(ChunkId::of(&back), id);
+    eprintln!("normal put of {len} bytes took {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_message_over_1_mib_is_refused_and_nothing_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path());
+    let (id, bytes) = chunk(1, 4 * MIB);
+    let put = raw_put(&server.addr).await;
+    put.tx.send(header(&id, bytes.len() as u64)).await.unwrap();
+    let _ = put.tx.send(data(bytes)).await;
+    drop(put.tx);
+    let status = put.call.await.unwrap().unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("at most 1048576"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(server.client().has(&[id]).await.unwrap(), vec![false]);
+    assert_serving(&server, 2, 3 * MIB).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_put_streams_are_dropped_and_do_not_starve_other_writers() {
+    let dir = tempfile::tempdir().unwrap();
+    // The smallest put memory budget: one 64 MiB chunk.
+    let server = ServerProcess::start_with(
+        dir.path(),
+        &["--listen", "127.0.0.1:0", "--put-memory-bytes", "67108864"],
+        &[],
+    );
+    // 20 writers announce 64 MiB chunks and then send nothing: together
+    // they would claim 20 times the budget, but a header holds no memory.
+    let mut idle = Vec::new();
+    for seed in 0..20 {
+        let put = raw_put(&server.addr).await;
+        let (id, _) = chunk(100 + seed, 16);
+        put.tx.send(header(&id, 64 << 20)).await.unwrap();
+        idle.push(put);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    assert_serving(&server, 3, 8 * MIB).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "a put behind header-only streams took {:?}",
+        started.elapsed()
+    );
+
+    // One writer takes almost all of the budget with its first message,
+    // then stalls. It is dropped once it has been silent for the idle
+    // timeout, and the writer waiting behind it gets its turn.
+    let (big, big_bytes) = chunk(4, 60 * MIB);
+    let stalled = raw_put(&server.addr).await;
+    stalled.tx.send(header(&big, 60 << 20)).await.unwrap();
+    stalled
+        .tx
+        .send(data(big_bytes.slice(0..MIB)))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    assert_serving(&server, 5, 8 * MIB).await;
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(10),
+        "the writer behind a stalled stream waited {waited:?}"
+    );
+    let status = stalled.call.await.unwrap().unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        status.message().contains("the stream was dropped"),
+        "{}",
+        status.message()
+    );
+    // The header-only writers were dropped too, and stored nothing.
+    for put in idle {
+        let status = put.call.await.unwrap().unwrap_err();
+        assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    }
+    assert_eq!(server.client().has(&[big]).await.unwrap(), vec![false]);
+}
+
+/// A hostile repair source: whatever is asked, it claims the chunk is
+/// 1.5 GiB long and streams 1 MiB messages, up to `MAX_BYTES` in all.
+struct FloodingSource;
+
+const MAX_BYTES: usize = 512 * MIB;
+
+type GetStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<GetChunkResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ChunkService for FloodingSource {
+    async fn put_chunk(
+        &self,
+        _: Request<Streaming<PutChunkRequest>>,
+    ) -> Result<Response<PutChunkResponse>, Status> {
+        Err(Status::unimplemented("flooding source"))
+    }
+
+    type GetChunkStream = GetStream;
+
+    async fn get_chunk(&self, _: Request<GetChunkRequest>) -> Result<Response<GetStream>, Status> {
+        let piece = Bytes::from(vec![0x5a; MIB]);
+        let messages = (0..MAX_BYTES / MIB).map(move |_| {
+            Ok(GetChunkResponse {
+                data: piece.clone(),
+                chunk_length: 3 << 29,
+            })
+        });
+        Ok(Response::new(Box::pin(tokio_stream::iter(messages))))
+    }
+
+    async fn has_chunks(
+        &self,
+        _: Request<HasChunksRequest>,
+    ) -> Result<Response<HasChunksResponse>, Status> {
+        Err(Status::unimplemented("flooding source"))
+    }
+
+    async fn delete_chunks(
+        &self,
+        _: Request<DeleteChunksRequest>,
+    ) -> Result<Response<DeleteChunksResponse>, Status> {
+        Err(Status::unimplemented("flooding source"))
+    }
+
+    async fn list_chunks(
+        &self,
+        _: Request<ListChunksRequest>,
+    ) -> Result<Response<ListChunksResponse>, Status> {
+        Err(Status::unimplemented("flooding source"))
+    }
+
+    async fn stats(&self, _: Request<StatsRequest>) -> Result<Response<StatsResponse>, Status> {
+        Err(Status::unimplemented("flooding source"))
+    }
+
+    async fn verify_chunks(
+        &self,
+        _: Request<VerifyChunksRequest>,
+    ) -> Result<Response<VerifyChunksResponse>, Status> {
+        Err(Status::unimplemented("flooding source"))
+    }
+
+    async fn replicate_chunk(
+        &self,
+        _: Request<ReplicateChunkRequest>,
+    ) -> Result<Response<ReplicateChunkResponse>, Status> {
+        Err(Status::unimplemented("flooding source"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repair_source_sending_more_than_the_chunk_is_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let source = listener.local_addr().unwrap().to_string();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let router = transport::server().add_service(ChunkServiceServer::new(FloodingSource));
+    let fake = tokio::spawn(transport::serve_with_grace(
+        router,
+        listener,
+        async {
+            let _ = stopped.await;
+        },
+        Duration::from_secs(1),
+    ));
+    let before = rss_mib(&server);
+    let id = ChunkId::of(b"x");
+    let mut raw = raw_client(&server.addr).await;
+    let status = tokio::time::timeout(
+        Duration::from_secs(20),
+        raw.replicate_chunk(ReplicateChunkRequest {
+            id: Bytes::copy_from_slice(id.as_bytes()),
+            length: 1,
+            source: source.clone(),
+        }),
+    )
+    .await
+    .expect("ReplicateChunk did not answer in 20 s")
+    .unwrap_err();
+    assert!(
+        status.message().contains("sent more than the 1 bytes"),
+        "{status:?}"
+    );
+    assert!(status.message().contains(&source), "{}", status.message());
+    let after = rss_mib(&server);
+    assert!(
+        after < before + 64,
+        "the server grew from {before} MiB to {after} MiB"
+    );
+    assert_eq!(server.client().has(&[id]).await.unwrap(), vec![false]);
+    assert_serving(&server, 6, 2 * MIB).await;
+    let _ = stop.send(());
+    let _ = fake.await;
+}
