@@ -17,8 +17,12 @@ use tracing::{debug, warn};
 use crate::error::ChunkError;
 use crate::store::ChunkStore;
 
-/// Bulk connections served at once; beyond that a new one is told so and
-/// closed (the client then reads that replica over gRPC).
+/// Bulk connections served at once. When all are taken, the connection that
+/// has waited longest for its next request is closed to make room (a
+/// client reconnects when it needs it again); only when every one is in
+/// the middle of a request is a new one told so and closed (the client
+/// then reads that replica over gRPC). So idle or stalled connections,
+/// however many a peer opens, never lock readers out.
 pub const MAX_CONNECTIONS: usize = 1024;
 /// A connection with no request for this long is closed (clients drop
 /// their idle ones sooner).
@@ -26,30 +30,91 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// A client that stops reading a response for this long is dropped.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The open bulk connections, so that shutdown can close them.
-#[derive(Clone, Default)]
+/// One open connection: a handle to close it, and whether it is serving a
+/// request or waiting for one (since when, in ms since `Connections::epoch`).
+struct Slot {
+    stream: TcpStream,
+    activity: Arc<Activity>,
+}
+
+#[derive(Default)]
+struct Activity {
+    busy: std::sync::atomic::AtomicBool,
+    idle_since_ms: AtomicU64,
+}
+
+/// The open bulk connections, so that shutdown can close them and a new
+/// connection can push out an idle one.
+#[derive(Clone)]
 pub struct Connections {
-    open: Arc<Mutex<HashMap<u64, TcpStream>>>,
+    open: Arc<Mutex<HashMap<u64, Slot>>>,
     next: Arc<AtomicU64>,
+    epoch: std::time::Instant,
+    max: usize,
+}
+
+impl Default for Connections {
+    fn default() -> Self {
+        Self::with_limit(MAX_CONNECTIONS)
+    }
 }
 
 impl Connections {
-    /// Serves `stream` on a thread of its own, unless too many are open.
+    /// At most `max` connections at once.
+    pub fn with_limit(max: usize) -> Self {
+        Self {
+            open: Arc::default(),
+            next: Arc::default(),
+            epoch: std::time::Instant::now(),
+            max: max.max(1),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Serves `stream` on a thread of its own. When every slot is taken,
+    /// the longest-idle connection is closed for it; when none is idle,
+    /// `stream` is refused.
     pub fn spawn(&self, stream: TcpStream, store: ChunkStore) {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let activity = Arc::new(Activity::default());
+        activity
+            .idle_since_ms
+            .store(self.now_ms(), Ordering::Relaxed);
         {
             let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-            if open.len() >= MAX_CONNECTIONS {
-                drop(open);
-                warn!("{MAX_CONNECTIONS} bulk read connections open; refusing another");
-                refuse(
-                    stream,
-                    "too many bulk read connections open on this chunk server",
-                );
-                return;
+            if open.len() >= self.max {
+                let idlest = open
+                    .iter()
+                    .filter(|(_, slot)| !slot.activity.busy.load(Ordering::Relaxed))
+                    .min_by_key(|(_, slot)| slot.activity.idle_since_ms.load(Ordering::Relaxed))
+                    .map(|(id, _)| *id);
+                match idlest.and_then(|id| open.remove(&id)) {
+                    Some(slot) => {
+                        debug!("all bulk read slots taken; closing the longest-idle connection");
+                        let _ = slot.stream.shutdown(std::net::Shutdown::Both);
+                    }
+                    None => {
+                        drop(open);
+                        warn!("{} bulk read connections busy; refusing another", self.max);
+                        refuse(
+                            stream,
+                            "too many bulk read connections busy on this chunk server",
+                        );
+                        return;
+                    }
+                }
             }
             match stream.try_clone() {
-                Ok(handle) => open.insert(id, handle),
+                Ok(handle) => open.insert(
+                    id,
+                    Slot {
+                        stream: handle,
+                        activity: activity.clone(),
+                    },
+                ),
                 Err(e) => {
                     warn!("bulk read connection unusable: {e}");
                     return;
@@ -60,7 +125,15 @@ impl Connections {
         let spawned = std::thread::Builder::new()
             .name("bulk-read".into())
             .spawn(move || {
-                if let Err(e) = serve(stream, &store) {
+                let mark = |busy: bool| {
+                    activity.busy.store(busy, Ordering::Relaxed);
+                    if !busy {
+                        activity
+                            .idle_since_ms
+                            .store(registry.now_ms(), Ordering::Relaxed);
+                    }
+                };
+                if let Err(e) = serve(stream, &store, mark) {
                     debug!("bulk read connection ended: {e}");
                 }
                 registry.forget(id);
@@ -81,8 +154,8 @@ impl Connections {
     /// Closes every open connection (at shutdown): their threads end.
     pub fn close_all(&self) {
         let open = std::mem::take(&mut *self.open.lock().unwrap_or_else(|p| p.into_inner()));
-        for stream in open.values() {
-            let _ = stream.shutdown(std::net::Shutdown::Both);
+        for slot in open.values() {
+            let _ = slot.stream.shutdown(std::net::Shutdown::Both);
         }
     }
 }
@@ -100,8 +173,9 @@ fn refuse(mut stream: TcpStream, why: &str) {
     let _ = stream.write_all(why.as_bytes());
 }
 
-/// Answers requests on one connection until the client closes it.
-fn serve(mut stream: TcpStream, store: &ChunkStore) -> io::Result<()> {
+/// Answers requests on one connection until the client closes it; `mark`
+/// hears when a request starts (true) and when its answer is sent (false).
+fn serve(mut stream: TcpStream, store: &ChunkStore, mark: impl Fn(bool)) -> io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(IDLE_TIMEOUT))?;
@@ -121,6 +195,7 @@ fn serve(mut stream: TcpStream, store: &ChunkStore) -> io::Result<()> {
             }
             Err(e) => return Err(e),
         }
+        mark(true);
         let Some(request) = Request::decode(&request) else {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -154,6 +229,7 @@ fn serve(mut stream: TcpStream, store: &ChunkStore) -> io::Result<()> {
                 stream.write_all(&message)?;
             }
         }
+        mark(false);
     }
 }
 

@@ -50,9 +50,18 @@ pub async fn run(
     Ok(())
 }
 
-/// How long a new connection may take to send its first bytes before it is
-/// handed to gRPC regardless.
-const SNIFF_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a new connection may take to send its first bytes (a gRPC
+/// client sends its preface, a bulk reader its magic, at once); one that
+/// says nothing for this long is closed.
+pub const SNIFF_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a new connection's first bytes say it is.
+enum Opening {
+    Bulk,
+    Grpc,
+    /// Nothing within [`SNIFF_TIMEOUT`], or closed.
+    Silent,
+}
 
 /// Accepts connections and sorts them by their first bytes: bulk reads
 /// (`shardfs_proto::bulk::MAGIC`) to their own threads, everything else
@@ -80,26 +89,31 @@ async fn sort_connections(
         let store = store.clone();
         let bulk_connections = bulk_connections.clone();
         tokio::spawn(async move {
-            if is_bulk(&stream).await {
-                match stream.into_std() {
+            match opening(&stream).await {
+                Opening::Bulk => match stream.into_std() {
                     Ok(stream) => bulk_connections.spawn(stream, store),
                     Err(e) => tracing::warn!("bulk read connection unusable: {e}"),
+                },
+                Opening::Grpc => {
+                    let _ = grpc.send(Ok(stream)).await;
                 }
-            } else {
-                let _ = grpc.send(Ok(stream)).await;
+                Opening::Silent => {
+                    tracing::debug!("closing a connection that sent nothing");
+                }
             }
         });
     }
 }
 
-/// True when the connection's first bytes are the bulk protocol's magic.
-async fn is_bulk(stream: &TcpStream) -> bool {
+/// Bulk when the connection's first bytes are the bulk protocol's magic.
+async fn opening(stream: &TcpStream) -> Opening {
     let mut first = [0u8; 4];
     let peek = async {
         loop {
             match stream.peek(&mut first).await {
-                Ok(n) if n >= first.len() => return first == bulk::MAGIC,
-                Ok(0) | Err(_) => return false,
+                Ok(n) if n >= first.len() && first == bulk::MAGIC => return Opening::Bulk,
+                Ok(n) if n >= first.len() => return Opening::Grpc,
+                Ok(0) | Err(_) => return Opening::Silent,
                 // Fewer bytes than the magic so far: wait for more.
                 Ok(_) => tokio::time::sleep(Duration::from_millis(1)).await,
             }
@@ -107,5 +121,5 @@ async fn is_bulk(stream: &TcpStream) -> bool {
     };
     tokio::time::timeout(SNIFF_TIMEOUT, peek)
         .await
-        .unwrap_or(false)
+        .unwrap_or(Opening::Silent)
 }

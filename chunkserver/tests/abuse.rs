@@ -276,3 +276,89 @@ async fn a_repair_source_sending_more_than_the_chunk_is_cut_off() {
     let _ = stop.send(());
     let _ = fake.await;
 }
+
+/// One bulk read on a fresh connection: the chunk's bytes, or why not.
+fn bulk_read(addr: &str, id: ChunkId) -> Result<Vec<u8>, String> {
+    use shardfs_proto::bulk::{RESPONSE_HEADER_BYTES, Request, ResponseHeader, Status};
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let request = Request {
+        id,
+        offset: 0,
+        length: None,
+    };
+    stream
+        .write_all(&request.encode())
+        .map_err(|e| e.to_string())?;
+    let mut header = [0u8; RESPONSE_HEADER_BYTES];
+    stream.read_exact(&mut header).map_err(|e| e.to_string())?;
+    let header = ResponseHeader::decode(&header).ok_or("bad response header")?;
+    let mut body = vec![0u8; header.n as usize];
+    stream.read_exact(&mut body).map_err(|e| e.to_string())?;
+    match header.status {
+        Status::Ok => Ok(body),
+        _ => Err(String::from_utf8_lossy(&body).into_owned()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_silent_connections_cannot_lock_readers_out() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path());
+    let (id, bytes) = chunk(7, 3 * MIB);
+    server.client().put(id, bytes.clone()).await.unwrap();
+
+    // 1,100 bulk connections that send the protocol's magic and then
+    // nothing: more than the 1,024 slots.
+    let mut idle = Vec::new();
+    for _ in 0..1100 {
+        let mut stream = std::net::TcpStream::connect(&server.addr).unwrap();
+        stream.write_all(&shardfs_proto::bulk::MAGIC).unwrap();
+        idle.push(stream);
+    }
+    // 200 connections that never send a byte.
+    let mut silent: Vec<std::net::TcpStream> = (0..200)
+        .map(|_| std::net::TcpStream::connect(&server.addr).unwrap())
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // A reader still gets a bulk slot (an idle one gives way), and reads.
+    let started = Instant::now();
+    let back = tokio::task::spawn_blocking({
+        let addr = server.addr.clone();
+        move || bulk_read(&addr, id)
+    })
+    .await
+    .unwrap()
+    .unwrap_or_else(|e| panic!("bulk read refused behind idle connections: {e}"));
+    assert_eq!(ChunkId::of(&back), id);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_serving(&server, 8, MIB).await;
+
+    // The silent ones are closed by the server within a few seconds.
+    let silent_closed = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut closed = 0;
+        for stream in &mut silent {
+            let left = deadline.saturating_duration_since(Instant::now());
+            stream
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .unwrap();
+            let mut byte = [0u8; 1];
+            match stream.read(&mut byte) {
+                Ok(0) => closed += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => closed += 1,
+                _ => {}
+            }
+        }
+        closed
+    })
+    .await
+    .unwrap();
+    assert_eq!(silent_closed, 200, "silent connections left open");
+    drop(idle);
+}

@@ -24,6 +24,14 @@ pub const CONNECTION_WINDOW_BYTES: u32 = 64 << 20;
 pub const MAX_MESSAGE_BYTES: usize = 8 << 20;
 /// How long dialing a peer may take before it counts as unreachable.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// A server pings a connection's peer after this much silence, and drops
+/// it when no answer comes within [`KEEPALIVE_TIMEOUT`]: peers that died or
+/// vanished behind a partition do not hold connections forever.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A new connection that sends nothing for this long is closed (an HTTP/2
+/// client sends its preface at once).
+pub const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A server builder tuned for bulk transfer.
 pub fn server() -> Server {
@@ -32,6 +40,8 @@ pub fn server() -> Server {
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then lets
@@ -43,7 +53,45 @@ pub async fn serve_with_grace(
     shutdown: impl Future<Output = ()> + Send,
     grace: Duration,
 ) -> Result<(), tonic::transport::Error> {
-    serve_incoming_with_grace(router, TcpListenerStream::new(listener), shutdown, grace).await
+    serve_incoming_with_grace(router, speaking(listener), shutdown, grace).await
+}
+
+/// The connections `listener` accepts that send something within
+/// [`FIRST_BYTES_TIMEOUT`]; silent ones are closed. Each is waited for on a
+/// task of its own, so a silent one never delays the others.
+pub fn speaking(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> + Send + 'static {
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<tokio::net::TcpStream>>(64);
+    tokio::spawn(async move {
+        let mut accepted = TcpListenerStream::new(listener);
+        loop {
+            let next = tokio::select! {
+                next = tokio_stream::StreamExt::next(&mut accepted) => next,
+                () = tx.closed() => return,
+            };
+            let stream = match next {
+                Some(Ok(stream)) => stream,
+                Some(Err(e)) => {
+                    tracing::warn!("accepting a connection failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+                None => return,
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut first = [0u8; 1];
+                let spoke = tokio::time::timeout(FIRST_BYTES_TIMEOUT, stream.peek(&mut first))
+                    .await
+                    .is_ok_and(|peeked| peeked.is_ok_and(|n| n > 0));
+                if spoke {
+                    let _ = tx.send(Ok(stream)).await;
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 /// [`serve_with_grace`] over connections accepted elsewhere (a server that
