@@ -20,7 +20,10 @@ impl From<ChunkError> for Status {
             ChunkError::OutOfRange { .. } => Code::OutOfRange,
             ChunkError::Corrupt { .. } | ChunkError::Truncated { .. } => Code::DataLoss,
             ChunkError::DiskFull { .. } => Code::ResourceExhausted,
-            ChunkError::Io { .. } | ChunkError::Index(_) => Code::Internal,
+            ChunkError::Io { .. } => Code::Internal,
+            // Failed until it is reopened (after a full disk, say): the
+            // writer tries another server.
+            ChunkError::Index(_) => Code::Unavailable,
         };
         if code == Code::Internal {
             tracing::error!("{err}");

@@ -80,6 +80,8 @@ impl ChunkError {
 pub enum IndexError {
     #[error("sled: {0}")]
     Sled(#[from] sled::Error),
+    #[error("the chunk index is being reopened after a failure; try again")]
+    Reopening,
     #[error("index entry for {id} is {len} bytes long; expected {expected}")]
     BadEntry {
         id: String,

@@ -38,16 +38,31 @@ pub async fn run(
         bulk_connections.clone(),
         grpc_tx,
     ));
+    let recovering = tokio::spawn(recover_index(store.clone()));
     let incoming = futures::stream::unfold(grpc_rx, |mut rx| async move {
         rx.recv().await.map(|stream| (stream, rx))
     });
     let served =
         transport::serve_incoming_with_grace(router, incoming, shutdown, SHUTDOWN_GRACE).await;
     accepting.abort();
+    recovering.abort();
     bulk_connections.close_all();
     served?;
     store.flush().await?;
     Ok(())
+}
+
+/// How often a failed chunk index is tried again.
+pub const INDEX_RETRY_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Reopens the index whenever it has failed (a full disk), once it can.
+async fn recover_index(store: ChunkStore) {
+    loop {
+        tokio::time::sleep(INDEX_RETRY_INTERVAL).await;
+        if let Err(e) = store.recover_index().await {
+            tracing::warn!("reopening the chunk index: {e}");
+        }
+    }
 }
 
 /// How long a new connection may take to send its first bytes (a gRPC

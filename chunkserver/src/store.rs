@@ -33,7 +33,7 @@ use bytes::Bytes;
 use shardfs_proto::{ChunkId, MAX_CHUNK_BYTES};
 use tracing::{info, warn};
 
-use crate::error::{ChunkError, Result};
+use crate::error::{ChunkError, IndexError, Result};
 use crate::index::{ChunkIndex, ChunkState, IndexEntry, SledIndex};
 
 /// Chunks at least this big are hashed on a second thread while the first
@@ -158,7 +158,14 @@ struct Inner {
     chunks_dir: PathBuf,
     tmp_dir: PathBuf,
     quarantine_dir: PathBuf,
-    index: Box<dyn ChunkIndex>,
+    /// The index, behind a lock only so that a failed one can be swapped
+    /// for a reopened one (see [`ChunkStore::recover_index`]).
+    index: std::sync::RwLock<Arc<dyn ChunkIndex>>,
+    index_path: PathBuf,
+    /// Set when an index operation failed on I/O (sled stays failed after a
+    /// disk-full until it is reopened): the server reports no free space,
+    /// so placement skips it, until the index is back.
+    index_failed: Arc<std::sync::atomic::AtomicBool>,
     /// Serializes the commit (rename + index update) and removal of chunks
     /// that share a stripe; everything else runs unlocked.
     stripes: Vec<Mutex<()>>,
@@ -197,15 +204,22 @@ impl ChunkStore {
             );
         }
 
-        let (index, rebuilt) = open_index(&data_dir.join("index"))?;
+        let index_path = data_dir.join("index");
+        let (index, rebuilt) = open_index(&index_path)?;
         report.index_rebuilt = rebuilt;
+        let index_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
 
         let inner = Inner {
             data_dir,
             chunks_dir,
             tmp_dir,
             quarantine_dir,
-            index: Box::new(index),
+            index: std::sync::RwLock::new(Arc::new(GuardedIndex {
+                inner: index,
+                failed: index_failed.clone(),
+            })),
+            index_path,
+            index_failed,
             stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             capacity_bytes: config.capacity_bytes,
             used_bytes: AtomicU64::new(0),
@@ -232,6 +246,33 @@ impl ChunkStore {
 
     pub fn data_dir(&self) -> &Path {
         &self.inner.data_dir
+    }
+
+    /// False while the index is failed (after an I/O error, such as a full
+    /// disk) and not yet reopened.
+    pub fn index_healthy(&self) -> bool {
+        !self.inner.index_failed.load(Ordering::Relaxed)
+    }
+
+    /// Marks the index failed, as an I/O error in it would (for tests of
+    /// the recovery: a full disk cannot be made to hit sled's own writes on
+    /// cue).
+    #[doc(hidden)]
+    pub fn mark_index_failed(&self) {
+        self.inner.index_failed.store(true, Ordering::Relaxed);
+    }
+
+    /// When the index has failed, reopens it (rebuilding it from the chunk
+    /// files when it cannot be read) and reconciles it with the files, as
+    /// at start-up. Returns true when it recovered; false when it was
+    /// healthy or cannot be reopened yet (the disk is still full, say), in
+    /// which case it stays failed and the next call tries again.
+    pub async fn recover_index(&self) -> Result<bool> {
+        if self.index_healthy() {
+            return Ok(false);
+        }
+        let inner = self.inner.clone();
+        blocking(move || inner.recover_index()).await
     }
 
     /// `<data-dir>/chunks/<hex[0..2]>/<hex[2..4]>/<hex>`.
@@ -327,7 +368,7 @@ impl ChunkStore {
         let inner = self.inner.clone();
         blocking(move || {
             ids.iter()
-                .map(|id| Ok(inner.index.get(id)?.map(|entry| entry.length)))
+                .map(|id| Ok(inner.index().get(id)?.map(|entry| entry.length)))
                 .collect()
         })
         .await
@@ -341,7 +382,7 @@ impl ChunkStore {
     ) -> Result<(Vec<(ChunkId, IndexEntry)>, bool)> {
         let inner = self.inner.clone();
         blocking(move || {
-            let mut page = inner.index.page(after.as_ref(), limit + 1)?;
+            let mut page = inner.index().page(after.as_ref(), limit + 1)?;
             let more = page.len() > limit;
             page.truncate(limit);
             Ok((page, more))
@@ -383,7 +424,7 @@ impl ChunkStore {
     /// Makes the index durable (at shutdown; chunk files are already).
     pub async fn flush(&self) -> Result<()> {
         let inner = self.inner.clone();
-        blocking(move || Ok(inner.index.flush()?)).await
+        blocking(move || Ok(inner.index().flush()?)).await
     }
 }
 
@@ -399,6 +440,10 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 }
 
 impl Inner {
+    fn index(&self) -> Arc<dyn ChunkIndex> {
+        self.index.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     fn chunk_dir(&self, id: &ChunkId) -> PathBuf {
         let hex = id.to_hex();
         self.chunks_dir.join(&hex[0..2]).join(&hex[2..4])
@@ -414,7 +459,7 @@ impl Inner {
     }
 
     fn contains(&self, id: &ChunkId) -> Result<bool> {
-        Ok(self.index.get(id)?.is_some() && self.chunk_path(id).exists())
+        Ok(self.index().get(id)?.is_some() && self.chunk_path(id).exists())
     }
 
     fn put(&self, id: ChunkId, pieces: &[Bytes], length: u64) -> Result<PutOutcome> {
@@ -459,7 +504,7 @@ impl Inner {
         // Commit: rename into place, fsync the directory, index it.
         let _guard = self.stripe(&id);
         let final_path = self.chunk_path(&id);
-        if self.index.get(&id)?.is_some() && final_path.exists() {
+        if self.index().get(&id)?.is_some() && final_path.exists() {
             return Ok(PutOutcome::AlreadyStored); // a concurrent put won
         }
         let dir = self.ensure_chunk_dir(&id)?;
@@ -473,7 +518,13 @@ impl Inner {
             last_verified_unix_ms: 0,
             state: ChunkState::Stored,
         };
-        self.index_insert(&id, &entry)?;
+        if let Err(e) = self.index_insert(&id, &entry) {
+            // Not acknowledged, so not kept: the files and the index agree.
+            if fs::remove_file(&final_path).is_ok() {
+                let _ = fsync_dir(&dir);
+            }
+            return Err(e);
+        }
         Ok(PutOutcome::Stored)
     }
 
@@ -508,7 +559,7 @@ impl Inner {
         length: Option<u64>,
         verify: bool,
     ) -> Result<ChunkRead> {
-        let Some(entry) = self.index.get(&id)? else {
+        let Some(entry) = self.index().get(&id)? else {
             return Err(ChunkError::NotFound { id });
         };
         let chunk_length = entry.length;
@@ -572,12 +623,12 @@ impl Inner {
         match self.read(id, 0, None, true) {
             Ok(_) => {
                 let _guard = self.stripe(&id);
-                if let Some(entry) = self.index.get(&id)? {
+                if let Some(entry) = self.index().get(&id)? {
                     let entry = IndexEntry {
                         last_verified_unix_ms: now_ms(),
                         ..entry
                     };
-                    self.index.insert(&id, &entry)?;
+                    self.index().insert(&id, &entry)?;
                 }
                 Ok(Verdict::Ok)
             }
@@ -647,17 +698,22 @@ impl Inner {
         let (fs_total, fs_free) = fs_space(&self.data_dir)?;
         let used_bytes = self.used_bytes.load(Ordering::Relaxed);
         let capacity_bytes = self.capacity_bytes.unwrap_or(fs_total);
+        let free_bytes = if self.index_failed.load(Ordering::Relaxed) {
+            0 // cannot store anything until the index is back
+        } else {
+            fs_free.min(capacity_bytes.saturating_sub(used_bytes))
+        };
         Ok(StoreStats {
             chunk_count: self.chunk_count.load(Ordering::Relaxed),
             used_bytes,
             capacity_bytes,
-            free_bytes: fs_free.min(capacity_bytes.saturating_sub(used_bytes)),
+            free_bytes,
         })
     }
 
     fn index_insert(&self, id: &ChunkId, entry: &IndexEntry) -> Result<()> {
-        let previous = self.index.get(id)?;
-        self.index.insert(id, entry)?;
+        let previous = self.index().get(id)?;
+        self.index().insert(id, entry)?;
         self.record_change(id, true);
         match previous {
             Some(old) => {
@@ -673,7 +729,7 @@ impl Inner {
 
     /// Returns true when the chunk was indexed.
     fn index_remove(&self, id: &ChunkId) -> Result<bool> {
-        match self.index.remove(id)? {
+        match self.index().remove(id)? {
             Some(old) => {
                 self.record_change(id, false);
                 self.used_bytes.fetch_sub(old.length, Ordering::Relaxed);
@@ -691,13 +747,80 @@ impl Inner {
             .insert(*id, present);
     }
 
+    fn recover_index(&self) -> Result<bool> {
+        // Take the failed index out of service, wait for calls still using
+        // it, and drop it so that its files can be opened again.
+        let old = std::mem::replace(
+            &mut *self.index.write().unwrap_or_else(|p| p.into_inner()),
+            Arc::new(ClosedIndex),
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while Arc::strong_count(&old) > 1 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        drop(old);
+        let reopened = (|| -> Result<GuardedIndex> {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            let (index, _) = loop {
+                match open_index(&self.index_path) {
+                    Ok(opened) => break opened,
+                    // The old engine's files stay locked for a moment.
+                    Err(_) if std::time::Instant::now() < deadline => {
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
+            let mut report = OpenReport::default();
+            self.reconcile_with(&index, &mut report, true)?;
+            if report.added_to_index + report.dropped_from_index > 0 {
+                info!(
+                    added = report.added_to_index,
+                    dropped = report.dropped_from_index,
+                    "chunk index reconciled with the chunk files"
+                );
+            }
+            Ok(GuardedIndex {
+                inner: index,
+                failed: self.index_failed.clone(),
+            })
+        })();
+        match reopened {
+            Ok(index) => {
+                *self.index.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(index);
+                self.index_failed.store(false, Ordering::Relaxed);
+                info!("chunk index reopened; storing chunks again");
+                Ok(true)
+            }
+            Err(e) => {
+                warn!("chunk index still unusable: {e}");
+                Ok(false)
+            }
+        }
+    }
+
     /// Brings the index in line with the chunk files: files are the truth.
     fn reconcile(&self, report: &mut OpenReport) -> Result<()> {
+        self.reconcile_with(&*self.index(), report, false)
+    }
+
+    /// [`Inner::reconcile`] against `index`; with `report_changes`, chunks
+    /// added or dropped are also queued for the metaserver (after a
+    /// recovery; at start-up the full inventory tells it everything).
+    fn reconcile_with(
+        &self,
+        index: &dyn ChunkIndex,
+        report: &mut OpenReport,
+        report_changes: bool,
+    ) -> Result<()> {
         let on_disk = scan_chunk_files(&self.chunks_dir)?;
-        let mut indexed: HashMap<ChunkId, IndexEntry> = self.index.all()?.into_iter().collect();
+        let mut indexed: HashMap<ChunkId, IndexEntry> = index.all()?.into_iter().collect();
         for (id, entry) in &indexed {
             if !on_disk.contains_key(id) {
-                self.index.remove(id)?;
+                index.remove(id)?;
+                if report_changes {
+                    self.record_change(id, false);
+                }
                 report.dropped_from_index += 1;
                 warn!(chunk = %id, "index entry without a chunk file; dropped");
             } else if on_disk[id].length != entry.length {
@@ -705,7 +828,7 @@ impl Inner {
                     length: on_disk[id].length,
                     ..*entry
                 };
-                self.index.insert(id, &fixed)?;
+                index.insert(id, &fixed)?;
             }
         }
         indexed.retain(|id, _| on_disk.contains_key(id));
@@ -717,16 +840,96 @@ impl Inner {
                     last_verified_unix_ms: 0,
                     state: ChunkState::Stored,
                 };
-                self.index.insert(id, &entry)?;
+                index.insert(id, &entry)?;
+                if report_changes {
+                    self.record_change(id, true);
+                }
                 report.added_to_index += 1;
             }
         }
-        self.index.flush()?;
+        index.flush()?;
         report.chunks = on_disk.len() as u64;
         report.bytes = on_disk.values().map(|f| f.length).sum();
         self.chunk_count.store(report.chunks, Ordering::Relaxed);
         self.used_bytes.store(report.bytes, Ordering::Relaxed);
         Ok(())
+    }
+}
+
+/// The index in service: every call goes to `inner`, and an I/O failure
+/// marks the index failed.
+struct GuardedIndex {
+    inner: SledIndex,
+    failed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl GuardedIndex {
+    fn watch<T>(&self, result: Result<T, IndexError>) -> Result<T, IndexError> {
+        if let Err(IndexError::Sled(e)) = &result
+            && !self.failed.swap(true, Ordering::Relaxed)
+        {
+            warn!("chunk index failed ({e}); refusing writes until it is reopened");
+        }
+        result
+    }
+}
+
+impl ChunkIndex for GuardedIndex {
+    fn get(&self, id: &ChunkId) -> Result<Option<IndexEntry>, IndexError> {
+        self.watch(self.inner.get(id))
+    }
+    fn insert(&self, id: &ChunkId, entry: &IndexEntry) -> Result<(), IndexError> {
+        self.watch(self.inner.insert(id, entry))
+    }
+    fn remove(&self, id: &ChunkId) -> Result<Option<IndexEntry>, IndexError> {
+        self.watch(self.inner.remove(id))
+    }
+    fn page(
+        &self,
+        after: Option<&ChunkId>,
+        limit: usize,
+    ) -> Result<Vec<(ChunkId, IndexEntry)>, IndexError> {
+        self.watch(self.inner.page(after, limit))
+    }
+    fn all(&self) -> Result<Vec<(ChunkId, IndexEntry)>, IndexError> {
+        self.watch(self.inner.all())
+    }
+    fn flush(&self) -> Result<(), IndexError> {
+        self.watch(self.inner.flush())
+    }
+}
+
+/// Stands in while a failed index is reopened: every call fails.
+struct ClosedIndex;
+
+impl ClosedIndex {
+    fn closed<T>() -> Result<T, IndexError> {
+        Err(IndexError::Reopening)
+    }
+}
+
+impl ChunkIndex for ClosedIndex {
+    fn get(&self, _: &ChunkId) -> Result<Option<IndexEntry>, IndexError> {
+        Self::closed()
+    }
+    fn insert(&self, _: &ChunkId, _: &IndexEntry) -> Result<(), IndexError> {
+        Self::closed()
+    }
+    fn remove(&self, _: &ChunkId) -> Result<Option<IndexEntry>, IndexError> {
+        Self::closed()
+    }
+    fn page(
+        &self,
+        _: Option<&ChunkId>,
+        _: usize,
+    ) -> Result<Vec<(ChunkId, IndexEntry)>, IndexError> {
+        Self::closed()
+    }
+    fn all(&self) -> Result<Vec<(ChunkId, IndexEntry)>, IndexError> {
+        Self::closed()
+    }
+    fn flush(&self) -> Result<(), IndexError> {
+        Self::closed()
     }
 }
 

@@ -357,3 +357,59 @@ async fn concurrent_puts_of_the_same_and_different_chunks() {
     }
     assert!(files_in(&dir.path().join("tmp")).is_empty());
 }
+
+#[tokio::test]
+async fn a_failed_index_is_reopened_and_reconciled_with_the_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut stored = Vec::new();
+    for seed in 0..5 {
+        let (id, bytes) = chunk(seed, 10_000 + seed as usize);
+        store.put(id, vec![bytes]).await.unwrap();
+        stored.push(id);
+    }
+    // A chunk file the index does not know (renamed into place just as the
+    // index failed), and an index entry whose file is gone.
+    let (extra, extra_bytes) = chunk(50, 7_000);
+    let hex = extra.to_hex();
+    let extra_dir = dir.path().join("chunks").join(&hex[0..2]).join(&hex[2..4]);
+    std::fs::create_dir_all(&extra_dir).unwrap();
+    std::fs::write(extra_dir.join(&hex), &extra_bytes).unwrap();
+    std::fs::remove_file(store.chunk_path(&stored[4])).unwrap();
+
+    store.mark_index_failed();
+    assert!(!store.index_healthy());
+    let stats = store.stats().await.unwrap();
+    assert_eq!(stats.free_bytes, 0, "a failed index reports no free space");
+
+    assert!(
+        store.recover_index().await.unwrap(),
+        "the index was reopened"
+    );
+    assert!(store.index_healthy());
+    assert!(!store.recover_index().await.unwrap(), "nothing left to do");
+    assert!(store.stats().await.unwrap().free_bytes > 0);
+    // Files and index agree again: the extra file is indexed, the lost one
+    // is not, and the counts follow.
+    let present = store
+        .has(vec![stored[0], stored[3], stored[4], extra])
+        .await
+        .unwrap();
+    assert_eq!(present, vec![true, true, false, true]);
+    assert_eq!(store.stats().await.unwrap().chunk_count, 5);
+    assert_eq!(
+        ChunkId::of(&read(&store, extra, 0, None, true).await.unwrap()),
+        extra
+    );
+    // The metaserver hears of both changes with the next heartbeat.
+    let (added, removed) = store.take_changes();
+    assert!(added.contains(&extra), "{added:?}");
+    assert!(removed.contains(&stored[4]), "{removed:?}");
+    // And it stores again.
+    let (id, bytes) = chunk(60, 3_000);
+    store.put(id, vec![bytes]).await.unwrap();
+    assert_eq!(
+        ChunkId::of(&read(&store, id, 0, None, true).await.unwrap()),
+        id
+    );
+}
