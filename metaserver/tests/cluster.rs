@@ -563,6 +563,24 @@ async fn bad_input_gets_clear_errors_and_harms_nothing() {
         Code::InvalidArgument
     );
     assert_eq!(listing(&client).await, before, "state harmed by bad input");
+
+    // The largest file allowed commits, and the leader stays in office
+    // (as JSON its Raft entry outlasted openraft's AppendEntries timeout:
+    // every try deposed the leader).
+    let term = client.cluster_status().await.unwrap().term;
+    let started = Instant::now();
+    client
+        .commit("/ok/largest", file_info(12, 262_144), false)
+        .await
+        .unwrap();
+    eprintln!("a commit of 262,144 chunks took {:?}", started.elapsed());
+    let entry = client.lookup("/ok/largest").await.unwrap();
+    assert_eq!(
+        entry.file.map(|f| f.chunks.len()),
+        Some(262_144),
+        "the whole chunk list"
+    );
+    assert_eq!(client.cluster_status().await.unwrap().term, term);
     cluster.stop_all().await;
 }
 
