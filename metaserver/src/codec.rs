@@ -42,7 +42,16 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
     match bytes.split_first() {
         None => Err(DecodeError::Empty),
-        Some((&POSTCARD_TAG, rest)) => Ok(postcard::from_bytes(rest)?),
+        Some((&POSTCARD_TAG, rest)) => {
+            let (value, left) = postcard::take_from_bytes(rest)?;
+            if !left.is_empty() {
+                return Err(DecodeError::Invalid(format!(
+                    "{} bytes after the end of the value",
+                    left.len()
+                )));
+            }
+            Ok(value)
+        }
         Some(_) => Ok(serde_json::from_slice(bytes)?),
     }
 }
@@ -101,5 +110,11 @@ mod tests {
         let mut truncated = encode(&file(10));
         truncated.truncate(truncated.len() / 2);
         assert!(decode::<FileMeta>(&truncated).is_err());
+        let mut trailing = encode(&file(10));
+        trailing.push(0);
+        assert!(matches!(
+            decode::<FileMeta>(&trailing),
+            Err(DecodeError::Invalid(_))
+        ));
     }
 }

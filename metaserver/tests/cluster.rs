@@ -722,3 +722,91 @@ async fn chunk_servers_placement_dedup_and_death() {
     client.commit("/d/h", file_info(5, 2), false).await.unwrap();
     cluster.stop_all().await;
 }
+
+/// Resident memory of a process, in MiB.
+fn rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap()
+        / 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_and_malformed_raft_messages_are_refused_without_echo() {
+    use shardfs_proto::meta::v1::RaftMessage;
+    use shardfs_proto::meta::v1::raft_service_client::RaftServiceClient;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), 3, &[]);
+    let leader = cluster.wait_for_leader(Duration::from_secs(15)).await;
+    cluster.with_chunk_servers(3).await;
+    let client = cluster.client();
+    client
+        .commit("/kept/file", file_info(1, 2), false)
+        .await
+        .unwrap();
+    let target = *cluster.nodes.keys().find(|id| **id != leader).unwrap();
+    let addr = cluster.addrs[&target].clone();
+    let pid = cluster.nodes[&target].child.id();
+    let before = rss_mib(pid);
+    let channel = shardfs_proto::transport::endpoint(&addr)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut raft = RaftServiceClient::new(channel).max_encoding_message_size(usize::MAX);
+
+    // 200 MiB of "snapshot": refused by size, in a short message.
+    let huge = RaftMessage {
+        body: bytes::Bytes::from(vec![b'x'; 200 << 20]),
+    };
+    let status = raft.install_snapshot(huge).await.unwrap_err();
+    assert!(
+        matches!(
+            status.code(),
+            tonic::Code::OutOfRange | tonic::Code::ResourceExhausted | tonic::Code::Internal
+        ),
+        "{status:?}"
+    );
+    assert!(
+        status.message().len() < 300,
+        "{} bytes",
+        status.message().len()
+    );
+    // Garbage of a size it accepts: a clear error that quotes nothing.
+    // (The binary tag, then a varint that never ends.)
+    let mut binary = vec![0x01u8];
+    binary.extend([0xffu8; 4095]);
+    for body in [binary, b"{\"vote\": ".repeat(1000), Vec::new()] {
+        let status = raft
+            .append_entries(RaftMessage { body: body.into() })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(
+            status.message().starts_with("malformed raft message"),
+            "{}",
+            status.message()
+        );
+        assert!(status.message().len() < 100, "{}", status.message());
+    }
+    let after = rss_mib(pid);
+    assert!(
+        after < before + 150,
+        "the metaserver grew from {before} MiB to {after} MiB"
+    );
+    // The group still serves, and kept what it had.
+    client
+        .commit("/kept/second", file_info(2, 2), false)
+        .await
+        .unwrap();
+    assert!(client.lookup("/kept/file").await.is_ok());
+    assert_eq!(
+        cluster.wait_for_leader(Duration::from_secs(15)).await,
+        leader,
+        "the leader changed"
+    );
+    cluster.stop_all().await;
+}
