@@ -10,9 +10,8 @@ use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{ServerProcess, chunk};
+use common::{ServerProcess, chunk, put_data, put_header, raw_client};
 use shardfs_proto::ChunkId;
-use shardfs_proto::chunk::v1::chunk_service_client::ChunkServiceClient;
 use shardfs_proto::chunk::v1::chunk_service_server::{ChunkService, ChunkServiceServer};
 use shardfs_proto::chunk::v1::*;
 use shardfs_proto::transport;
@@ -21,25 +20,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 const MIB: usize = 1 << 20;
-
-fn header(id: &ChunkId, length: u64) -> PutChunkRequest {
-    PutChunkRequest {
-        msg: Some(put_chunk_request::Msg::Header(PutHeader {
-            id: Bytes::copy_from_slice(id.as_bytes()),
-            length,
-        })),
-    }
-}
-
-fn data(bytes: Bytes) -> PutChunkRequest {
-    PutChunkRequest {
-        msg: Some(put_chunk_request::Msg::Data(bytes)),
-    }
-}
-
-async fn raw_client(addr: &str) -> ChunkServiceClient<tonic::transport::Channel> {
-    ChunkServiceClient::new(transport::endpoint(addr).unwrap().connect().await.unwrap())
-}
 
 /// A put stream whose messages the test sends by hand; the call runs in
 /// the background.
@@ -86,8 +66,11 @@ async fn a_data_message_over_1_mib_is_refused_and_nothing_is_stored() {
     let server = ServerProcess::start(dir.path());
     let (id, bytes) = chunk(1, 4 * MIB);
     let put = raw_put(&server.addr).await;
-    put.tx.send(header(&id, bytes.len() as u64)).await.unwrap();
-    let _ = put.tx.send(data(bytes)).await;
+    put.tx
+        .send(put_header(id.as_bytes(), bytes.len() as u64))
+        .await
+        .unwrap();
+    let _ = put.tx.send(put_data(bytes)).await;
     drop(put.tx);
     let status = put.call.await.unwrap().unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
@@ -115,7 +98,10 @@ async fn stalled_put_streams_are_dropped_and_do_not_starve_other_writers() {
     for seed in 0..20 {
         let put = raw_put(&server.addr).await;
         let (id, _) = chunk(100 + seed, 16);
-        put.tx.send(header(&id, 64 << 20)).await.unwrap();
+        put.tx
+            .send(put_header(id.as_bytes(), 64 << 20))
+            .await
+            .unwrap();
         idle.push(put);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -132,10 +118,14 @@ async fn stalled_put_streams_are_dropped_and_do_not_starve_other_writers() {
     // timeout, and the writer waiting behind it gets its turn.
     let (big, big_bytes) = chunk(4, 60 * MIB);
     let stalled = raw_put(&server.addr).await;
-    stalled.tx.send(header(&big, 60 << 20)).await.unwrap();
     stalled
         .tx
-        .send(data(big_bytes.slice(0..MIB)))
+        .send(put_header(big.as_bytes(), 60 << 20))
+        .await
+        .unwrap();
+    stalled
+        .tx
+        .send(put_data(big_bytes.slice(0..MIB)))
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -6,35 +6,14 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{InProcessServer, chunk, chunk_files, files_in, wait_until};
-use shardfs_proto::ChunkId;
-use shardfs_proto::chunk::v1::chunk_service_client::ChunkServiceClient;
-use shardfs_proto::chunk::v1::{
-    GetChunkRequest, HasChunksRequest, PutChunkRequest, PutHeader, put_chunk_request,
+use common::{
+    InProcessServer, chunk, chunk_files, files_in, put_data, put_header, raw_client, wait_until,
 };
-use shardfs_proto::transport;
+use shardfs_proto::ChunkId;
+use shardfs_proto::chunk::v1::{GetChunkRequest, HasChunksRequest};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
-
-fn header(id: &[u8], length: u64) -> PutChunkRequest {
-    PutChunkRequest {
-        msg: Some(put_chunk_request::Msg::Header(PutHeader {
-            id: Bytes::copy_from_slice(id),
-            length,
-        })),
-    }
-}
-
-fn data(bytes: Bytes) -> PutChunkRequest {
-    PutChunkRequest {
-        msg: Some(put_chunk_request::Msg::Data(bytes)),
-    }
-}
-
-async fn raw_client(addr: &str) -> ChunkServiceClient<tonic::transport::Channel> {
-    ChunkServiceClient::new(transport::endpoint(addr).unwrap().connect().await.unwrap())
-}
 
 /// After a bad request the server must still store and serve a chunk.
 async fn assert_still_serving(server: &InProcessServer, seed: u64) {
@@ -123,10 +102,10 @@ async fn client_dropping_mid_chunk_stores_nothing() {
     let (tx, rx) = mpsc::channel(4);
     let mut raw = raw_client(&server.addr).await;
     let call = tokio::spawn(async move { raw.put_chunk(ReceiverStream::new(rx)).await });
-    tx.send(header(id.as_bytes(), bytes.len() as u64))
+    tx.send(put_header(id.as_bytes(), bytes.len() as u64))
         .await
         .unwrap();
-    tx.send(data(bytes.slice(..1 << 20))).await.unwrap();
+    tx.send(put_data(bytes.slice(..1 << 20))).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     call.abort(); // the client goes away with 3 MiB unsent
     drop(tx);
@@ -149,22 +128,22 @@ async fn short_stream_and_extra_bytes_are_rejected() {
     let mut raw = raw_client(&server.addr).await;
     // Ends early.
     let stream = futures::stream::iter(vec![
-        header(id.as_bytes(), bytes.len() as u64),
-        data(bytes.slice(..50_000)),
+        put_header(id.as_bytes(), bytes.len() as u64),
+        put_data(bytes.slice(..50_000)),
     ]);
     let status = raw.put_chunk(stream).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("100000"), "{}", status.message());
     // Too long.
     let stream = futures::stream::iter(vec![
-        header(id.as_bytes(), bytes.len() as u64),
-        data(bytes.clone()),
-        data(Bytes::from_static(b"extra")),
+        put_header(id.as_bytes(), bytes.len() as u64),
+        put_data(bytes.clone()),
+        put_data(Bytes::from_static(b"extra")),
     ]);
     let status = raw.put_chunk(stream).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     // Data before the header.
-    let stream = futures::stream::iter(vec![data(bytes.clone())]);
+    let stream = futures::stream::iter(vec![put_data(bytes.clone())]);
     let status = raw.put_chunk(stream).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("header"), "{}", status.message());
@@ -180,7 +159,7 @@ async fn oversized_chunk_is_refused_before_any_data_is_sent() {
     let server = InProcessServer::start(dir.path()).await;
     let id = ChunkId::of(b"too big");
     let (tx, rx) = mpsc::channel(1);
-    tx.send(header(id.as_bytes(), (64 << 20) + 1))
+    tx.send(put_header(id.as_bytes(), (64 << 20) + 1))
         .await
         .unwrap();
     let mut raw = raw_client(&server.addr).await;
@@ -235,7 +214,7 @@ async fn unknown_chunk_and_malformed_ids() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
-    let stream = futures::stream::iter(vec![header(&[0; 33], 10)]);
+    let stream = futures::stream::iter(vec![put_header(&[0; 33], 10)]);
     let status = raw.put_chunk(stream).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
 

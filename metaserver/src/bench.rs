@@ -198,30 +198,21 @@ fn pool_chunk(i: usize) -> (ChunkId, bytes::Bytes) {
     (ChunkId::of(&data), data.into())
 }
 
+/// A file of 4 pool chunks chosen by `seed`.
 fn file(seed: u64) -> pb::FileInfo {
-    let chunks: Vec<pb::ChunkRef> = (0..4)
-        .map(|j| {
-            let (id, data) = pool_chunk((seed as usize * 5 + j * 17) % POOL);
-            pb::ChunkRef {
-                id: id.to_vec().into(),
-                length: data.len() as u64,
-            }
-        })
-        .collect();
-    pb::FileInfo {
-        size: chunks.iter().map(|c| c.length).sum(),
-        chunks,
-        replication: 3,
-        content_id: Default::default(),
-        mtime_ms: 0,
-    }
+    file_of_pool((0..4).map(|j| (seed as usize * 5 + j * 17) % POOL))
 }
 
 /// A file of `n` chunks cycling through the pool.
 fn file_of(n: usize) -> pb::FileInfo {
-    let chunks: Vec<pb::ChunkRef> = (0..n)
-        .map(|j| {
-            let (id, data) = pool_chunk(j % POOL);
+    file_of_pool((0..n).map(|j| j % POOL))
+}
+
+/// A file made of the pool chunks at `indices`, in order.
+fn file_of_pool(indices: impl Iterator<Item = usize>) -> pb::FileInfo {
+    let chunks: Vec<pb::ChunkRef> = indices
+        .map(|i| {
+            let (id, data) = pool_chunk(i);
             pb::ChunkRef {
                 id: id.to_vec().into(),
                 length: data.len() as u64,

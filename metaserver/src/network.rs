@@ -105,14 +105,14 @@ enum Rpc {
 }
 
 impl PeerClient {
-    async fn exchange<Req, Resp, E>(
+    /// Sends an already encoded request and decodes the answer.
+    async fn exchange<Resp, E>(
         &mut self,
         rpc: Rpc,
-        request: &Req,
+        body: Vec<u8>,
         option: &RPCOption,
     ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
     where
-        Req: Serialize,
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
@@ -120,9 +120,7 @@ impl PeerClient {
             Ok(client) => client.clone(),
             Err(e) => return Err(RPCError::Unreachable(Unreachable::from(AnyError::error(e)))),
         };
-        let message = RaftMessage {
-            body: codec::encode(request).into(),
-        };
+        let message = RaftMessage { body: body.into() };
         let call = async move {
             match rpc {
                 Rpc::AppendEntries => client.append_entries(message).await,
@@ -158,7 +156,10 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        if rpc.entries.len() > 1 {
+        let body = codec::encode(&rpc);
+        // Sizes per entry only for a batch that is too big (rare): the
+        // common case encodes once.
+        if rpc.entries.len() > 1 && body.len() > APPEND_BATCH_BYTES {
             let sizes = rpc.entries.iter().map(codec::encoded_len);
             let fit = entries_that_fit(sizes, APPEND_BATCH_BYTES);
             if fit < rpc.entries.len() {
@@ -167,7 +168,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
                 ));
             }
         }
-        self.exchange(Rpc::AppendEntries, &rpc, &option).await
+        self.exchange(Rpc::AppendEntries, body, &option).await
     }
 
     async fn install_snapshot(
@@ -178,7 +179,8 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.exchange(Rpc::InstallSnapshot, &rpc, &option).await
+        self.exchange(Rpc::InstallSnapshot, codec::encode(&rpc), &option)
+            .await
     }
 
     async fn vote(
@@ -186,7 +188,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.exchange(Rpc::Vote, &rpc, &option).await
+        self.exchange(Rpc::Vote, codec::encode(&rpc), &option).await
     }
 }
 

@@ -10,8 +10,34 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use shardfs_chunk::{ChunkStore, StoreConfig, server};
 use shardfs_proto::ChunkId;
+use shardfs_proto::chunk::v1::chunk_service_client::ChunkServiceClient;
+use shardfs_proto::chunk::v1::{PutChunkRequest, PutHeader, put_chunk_request};
 use shardfs_proto::chunk_client::ChunkClient;
 use tokio::sync::oneshot;
+
+/// The header message that opens a put stream (raw, for tests that break
+/// the protocol: `id` need not be a valid id).
+pub fn put_header(id: &[u8], length: u64) -> PutChunkRequest {
+    PutChunkRequest {
+        msg: Some(put_chunk_request::Msg::Header(PutHeader {
+            id: Bytes::copy_from_slice(id),
+            length,
+        })),
+    }
+}
+
+/// A data message of a put stream.
+pub fn put_data(bytes: Bytes) -> PutChunkRequest {
+    PutChunkRequest {
+        msg: Some(put_chunk_request::Msg::Data(bytes)),
+    }
+}
+
+/// The generated gRPC client, for requests the typed client never sends.
+pub async fn raw_client(addr: &str) -> ChunkServiceClient<tonic::transport::Channel> {
+    let endpoint = shardfs_proto::transport::endpoint(addr).unwrap();
+    ChunkServiceClient::new(endpoint.connect().await.unwrap())
+}
 
 /// Deterministic pseudo-random bytes, distinct per seed.
 pub fn data(seed: u64, len: usize) -> Bytes {
