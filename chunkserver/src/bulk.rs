@@ -12,23 +12,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shardfs_proto::bulk::{self, Request, ResponseHeader, Status};
+use shardfs_proto::transport::PeerSlot;
 use tracing::{debug, warn};
 
+use crate::config::BulkLimits;
 use crate::error::ChunkError;
 use crate::store::ChunkStore;
-
-/// Bulk connections served at once. When all are taken, the connection that
-/// has waited longest for its next request is closed to make room (a
-/// client reconnects when it needs it again); only when every one is in
-/// the middle of a request is a new one told so and closed (the client
-/// then reads that replica over gRPC). So idle or stalled connections,
-/// however many a peer opens, never lock readers out.
-pub const MAX_CONNECTIONS: usize = 1024;
-/// A connection with no request for this long is closed (clients drop
-/// their idle ones sooner).
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// A client that stops reading a response for this long is dropped.
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One open connection: a handle to close it, and whether it is serving a
 /// request or waiting for one (since when, in ms since `Connections::epoch`).
@@ -50,23 +39,21 @@ pub struct Connections {
     open: Arc<Mutex<HashMap<u64, Slot>>>,
     next: Arc<AtomicU64>,
     epoch: std::time::Instant,
-    max: usize,
-}
-
-impl Default for Connections {
-    fn default() -> Self {
-        Self::with_limit(MAX_CONNECTIONS)
-    }
+    limits: BulkLimits,
 }
 
 impl Connections {
-    /// At most `max` connections at once.
-    pub fn with_limit(max: usize) -> Self {
+    /// At most `limits.connections` connections at once (see
+    /// [`crate::config::BULK_CONNECTIONS`] for the policy).
+    pub fn new(limits: BulkLimits) -> Self {
         Self {
             open: Arc::default(),
             next: Arc::default(),
             epoch: std::time::Instant::now(),
-            max: max.max(1),
+            limits: BulkLimits {
+                connections: limits.connections.max(1),
+                ..limits
+            },
         }
     }
 
@@ -77,7 +64,7 @@ impl Connections {
     /// Serves `stream` on a thread of its own. When every slot is taken,
     /// the longest-idle connection is closed for it; when none is idle,
     /// `stream` is refused.
-    pub fn spawn(&self, stream: TcpStream, store: ChunkStore) {
+    pub fn spawn(&self, stream: TcpStream, slot: PeerSlot, store: ChunkStore) {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let activity = Arc::new(Activity::default());
         activity
@@ -85,7 +72,7 @@ impl Connections {
             .store(self.now_ms(), Ordering::Relaxed);
         {
             let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-            if open.len() >= self.max {
+            if open.len() >= self.limits.connections {
                 let idlest = open
                     .iter()
                     .filter(|(_, slot)| !slot.activity.busy.load(Ordering::Relaxed))
@@ -98,7 +85,10 @@ impl Connections {
                     }
                     None => {
                         drop(open);
-                        warn!("{} bulk read connections busy; refusing another", self.max);
+                        warn!(
+                            "{} bulk read connections busy; refusing another",
+                            self.limits.connections
+                        );
                         refuse(
                             stream,
                             "too many bulk read connections busy on this chunk server",
@@ -122,6 +112,7 @@ impl Connections {
             };
         }
         let registry = self.clone();
+        let limits = self.limits;
         let spawned = std::thread::Builder::new()
             .name("bulk-read".into())
             .spawn(move || {
@@ -133,10 +124,11 @@ impl Connections {
                             .store(registry.now_ms(), Ordering::Relaxed);
                     }
                 };
-                if let Err(e) = serve(stream, &store, mark) {
+                if let Err(e) = serve(stream, &store, &limits, mark) {
                     debug!("bulk read connection ended: {e}");
                 }
                 registry.forget(id);
+                drop(slot);
             });
         if let Err(e) = spawned {
             self.forget(id);
@@ -175,11 +167,16 @@ fn refuse(mut stream: TcpStream, why: &str) {
 
 /// Answers requests on one connection until the client closes it; `mark`
 /// hears when a request starts (true) and when its answer is sent (false).
-fn serve(mut stream: TcpStream, store: &ChunkStore, mark: impl Fn(bool)) -> io::Result<()> {
+fn serve(
+    mut stream: TcpStream,
+    store: &ChunkStore,
+    limits: &BulkLimits,
+    mark: impl Fn(bool),
+) -> io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(IDLE_TIMEOUT))?;
-    stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    stream.set_read_timeout(Some(limits.idle_timeout))?;
+    stream.set_write_timeout(Some(limits.write_timeout))?;
     let mut request = [0u8; bulk::REQUEST_BYTES];
     loop {
         match stream.read_exact(&mut request) {

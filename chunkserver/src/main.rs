@@ -18,7 +18,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use shardfs_chunk::bench::{self, BenchArgs};
-use shardfs_chunk::config::{Config, FileConfig, Overrides};
+use shardfs_chunk::config::{Config, FileConfig, LimitSettings, Overrides};
 use shardfs_chunk::{ChunkStore, StoreConfig, heartbeat, server};
 use shardfs_proto::meta_client::MetaClient;
 use tokio::net::TcpListener;
@@ -64,7 +64,8 @@ struct ServeArgs {
     #[arg(long, env = "SHARDFS_CHUNK_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// TOML configuration file (keys: listen, data_dir, capacity_bytes,
-    /// put_memory_bytes, scrub_mb_per_s); flags and environment win over it.
+    /// put_memory_bytes, scrub_mb_per_s, and a [limits] table with the
+    /// limit flags' names in snake case); flags and environment win over it.
     #[arg(long, env = "SHARDFS_CHUNK_CONFIG")]
     config: Option<PathBuf>,
     /// Bytes this server may store (default: the whole file system).
@@ -90,6 +91,8 @@ struct ServeArgs {
     /// Address to register with the metaservers (default: the listen address).
     #[arg(long, env = "SHARDFS_CHUNK_ADVERTISE")]
     advertise: Option<String>,
+    #[command(flatten)]
+    limits: LimitSettings,
 }
 
 fn main() -> std::process::ExitCode {
@@ -130,6 +133,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         capacity_bytes: args.capacity_bytes,
         put_memory_bytes: args.put_memory_bytes,
         scrub_mb_per_s: args.scrub_mb_per_s,
+        limits: args.limits.clone(),
     };
     let config = Config::resolve(overrides, file)?;
     let store_config = StoreConfig {
@@ -168,7 +172,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     server::run(
         listener,
         store,
-        config.put_memory_bytes,
+        config.limits,
         shardfs_proto::transport::shutdown_signal(),
     )
     .await?;

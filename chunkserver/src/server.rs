@@ -6,13 +6,20 @@ use std::time::Duration;
 
 use shardfs_proto::bulk;
 use shardfs_proto::chunk::v1::chunk_service_server::ChunkServiceServer;
-use shardfs_proto::transport;
+use shardfs_proto::transport::{self, Admitted, PeerLimit};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 use crate::bulk::Connections;
+use crate::config::Limits;
 use crate::service::ChunkServiceImpl;
 use crate::store::ChunkStore;
+
+/// HTTP/2 receive window per put stream, and per connection: data a
+/// client can make the server hold beyond the put memory budget is at most
+/// this per connection (see the README's limits table).
+pub const PUT_STREAM_WINDOW_BYTES: u32 = 2 << 20;
+pub const PUT_CONNECTION_WINDOW_BYTES: u32 = 16 << 20;
 
 /// How long in-flight calls may run on after shutdown is asked for. Clients
 /// that hold connections open must not keep the server alive forever.
@@ -23,19 +30,27 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub async fn run(
     listener: TcpListener,
     store: ChunkStore,
-    put_memory_bytes: u64,
+    limits: Limits,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let service = ChunkServiceServer::new(ChunkServiceImpl::new(store.clone(), put_memory_bytes))
+    let service = ChunkServiceServer::new(ChunkServiceImpl::new(store.clone(), limits.put))
         .max_decoding_message_size(transport::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(transport::MAX_MESSAGE_BYTES);
-    let router = transport::server().add_service(service);
-    let (grpc_tx, grpc_rx) = mpsc::channel::<std::io::Result<TcpStream>>(64);
-    let bulk_connections = Connections::default();
+    // Smaller receive windows than the shared ones: HTTP/2 buffers up to a
+    // window of a put's data before the handler reads it (and so before
+    // the put memory budget counts it). Only puts and repair copies send
+    // data this way; reads flow under the client's windows.
+    let router = transport::server()
+        .initial_stream_window_size(PUT_STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(PUT_CONNECTION_WINDOW_BYTES)
+        .add_service(service);
+    let (grpc_tx, grpc_rx) = mpsc::channel::<std::io::Result<Admitted>>(64);
+    let bulk_connections = Connections::new(limits.bulk);
     let accepting = tokio::spawn(sort_connections(
         listener,
         store.clone(),
         bulk_connections.clone(),
+        limits,
         grpc_tx,
     ));
     let recovering = tokio::spawn(recover_index(store.clone()));
@@ -65,35 +80,38 @@ async fn recover_index(store: ChunkStore) {
     }
 }
 
-/// How long a new connection may take to send its first bytes (a gRPC
-/// client sends its preface, a bulk reader its magic, at once); one that
-/// says nothing for this long is closed.
-pub const SNIFF_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// What a new connection's first bytes say it is.
 enum Opening {
     Bulk,
     Grpc,
-    /// Nothing within [`SNIFF_TIMEOUT`], or closed.
+    /// Nothing within the first-bytes timeout (a gRPC client sends its
+    /// preface, a bulk reader its magic, at once), or closed.
     Silent,
 }
 
-/// Accepts connections and sorts them by their first bytes: bulk reads
+/// Accepts connections (at most `limits.connections.per_peer` from one
+/// address) and sorts them by their first bytes: bulk reads
 /// (`shardfs_proto::bulk::MAGIC`) to their own threads, everything else
 /// (HTTP/2) to gRPC.
 async fn sort_connections(
     listener: TcpListener,
     store: ChunkStore,
     bulk_connections: Connections,
-    grpc: mpsc::Sender<std::io::Result<TcpStream>>,
+    limits: Limits,
+    grpc: mpsc::Sender<std::io::Result<Admitted>>,
 ) {
+    let peers = PeerLimit::new(limits.connections.per_peer);
+    let timeout = limits.connections.first_bytes_timeout;
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             () = grpc.closed() => return,
         };
         let stream = match accepted {
-            Ok((stream, _)) => stream,
+            Ok((stream, _)) => match Admitted::admit(stream, &peers) {
+                Some(admitted) => admitted,
+                None => continue,
+            },
             Err(e) => {
                 tracing::warn!("accepting a connection failed: {e}");
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -104,11 +122,14 @@ async fn sort_connections(
         let store = store.clone();
         let bulk_connections = bulk_connections.clone();
         tokio::spawn(async move {
-            match opening(&stream).await {
-                Opening::Bulk => match stream.into_std() {
-                    Ok(stream) => bulk_connections.spawn(stream, store),
-                    Err(e) => tracing::warn!("bulk read connection unusable: {e}"),
-                },
+            match opening(stream.stream(), timeout).await {
+                Opening::Bulk => {
+                    let (stream, slot) = stream.into_parts();
+                    match stream.into_std() {
+                        Ok(stream) => bulk_connections.spawn(stream, slot, store),
+                        Err(e) => tracing::warn!("bulk read connection unusable: {e}"),
+                    }
+                }
                 Opening::Grpc => {
                     let _ = grpc.send(Ok(stream)).await;
                 }
@@ -121,7 +142,7 @@ async fn sort_connections(
 }
 
 /// Bulk when the connection's first bytes are the bulk protocol's magic.
-async fn opening(stream: &TcpStream) -> Opening {
+async fn opening(stream: &TcpStream, timeout: Duration) -> Opening {
     let mut first = [0u8; 4];
     let peek = async {
         loop {
@@ -134,7 +155,7 @@ async fn opening(stream: &TcpStream) -> Opening {
             }
         }
     };
-    tokio::time::timeout(SNIFF_TIMEOUT, peek)
+    tokio::time::timeout(timeout, peek)
         .await
         .unwrap_or(Opening::Silent)
 }

@@ -21,6 +21,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::config::PutLimits;
 use crate::convert::{chunk_info, id_from_wire, ids_from_wire, stats_response};
 use crate::error::ChunkError;
 use crate::store::{ChunkRead, ChunkStore, PutOutcome, Verdict};
@@ -32,51 +33,42 @@ const LIST_MAX_LIMIT: usize = 10_000;
 const MAX_IDS_PER_CALL: usize = 100_000;
 /// Most ids one VerifyChunks call re-hashes (each may be 64 MiB of reading).
 const MAX_VERIFY_PER_CALL: usize = 1024;
-/// Longest wait for the next message of a put stream (the header, or the
-/// next data message): a writer that stalls is dropped, and what it held
-/// goes to others.
-pub const PUT_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Slowest a put's data may arrive on average once it started: its whole
-/// body must come within `PUT_IDLE_TIMEOUT` plus its length at this rate,
-/// so a trickle of bytes cannot hold its memory for long either.
-pub const PUT_MIN_BYTES_PER_SEC: u64 = 1 << 20;
-/// Longest a put waits for room in the put memory budget before it is
-/// refused as busy (RESOURCE_EXHAUSTED: the writer tries another server).
-pub const PUT_MEMORY_WAIT: Duration = Duration::from_secs(10);
-
 pub struct ChunkServiceImpl {
     store: ChunkStore,
     /// Bytes of put data buffered at once across all streams; a put waits
     /// for its whole length here before buffering, so many concurrent
     /// writers cannot exhaust memory.
     put_memory: Arc<Semaphore>,
+    put: PutLimits,
     /// Other chunk servers this one copies from (repair), by address.
     peers: std::sync::Mutex<std::collections::HashMap<String, ChunkClient>>,
 }
 
 impl ChunkServiceImpl {
-    pub fn new(store: ChunkStore, put_memory_bytes: u64) -> Self {
-        let permits = put_memory_bytes.clamp(MAX_CHUNK_BYTES, u32::MAX as u64) as usize;
+    pub fn new(store: ChunkStore, put: PutLimits) -> Self {
+        let permits = put.memory_bytes.clamp(MAX_CHUNK_BYTES, u32::MAX as u64) as usize;
         Self {
             store,
             put_memory: Arc::new(Semaphore::new(permits)),
+            put,
             peers: Default::default(),
         }
     }
 
     /// Room for `length` bytes of chunk `id` in the put memory budget,
-    /// waiting at most [`PUT_MEMORY_WAIT`].
+    /// waiting at most the put memory wait.
     async fn reserve(
         &self,
         id: ChunkId,
         length: u64,
     ) -> Result<tokio::sync::SemaphorePermit<'_>, Status> {
         let wanted = (length as u32).max(1);
-        match tokio::time::timeout(PUT_MEMORY_WAIT, self.put_memory.acquire_many(wanted)).await {
+        let wait = self.put.memory_wait;
+        match tokio::time::timeout(wait, self.put_memory.acquire_many(wanted)).await {
             Ok(Ok(permit)) => Ok(permit),
             Ok(Err(_)) => Err(Status::unavailable("chunk server is shutting down")),
             Err(_) => Err(Status::resource_exhausted(format!(
-                "chunk {id}: this chunk server is busy (no room for {length} bytes in its put memory within {PUT_MEMORY_WAIT:?}); try another"
+                "chunk {id}: this chunk server is busy (no room for {length} bytes in its put memory within {wait:?}); try another"
             ))),
         }
     }
@@ -103,7 +95,8 @@ impl ChunkService for ChunkServiceImpl {
         request: Request<Streaming<PutChunkRequest>>,
     ) -> Result<Response<PutChunkResponse>, Status> {
         let mut stream = request.into_inner();
-        let (id, length) = receive_header(&mut stream).await?;
+        let idle = self.put.idle_timeout;
+        let (id, length) = receive_header(&mut stream, idle).await?;
         if self.store.contains(id).await? {
             return Ok(Response::new(PutChunkResponse {
                 already_stored: true,
@@ -111,9 +104,9 @@ impl ChunkService for ChunkServiceImpl {
         }
         // Memory is counted once data comes: a stream that sends a header
         // and then nothing holds none of the budget.
-        let first = next_data(&mut stream, id).await?;
+        let first = next_data(&mut stream, id, idle).await?;
         let _permit = self.reserve(id, length).await?;
-        let pieces = receive_data(&mut stream, id, length, first).await?;
+        let pieces = receive_data(&mut stream, id, length, first, &self.put).await?;
         let outcome = self.store.put(id, pieces).await?;
         Ok(Response::new(PutChunkResponse {
             already_stored: outcome == PutOutcome::AlreadyStored,
@@ -258,23 +251,27 @@ fn check_id_count(ids: Vec<Bytes>) -> Result<Vec<Bytes>, Status> {
     Ok(ids)
 }
 
-/// The next message of a put stream, within [`PUT_IDLE_TIMEOUT`].
+/// The next message of a put stream, within `idle`.
 async fn next_message(
     stream: &mut Streaming<PutChunkRequest>,
     waiting_for: &str,
+    idle: Duration,
 ) -> Result<Option<PutChunkRequest>, Status> {
-    match tokio::time::timeout(PUT_IDLE_TIMEOUT, stream.message()).await {
+    match tokio::time::timeout(idle, stream.message()).await {
         Ok(message) => message,
         Err(_) => Err(Status::deadline_exceeded(format!(
-            "PutChunk: no {waiting_for} within {PUT_IDLE_TIMEOUT:?}; the stream was dropped"
+            "PutChunk: no {waiting_for} within {idle:?}; the stream was dropped"
         ))),
     }
 }
 
 /// Reads the header that must open every put stream and checks the size
 /// limit before a data byte is buffered.
-async fn receive_header(stream: &mut Streaming<PutChunkRequest>) -> Result<(ChunkId, u64), Status> {
-    let first = next_message(stream, "header")
+async fn receive_header(
+    stream: &mut Streaming<PutChunkRequest>,
+    idle: Duration,
+) -> Result<(ChunkId, u64), Status> {
+    let first = next_message(stream, "header", idle)
         .await?
         .ok_or_else(|| Status::invalid_argument("PutChunk stream ended before its header"))?;
     let Some(put_chunk_request::Msg::Header(header)) = first.msg else {
@@ -299,8 +296,9 @@ async fn receive_header(stream: &mut Streaming<PutChunkRequest>) -> Result<(Chun
 async fn next_data(
     stream: &mut Streaming<PutChunkRequest>,
     id: ChunkId,
+    idle: Duration,
 ) -> Result<Option<Bytes>, Status> {
-    match next_message(stream, "data").await? {
+    match next_message(stream, "data", idle).await? {
         None => Ok(None),
         Some(message) => data_of(message, id).map(Some),
     }
@@ -330,12 +328,13 @@ async fn receive_data(
     id: ChunkId,
     length: u64,
     first: Option<Bytes>,
+    limits: &PutLimits,
 ) -> Result<Vec<Bytes>, Status> {
     let mut pieces = Vec::with_capacity(length.div_ceil(MAX_DATA_MESSAGE_BYTES as u64) as usize);
     let mut received = 0u64;
     let deadline = tokio::time::Instant::now()
-        + PUT_IDLE_TIMEOUT
-        + Duration::from_secs(length / PUT_MIN_BYTES_PER_SEC);
+        + limits.idle_timeout
+        + Duration::from_secs(length / limits.min_bytes_per_sec);
     let mut next = first;
     while let Some(data) = next {
         received += data.len() as u64;
@@ -348,11 +347,14 @@ async fn receive_data(
             .into());
         }
         pieces.push(data);
-        next = match tokio::time::timeout_at(deadline, next_data(stream, id)).await {
+        next = match tokio::time::timeout_at(deadline, next_data(stream, id, limits.idle_timeout))
+            .await
+        {
             Ok(next) => next?,
             Err(_) => {
                 return Err(Status::deadline_exceeded(format!(
-                    "chunk {id}: {received} of {length} bytes arrived before the put's deadline (it must send at least {PUT_MIN_BYTES_PER_SEC} bytes/s); the stream was dropped"
+                    "chunk {id}: {received} of {length} bytes arrived before the put's deadline (it must send at least {} bytes/s); the stream was dropped",
+                    limits.min_bytes_per_sec
                 )));
             }
         };

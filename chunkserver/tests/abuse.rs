@@ -232,6 +232,7 @@ async fn a_repair_source_sending_more_than_the_chunk_is_cut_off() {
     let fake = tokio::spawn(transport::serve_with_grace(
         router,
         listener,
+        transport::ConnectionLimits::default(),
         async {
             let _ = stopped.await;
         },
@@ -298,7 +299,13 @@ fn bulk_read(addr: &str, id: ChunkId) -> Result<Vec<u8>, String> {
 async fn idle_and_silent_connections_cannot_lock_readers_out() {
     use std::io::{Read, Write};
     let dir = tempfile::tempdir().unwrap();
-    let server = ServerProcess::start(dir.path());
+    // The per-peer bound is raised: this test is about the bulk slots
+    // (all its connections come from one address).
+    let server = ServerProcess::start_with(
+        dir.path(),
+        &["--listen", "127.0.0.1:0", "--connections-per-peer", "5000"],
+        &[],
+    );
     let (id, bytes) = chunk(7, 3 * MIB);
     server.client().put(id, bytes.clone()).await.unwrap();
 
@@ -351,4 +358,105 @@ async fn idle_and_silent_connections_cannot_lock_readers_out() {
     .unwrap();
     assert_eq!(silent_closed, 200, "silent connections left open");
     drop(idle);
+}
+
+/// A TCP connection to `addr` from the local address `from` (another
+/// loopback address stands for another host).
+fn connect_from(from: &str, addr: &str) -> std::io::Result<std::net::TcpStream> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    socket.bind(
+        &format!("{from}:0")
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )?;
+    socket.connect(&addr.parse::<std::net::SocketAddr>().unwrap().into())?;
+    Ok(socket.into())
+}
+
+/// Whether the server closed `stream` within `wait` (false: still open).
+fn closed_within(stream: &mut std::net::TcpStream, wait: Duration) -> bool {
+    use std::io::Read;
+    stream.set_read_timeout(Some(wait)).unwrap();
+    let mut byte = [0u8; 1];
+    match stream.read(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_peer_cannot_take_every_connection() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start_with(
+        dir.path(),
+        &["--listen", "127.0.0.1:0", "--connections-per-peer", "40"],
+        &[],
+    );
+    let (id, bytes) = chunk(11, MIB);
+    server.client().put(id, bytes).await.unwrap();
+
+    // "Another host" (127.0.0.2) opens 120 bulk connections and holds them.
+    let addr = server.addr.clone();
+    let (held, refused, mut streams) = tokio::task::spawn_blocking(move || {
+        let mut streams = Vec::new();
+        for _ in 0..120 {
+            let mut stream = connect_from("127.0.0.2", &addr).unwrap();
+            let _ = stream.write_all(&shardfs_proto::bulk::MAGIC);
+            streams.push(stream);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let mut open = Vec::new();
+        let mut refused = 0;
+        for mut stream in streams {
+            if closed_within(&mut stream, Duration::from_millis(200)) {
+                refused += 1;
+            } else {
+                open.push(stream);
+            }
+        }
+        (open.len(), refused, open)
+    })
+    .await
+    .unwrap();
+    assert_eq!(held, 40, "one address holds exactly its bound");
+    assert_eq!(refused, 80);
+
+    // Everyone else is served, over gRPC and bulk, and writes too.
+    assert_serving(&server, 12, MIB).await;
+    let addr = server.addr.clone();
+    let back = tokio::task::spawn_blocking(move || bulk_read(&addr, id))
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("bulk read refused beside a greedy peer: {e}"));
+    assert_eq!(ChunkId::of(&back), id);
+
+    // Its closed connections give their places back.
+    streams.truncate(10);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let addr = server.addr.clone();
+    let again = tokio::task::spawn_blocking(move || {
+        let mut kept = Vec::new();
+        for _ in 0..30 {
+            let mut stream = connect_from("127.0.0.2", &addr).unwrap();
+            let _ = stream.write_all(&shardfs_proto::bulk::MAGIC);
+            if !closed_within(&mut stream, Duration::from_millis(200)) {
+                kept.push(stream);
+            }
+        }
+        kept
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        again.len(),
+        30,
+        "places freed by closed connections are given again"
+    );
+    drop((streams, again));
 }

@@ -10,7 +10,9 @@
 //! cargo run --release -p shardfs-client --example load -- [--ops 300] [--idle 500] [--slow 100] [--busy 32]
 //! ```
 //!
-//! Busy clients each stat a file and list a directory every 20 ms.
+//! Busy clients each stat a file and list a directory every 20 ms. Idle and
+//! slowloris connections come from 127.0.0.2, as from another host (each
+//! server bounds the connections one address may hold).
 //!
 //! Servers come from `SHARDFS_META` (or the local cluster). Everything it
 //! writes is under `/load-test` and is deleted at the end; every read is
@@ -107,6 +109,19 @@ fn percentile(latencies: &mut [Duration], p: f64) -> Duration {
     latencies[at]
 }
 
+/// A connection to `addr` (a loopback address) from 127.0.0.2, as from
+/// another host: servers bound what one address may hold, and the normal
+/// clients here share 127.0.0.1.
+fn connect_from_other_host(addr: &str) -> std::io::Result<TcpStream> {
+    let addr: std::net::SocketAddr = addr
+        .parse()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    socket.bind(&std::net::SocketAddr::from(([127, 0, 0, 2], 0)).into())?;
+    socket.connect(&addr.into())?;
+    Ok(socket.into())
+}
+
 /// Idle and slowloris connections to `addr`, held until `stop`.
 fn hold_connections(
     addrs: &[String],
@@ -119,12 +134,12 @@ fn hold_connections(
         let mut idle_held = Vec::new();
         let mut slow_held = Vec::new();
         for i in 0..idle {
-            if let Ok(stream) = TcpStream::connect(&addrs[i % addrs.len()]) {
+            if let Ok(stream) = connect_from_other_host(&addrs[i % addrs.len()]) {
                 idle_held.push(stream);
             }
         }
         for i in 0..slow {
-            if let Ok(stream) = TcpStream::connect(&addrs[i % addrs.len()]) {
+            if let Ok(stream) = connect_from_other_host(&addrs[i % addrs.len()]) {
                 slow_held.push(stream);
             }
         }

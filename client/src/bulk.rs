@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use shardfs_proto::ChunkId;
 use shardfs_proto::bulk::{self, Request, ResponseHeader, Status};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::buffers::BufferPool;
@@ -50,7 +50,7 @@ impl BulkPool {
         if let Some(stream) = self.take(addr) {
             match self.request(stream, addr, id, length, buffers).await {
                 Err(Attempt::Stale(_)) => {}
-                Err(Attempt::Failed(e)) => return Err(e),
+                Err(Attempt::Failed(e) | Attempt::Refused(e)) => return Err(e),
                 Ok(data) => return Ok(data),
             }
         }
@@ -63,7 +63,7 @@ impl BulkPool {
         self.request(stream, addr, id, length, buffers)
             .await
             .map_err(|e| match e {
-                Attempt::Stale(e) | Attempt::Failed(e) => e,
+                Attempt::Stale(e) | Attempt::Failed(e) | Attempt::Refused(e) => e,
             })
     }
 
@@ -75,66 +75,27 @@ impl BulkPool {
         length: u64,
         buffers: &Arc<BufferPool>,
     ) -> Result<Bytes, Attempt> {
-        let transport = |e: std::io::Error| BulkError::Transport(io_words(&e));
         let request = Request {
             id,
             offset: 0,
             length: None,
         };
-        let mut header = [0u8; bulk::RESPONSE_HEADER_BYTES];
-        let sent = async {
-            stream.write_all(&request.encode()).await?;
-            stream.read_exact(&mut header).await
-        };
         // Nothing came back at all: the connection was dead before we used it.
-        sent.await.map_err(|e| Attempt::Stale(transport(e)))?;
-        let header = ResponseHeader::decode(&header).ok_or_else(|| {
-            Attempt::Failed(BulkError::Transport(
-                "the chunk server sent a malformed bulk response".into(),
-            ))
-        })?;
-        if header.status != Status::Ok {
-            if header.n > bulk::MAX_MESSAGE_BYTES {
-                return Err(Attempt::Failed(BulkError::Transport(
-                    "the chunk server sent an oversized error".into(),
-                )));
+        stream
+            .write_all(&request.encode())
+            .await
+            .map_err(|e| Attempt::Stale(transport(e)))?;
+        match response(&mut stream, length, buffers).await {
+            Ok(data) => {
+                self.give_back(addr, stream);
+                Ok(data)
             }
-            let mut message = vec![0u8; header.n as usize];
-            stream
-                .read_exact(&mut message)
-                .await
-                .map_err(|e| Attempt::Failed(transport(e)))?;
-            let message = String::from_utf8_lossy(&message).to_string();
-            return Err(Attempt::Failed(match header.status {
-                Status::NotFound | Status::OutOfRange => {
-                    self.give_back(addr, stream);
-                    BulkError::Answer(message)
-                }
-                _ => BulkError::Transport(message),
-            }));
-        }
-        if header.n != length || header.chunk_length != length {
-            return Err(Attempt::Failed(BulkError::Answer(format!(
-                "the chunk server holds {} bytes; the file says the chunk has {length}",
-                header.chunk_length
-            ))));
-        }
-        let mut data = buffers.take(length as usize);
-        let mut filled = 0;
-        while filled < data.len() {
-            let read = stream
-                .read(&mut data.as_mut_slice()[filled..])
-                .await
-                .map_err(|e| Attempt::Failed(transport(e)))?;
-            if read == 0 {
-                return Err(Attempt::Failed(BulkError::Transport(format!(
-                    "connection closed after {filled} of {length} bytes"
-                ))));
+            Err(Attempt::Refused(e)) => {
+                self.give_back(addr, stream);
+                Err(Attempt::Failed(e))
             }
-            filled += read;
+            Err(other) => Err(other),
         }
-        self.give_back(addr, stream);
-        Ok(data.freeze())
     }
 
     fn take(&self, addr: &str) -> Option<TcpStream> {
@@ -159,10 +120,91 @@ impl BulkPool {
 }
 
 /// One request on one connection: `Stale` when the connection turned out
-/// dead before any answer (worth one retry on a new connection).
+/// dead before any answer (worth one retry on a new connection), `Refused`
+/// when the server answered with a clean refusal (the connection stays in
+/// step and may carry the next request).
 enum Attempt {
     Stale(BulkError),
     Failed(BulkError),
+    Refused(BulkError),
+}
+
+fn transport(e: std::io::Error) -> BulkError {
+    BulkError::Transport(io_words(&e))
+}
+
+/// Reads the response to a request for a whole chunk of `length` bytes:
+/// whatever the server sends, this reads at most the header, `length`
+/// bytes of data or a bounded message, and never trusts a length it was
+/// told beyond what it asked for.
+async fn response<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    length: u64,
+    buffers: &Arc<BufferPool>,
+) -> Result<Bytes, Attempt> {
+    let mut header = [0u8; bulk::RESPONSE_HEADER_BYTES];
+    stream
+        .read_exact(&mut header)
+        .await
+        .map_err(|e| Attempt::Stale(transport(e)))?;
+    let header = ResponseHeader::decode(&header).ok_or_else(|| {
+        Attempt::Failed(BulkError::Transport(
+            "the chunk server sent a malformed bulk response".into(),
+        ))
+    })?;
+    if header.status != Status::Ok {
+        if header.n > bulk::MAX_MESSAGE_BYTES {
+            return Err(Attempt::Failed(BulkError::Transport(
+                "the chunk server sent an oversized error".into(),
+            )));
+        }
+        let mut message = vec![0u8; header.n as usize];
+        stream
+            .read_exact(&mut message)
+            .await
+            .map_err(|e| Attempt::Failed(transport(e)))?;
+        let message = String::from_utf8_lossy(&message).to_string();
+        return Err(match header.status {
+            Status::NotFound | Status::OutOfRange => Attempt::Refused(BulkError::Answer(message)),
+            _ => Attempt::Failed(BulkError::Transport(message)),
+        });
+    }
+    if header.n != length || header.chunk_length != length {
+        return Err(Attempt::Failed(BulkError::Answer(format!(
+            "the chunk server holds {} bytes; the file says the chunk has {length}",
+            header.chunk_length
+        ))));
+    }
+    let mut data = buffers.take(length as usize);
+    let mut filled = 0;
+    while filled < data.len() {
+        let read = stream
+            .read(&mut data.as_mut_slice()[filled..])
+            .await
+            .map_err(|e| Attempt::Failed(transport(e)))?;
+        if read == 0 {
+            return Err(Attempt::Failed(BulkError::Transport(format!(
+                "connection closed after {filled} of {length} bytes"
+            ))));
+        }
+        filled += read;
+    }
+    Ok(data.freeze())
+}
+
+/// [`response`] for the fuzzer: the bytes a (possibly lying) chunk server
+/// sent in answer to a request for `length` bytes.
+#[doc(hidden)]
+pub async fn decode_response<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    length: u64,
+    buffers: &Arc<BufferPool>,
+) -> Result<Bytes, BulkError> {
+    response(stream, length, buffers)
+        .await
+        .map_err(|e| match e {
+            Attempt::Stale(e) | Attempt::Failed(e) | Attempt::Refused(e) => e,
+        })
 }
 
 fn io_words(err: &std::io::Error) -> String {

@@ -103,6 +103,36 @@ mod tests {
     }
 
     #[test]
+    fn a_once_inside_a_once_is_refused_however_deep() {
+        use crate::types::Command;
+        let inner = Command::Delete {
+            path: "/a".into(),
+            recursive: false,
+        };
+        let once = Command::once(b"id", 1, inner);
+        assert_eq!(decode::<Command>(&encode(&once)).unwrap(), once);
+        let twice = Command::Once {
+            request_id: b"outer".to_vec(),
+            at_ms: 1,
+            command: Box::new(once.clone()),
+        };
+        assert!(decode::<Command>(&encode(&twice)).is_err());
+        let json = serde_json::to_vec(&twice).unwrap();
+        let err = decode::<Command>(&json).unwrap_err().to_string();
+        assert!(err.contains("Once"), "{err}");
+        // A million nestings, written by hand (variant index, empty id, at_ms
+        // 0, ...): refused at the second level, not by overflowing the stack.
+        let once_variant = 9u8;
+        let mut deep = vec![POSTCARD_TAG];
+        for _ in 0..1_000_000 {
+            deep.extend_from_slice(&[once_variant, 0, 0]);
+        }
+        assert!(decode::<Command>(&deep).is_err());
+        // The flag is reset after a refusal: the next decode works.
+        assert_eq!(decode::<Command>(&encode(&once)).unwrap(), once);
+    }
+
+    #[test]
     fn garbage_is_an_error_not_a_panic() {
         assert!(matches!(decode::<FileMeta>(&[]), Err(DecodeError::Empty)));
         assert!(decode::<FileMeta>(&[POSTCARD_TAG, 0xff, 0xff]).is_err());

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use shardfs_proto::span::Span;
+use shardfs_proto::transport::ConnectionLimits;
 
 use crate::node::RaftTuning;
 use crate::types::NodeId;
@@ -23,6 +25,27 @@ pub struct FileConfig {
     pub heartbeat_ms: Option<u64>,
     pub election_timeout_ms: Option<u64>,
     pub snapshot_every: Option<u64>,
+    pub first_bytes_timeout: Option<Span>,
+    pub connections_per_peer: Option<usize>,
+}
+
+/// The connection limits from flags (or environment), else the file, else
+/// the defaults.
+pub fn connection_limits(
+    first_bytes_timeout: Option<Span>,
+    connections_per_peer: Option<usize>,
+    file: &FileConfig,
+) -> ConnectionLimits {
+    let defaults = ConnectionLimits::default();
+    ConnectionLimits {
+        first_bytes_timeout: first_bytes_timeout
+            .or(file.first_bytes_timeout)
+            .map_or(defaults.first_bytes_timeout, |s| s.0),
+        per_peer: connections_per_peer
+            .or(file.connections_per_peer)
+            .unwrap_or(defaults.per_peer)
+            .max(1),
+    }
 }
 
 impl FileConfig {

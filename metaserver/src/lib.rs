@@ -38,6 +38,7 @@ pub mod namespace;
 pub mod network;
 pub mod node;
 pub mod repair;
+pub mod requests;
 pub mod retries;
 pub mod server;
 pub mod service;

@@ -18,6 +18,7 @@ use clap::Parser;
 use shardfs_meta::config::{Config, FileConfig};
 use shardfs_meta::node::MetaNode;
 use shardfs_meta::server;
+use shardfs_proto::span::Span;
 use tokio::net::TcpListener;
 use tracing::info;
 
@@ -63,7 +64,8 @@ struct Cli {
     #[arg(long, env = "SHARDFS_META_PEERS")]
     peers: Option<String>,
     /// TOML configuration file (keys: id, listen, data_dir, peers,
-    /// heartbeat_ms, election_timeout_ms, snapshot_every).
+    /// heartbeat_ms, election_timeout_ms, snapshot_every,
+    /// first_bytes_timeout, connections_per_peer).
     #[arg(long, env = "SHARDFS_META_CONFIG")]
     config: Option<PathBuf>,
     /// Raft heartbeat interval in milliseconds (default 250); also how long
@@ -89,6 +91,12 @@ struct Cli {
     /// Seconds a chunk no file references is kept before it is deleted.
     #[arg(long, env = "SHARDFS_META_GC_GRACE_SECS", default_value_t = 3600)]
     gc_grace_secs: u64,
+    /// A new connection silent for this long is closed (default 5s).
+    #[arg(long, env = "SHARDFS_META_FIRST_BYTES_TIMEOUT")]
+    first_bytes_timeout: Option<Span>,
+    /// Connections one IP address may hold open (default 512).
+    #[arg(long, env = "SHARDFS_META_CONNECTIONS_PER_PEER")]
+    connections_per_peer: Option<usize>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -123,6 +131,11 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         Some(path) => FileConfig::load(path)?,
         None => FileConfig::default(),
     };
+    let connections = shardfs_meta::config::connection_limits(
+        cli.first_bytes_timeout,
+        cli.connections_per_peer,
+        &file,
+    );
     let config = Config::resolve(
         cli.id,
         cli.listen,
@@ -165,7 +178,13 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         std::time::Duration::from_secs(10),
     );
     let gc = shardfs_meta::gc::spawn(node.clone(), grace, gc_interval);
-    server::run(listener, node, shardfs_proto::transport::shutdown_signal()).await?;
+    server::run(
+        listener,
+        node,
+        connections,
+        shardfs_proto::transport::shutdown_signal(),
+    )
+    .await?;
     gc.abort();
     repair.abort();
     bootstrap.abort();

@@ -15,6 +15,9 @@ use shardfs_proto::{ChunkId, DfsPath};
 
 /// The root directory's inode number.
 pub const ROOT_INODE: u64 = 1;
+/// Highest inode number a checked namespace may have reached (2^62: never,
+/// at a million files a second, in 100,000 years).
+pub const MAX_INODE: u64 = 1 << 62;
 
 /// One chunk of a file, in file order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +47,41 @@ impl FileMeta {
             hasher.update(&chunk.length.to_le_bytes());
         }
         ChunkId::from_array(*hasher.finalize().as_bytes())
+    }
+
+    /// The file's shape: every chunk 1..=MAX_CHUNK_BYTES long, at most
+    /// MAX_CHUNKS_PER_FILE of them, adding up to the size; replication
+    /// 1..=MAX_REPLICATION. (The leader checks what clients send; this
+    /// checks again what arrives in a log entry or a snapshot.)
+    pub fn check_shape(&self) -> Result<(), String> {
+        use crate::convert::{MAX_CHUNKS_PER_FILE, MAX_REPLICATION};
+        if self.chunks.len() > MAX_CHUNKS_PER_FILE {
+            return Err(format!(
+                "{} chunks; at most {MAX_CHUNKS_PER_FILE}",
+                self.chunks.len()
+            ));
+        }
+        if let Some(chunk) = self
+            .chunks
+            .iter()
+            .find(|c| c.length == 0 || c.length > shardfs_proto::MAX_CHUNK_BYTES)
+        {
+            return Err(format!("chunk {} has length {}", chunk.id, chunk.length));
+        }
+        let total = self.chunks.iter().map(|c| c.length).sum::<u64>();
+        if total != self.size {
+            return Err(format!(
+                "size {} is not the sum of its chunk lengths ({total})",
+                self.size
+            ));
+        }
+        if self.replication == 0 || self.replication > MAX_REPLICATION {
+            return Err(format!(
+                "replication {} is outside 1..={MAX_REPLICATION}",
+                self.replication
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -212,8 +250,10 @@ impl Namespace {
         }
     }
 
-    pub fn from_rows(parts: NamespaceParts) -> Self {
-        Self::from_parts(
+    /// Rebuilds a namespace from a snapshot's rows, refusing rows that do
+    /// not form one tree under the root (see [`Namespace::check`]).
+    pub fn from_rows(parts: NamespaceParts) -> Result<Self, String> {
+        let ns = Self::from_parts(
             parts.inodes.into_iter().collect(),
             parts
                 .entries
@@ -221,7 +261,76 @@ impl Namespace {
                 .map(|(parent, name, child)| ((parent, name), child))
                 .collect(),
             parts.next_inode,
-        )
+        );
+        ns.check()?;
+        Ok(ns)
+    }
+
+    /// Checks that the inodes and entries form one tree: the root is a
+    /// directory; every entry sits in an existing directory, has a plain
+    /// name and names an existing inode other than the root; every other
+    /// inode is named by exactly one entry and reached from the root; inode
+    /// numbers stay below `next_inode`; files are well formed. Stored and
+    /// received namespaces are checked before use, so a corrupt or forged
+    /// one is refused instead of failing later, mid-lookup.
+    pub fn check(&self) -> Result<(), String> {
+        if !self.inodes.get(&ROOT_INODE).is_some_and(Inode::is_dir) {
+            return Err("the root is not a directory".into());
+        }
+        // Inode numbers are handed out one by one; one this large is forged.
+        if self.next_inode > MAX_INODE {
+            return Err(format!(
+                "next inode number {} is out of range",
+                self.next_inode
+            ));
+        }
+        let mut parents: HashMap<u64, u64> = HashMap::new();
+        for ((parent, name), child) in &self.entries {
+            if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+                return Err(format!(
+                    "entry {name:?} in inode {parent} is not a plain name"
+                ));
+            }
+            if !self.inodes.get(parent).is_some_and(Inode::is_dir) {
+                return Err(format!(
+                    "entry {name:?} sits in inode {parent}, not a directory"
+                ));
+            }
+            if *child == ROOT_INODE || !self.inodes.contains_key(child) {
+                return Err(format!(
+                    "entry {name:?} names inode {child}, which it may not"
+                ));
+            }
+            if parents.insert(*child, *parent).is_some() {
+                return Err(format!("inode {child} is named by more than one entry"));
+            }
+        }
+        for (number, inode) in &self.inodes {
+            if *number >= self.next_inode {
+                return Err(format!("inode {number} is not below the next inode number"));
+            }
+            if *number != ROOT_INODE && !parents.contains_key(number) {
+                return Err(format!("inode {number} is in no directory"));
+            }
+            if let Inode::File(file) = inode {
+                file.check_shape()
+                    .map_err(|why| format!("file inode {number}: {why}"))?;
+            }
+        }
+        // Every inode has one parent; walking up from each must reach the
+        // root within as many steps as there are inodes (no cycles).
+        for start in parents.keys() {
+            let mut at = *start;
+            let mut steps = 0usize;
+            while at != ROOT_INODE {
+                at = parents[&at];
+                steps += 1;
+                if steps > parents.len() {
+                    return Err(format!("inode {start} is in a directory cycle"));
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn inode_count(&self) -> usize {
@@ -632,6 +741,60 @@ mod tests {
     /// The chunk index kept by commits, replacements, renames and deletes
     /// always equals a scan of the files, including chunks shared by files
     /// of different R and chunks repeated within a file.
+    #[test]
+    fn check_refuses_rows_that_are_not_one_tree() {
+        let dir = || Inode::Dir { mtime_ms: 0 };
+        let rows = |inodes: Vec<(u64, Inode)>, entries: Vec<(u64, &str, u64)>| NamespaceParts {
+            inodes,
+            entries: entries
+                .into_iter()
+                .map(|(p, n, c)| (p, n.to_string(), c))
+                .collect(),
+            next_inode: 10,
+        };
+        let good = rows(
+            vec![(1, dir()), (2, dir()), (3, dir())],
+            vec![(1, "a", 2), (2, "b", 3)],
+        );
+        Namespace::from_rows(good).unwrap();
+        for (why, parts) in [
+            ("dangling", rows(vec![(1, dir())], vec![(1, "a", 7)])),
+            ("orphan", rows(vec![(1, dir()), (2, dir())], vec![])),
+            (
+                "cycle",
+                rows(
+                    vec![(1, dir()), (2, dir()), (3, dir())],
+                    vec![(2, "x", 3), (3, "y", 2)],
+                ),
+            ),
+            (
+                "two parents",
+                rows(vec![(1, dir()), (2, dir())], vec![(1, "a", 2), (1, "b", 2)]),
+            ),
+            ("root as child", rows(vec![(1, dir())], vec![(1, "a", 1)])),
+            (
+                "slash",
+                rows(vec![(1, dir()), (2, dir())], vec![(1, "a/b", 2)]),
+            ),
+            (
+                "beyond next",
+                NamespaceParts {
+                    next_inode: 2,
+                    ..rows(vec![(1, dir()), (5, dir())], vec![(1, "a", 5)])
+                },
+            ),
+            (
+                "huge counter",
+                NamespaceParts {
+                    next_inode: u64::MAX,
+                    ..rows(vec![(1, dir())], vec![])
+                },
+            ),
+        ] {
+            assert!(Namespace::from_rows(parts).is_err(), "{why} accepted");
+        }
+    }
+
     #[test]
     fn chunk_needs_follow_every_change() {
         let chunk = |n: u8| ChunkRef {

@@ -40,10 +40,17 @@ pub struct RetryCache {
 
 impl RetryCache {
     pub fn from_parts(parts: Vec<(Vec<u8>, Answer)>) -> Self {
+        // An id listed twice (a corrupt or forged snapshot) keeps its last
+        // answer, and only that one is aged: the two maps stay in step.
         let mut cache = Self::default();
         for (id, answer) in parts {
             cache.by_age.insert((answer.at_ms, id.clone()));
-            cache.answers.insert(id, answer);
+            if let Some(old) = cache.answers.insert(id.clone(), answer) {
+                let newest = cache.answers[&id].at_ms;
+                if old.at_ms != newest {
+                    cache.by_age.remove(&(old.at_ms, id));
+                }
+            }
         }
         cache
     }
@@ -105,6 +112,19 @@ mod tests {
 
     fn done() -> CommandResult {
         CommandResult(Ok(Outcome::Done))
+    }
+
+    #[test]
+    fn an_id_listed_twice_keeps_one_answer() {
+        let answer = |at_ms| Answer {
+            at_ms,
+            result: done(),
+        };
+        let mut cache =
+            RetryCache::from_parts(vec![(b"a".to_vec(), answer(5)), (b"a".to_vec(), answer(9))]);
+        assert_eq!(cache.to_parts(), vec![(b"a".to_vec(), answer(9))]);
+        cache.expire(9 + RETRY_TTL_MS + 1, &mut Vec::new());
+        assert!(cache.is_empty() && cache.to_parts().is_empty());
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub const MAX_RAFT_MESSAGE_BYTES: usize = 64 << 20;
 pub async fn run(
     listener: TcpListener,
     node: MetaNode,
+    limits: transport::ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let meta = MetaServiceServer::new(MetaServiceImpl::new(node.clone()))
@@ -37,7 +38,7 @@ pub async fn run(
         .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);
     let router = transport::server().add_service(meta).add_service(raft);
-    transport::serve_with_grace(router, listener, shutdown, SHUTDOWN_GRACE).await?;
+    transport::serve_with_grace(router, listener, limits, shutdown, SHUTDOWN_GRACE).await?;
     node.shutdown().await;
     Ok(())
 }

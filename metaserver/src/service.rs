@@ -3,28 +3,20 @@
 
 use std::sync::atomic::Ordering;
 
-use shardfs_proto::DfsPath;
 use shardfs_proto::meta::v1 as pb;
 use shardfs_proto::meta::v1::meta_service_server::MetaService;
 use tonic::{Request, Response, Status};
 
-use crate::chunks::Beat;
-use crate::cluster::ChunkServerInfo;
-use crate::convert::{
-    check_replication, entry_to_wire, file_from_wire, id_from_wire, ids_from_wire,
-};
+use crate::convert::{entry_to_wire, id_from_wire};
 use crate::error::MetaError;
-use crate::liveness::{ScrubReport, Usage};
 use crate::namespace::NsError;
 use crate::node::MetaNode;
-use crate::retries::MAX_REQUEST_ID;
+use crate::requests;
 use crate::types::{Command, Outcome};
 
 /// Default and largest page of a listing.
 const LIST_DEFAULT_LIMIT: usize = 1000;
 const LIST_MAX_LIMIT: usize = 10_000;
-/// Most chunks one LocateChunks call answers for.
-const MAX_LOCATE: usize = 100_000;
 
 pub struct MetaServiceImpl {
     node: MetaNode,
@@ -36,26 +28,11 @@ impl MetaServiceImpl {
     }
 }
 
-fn path(text: &str) -> Result<DfsPath, MetaError> {
-    Ok(DfsPath::parse(text)?)
-}
-
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-/// A call's request id, checked.
-fn request_id(id: &[u8]) -> Result<&[u8], MetaError> {
-    if id.len() > MAX_REQUEST_ID {
-        return Err(MetaError::InvalidArgument(format!(
-            "a request id is at most {MAX_REQUEST_ID} bytes; this one is {}",
-            id.len()
-        )));
-    }
-    Ok(id)
 }
 
 #[tonic::async_trait]
@@ -64,14 +41,7 @@ impl MetaService for MetaServiceImpl {
         &self,
         request: Request<pb::MkdirRequest>,
     ) -> Result<Response<pb::MkdirResponse>, Status> {
-        let request = request.into_inner();
-        let now = now_ms();
-        let command = Command::Mkdir {
-            path: path(&request.path)?.to_string(),
-            parents: request.parents,
-            mtime_ms: now,
-        };
-        let command = Command::once(request_id(&request.request_id)?, now, command);
+        let command = requests::mkdir(&request.into_inner(), now_ms())?;
         let created = matches!(self.node.write(command).await?, Outcome::Created(true));
         Ok(Response::new(pb::MkdirResponse { created }))
     }
@@ -81,17 +51,18 @@ impl MetaService for MetaServiceImpl {
         request: Request<pb::CommitFileRequest>,
     ) -> Result<Response<pb::CommitFileResponse>, Status> {
         let request = request.into_inner();
-        let file = request
-            .file
-            .ok_or_else(|| MetaError::InvalidArgument("commit without a file".into()))?;
         let now = now_ms();
-        let file = file_from_wire(&file, now)?;
-        let content_id = file.content_id.to_vec().into();
-        let path = path(&request.path)?.to_string();
-        let request_id = request_id(&request.request_id)?;
+        let commit = requests::commit(&request, now)?;
+        let content_id = commit.file.content_id.to_vec().into();
         let outcome = self
             .node
-            .commit_file(path, file, request.if_absent, request_id, now)
+            .commit_file(
+                commit.path,
+                commit.file,
+                commit.if_absent,
+                commit.request_id,
+                now,
+            )
             .await?;
         let replaced = matches!(outcome, Outcome::Replaced(true));
         Ok(Response::new(pb::CommitFileResponse {
@@ -104,7 +75,7 @@ impl MetaService for MetaServiceImpl {
         &self,
         request: Request<pb::LookupRequest>,
     ) -> Result<Response<pb::LookupResponse>, Status> {
-        let path = path(&request.into_inner().path)?;
+        let path = requests::path(&request.into_inner().path)?;
         let entry = self
             .node
             .read(|state| {
@@ -121,7 +92,7 @@ impl MetaService for MetaServiceImpl {
         request: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
         let request = request.into_inner();
-        let path = path(&request.path)?;
+        let path = requests::path(&request.path)?;
         let limit = match request.limit as usize {
             0 => LIST_DEFAULT_LIMIT,
             n => n.min(LIST_MAX_LIMIT),
@@ -146,12 +117,7 @@ impl MetaService for MetaServiceImpl {
         &self,
         request: Request<pb::RenameRequest>,
     ) -> Result<Response<pb::RenameResponse>, Status> {
-        let request = request.into_inner();
-        let command = Command::Rename {
-            from: path(&request.from)?.to_string(),
-            to: path(&request.to)?.to_string(),
-        };
-        let command = Command::once(request_id(&request.request_id)?, now_ms(), command);
+        let command = requests::rename(&request.into_inner(), now_ms())?;
         self.node.write(command).await?;
         Ok(Response::new(pb::RenameResponse {}))
     }
@@ -160,12 +126,7 @@ impl MetaService for MetaServiceImpl {
         &self,
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        let request = request.into_inner();
-        let command = Command::Delete {
-            path: path(&request.path)?.to_string(),
-            recursive: request.recursive,
-        };
-        let command = Command::once(request_id(&request.request_id)?, now_ms(), command);
+        let command = requests::delete(&request.into_inner(), now_ms())?;
         let files_deleted = match self.node.write(command).await? {
             Outcome::Deleted(files) => files,
             _ => 0,
@@ -253,12 +214,7 @@ impl MetaService for MetaServiceImpl {
         request: Request<pb::AddMetaserverRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
         let request = request.into_inner();
-        if request.id == 0 || request.addr.is_empty() {
-            return Err(MetaError::InvalidArgument(
-                "AddMetaserver needs a non-zero id and an address".into(),
-            )
-            .into());
-        }
+        requests::metaserver(&request)?;
         let (voters, learners) = self
             .node
             .add_metaserver(request.id, &request.addr, request.learner_only)
@@ -271,12 +227,7 @@ impl MetaService for MetaServiceImpl {
         request: Request<pb::RegisterChunkServerRequest>,
     ) -> Result<Response<pb::RegisterChunkServerResponse>, Status> {
         let request = request.into_inner();
-        let info = ChunkServerInfo {
-            addr: request.addr,
-            zone: request.zone,
-            capacity_bytes: request.capacity_bytes,
-            draining: false,
-        };
+        let info = requests::chunk_server(&request)?;
         self.node.register_chunk_server(request.id, info).await?;
         Ok(Response::new(pb::RegisterChunkServerResponse {}))
     }
@@ -286,24 +237,7 @@ impl MetaService for MetaServiceImpl {
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let request = request.into_inner();
-        let beat = Beat {
-            server: request.id,
-            usage: Usage {
-                used_bytes: request.used_bytes,
-                free_bytes: request.free_bytes,
-                capacity_bytes: request.capacity_bytes,
-            },
-            added: ids_from_wire(&request.added)?,
-            removed: ids_from_wire(&request.removed)?,
-            full_inventory: request.full_inventory,
-            full_inventory_first: request.full_inventory_first,
-            scrub: ScrubReport {
-                passes: request.scrub_passes,
-                bytes: request.scrub_bytes,
-                corrupt: request.scrub_corrupt,
-                pass_permille: request.scrub_pass_permille,
-            },
-        };
+        let beat = requests::beat(&request)?;
         let known = self.node.heartbeat(beat).await?;
         Ok(Response::new(pb::HeartbeatResponse { reregister: !known }))
     }
@@ -313,12 +247,7 @@ impl MetaService for MetaServiceImpl {
         request: Request<pb::AllocateChunksRequest>,
     ) -> Result<Response<pb::AllocateChunksResponse>, Status> {
         let request = request.into_inner();
-        let replication = check_replication(request.replication)?;
-        let chunks = request
-            .chunks
-            .iter()
-            .map(|c| Ok((id_from_wire(&c.id)?, c.length)))
-            .collect::<Result<Vec<_>, MetaError>>()?;
+        let (chunks, replication) = requests::allocation(&request)?;
         let placements = self
             .node
             .allocate(&chunks, replication, &request.exclude)?
@@ -336,14 +265,7 @@ impl MetaService for MetaServiceImpl {
         &self,
         request: Request<pb::LocateChunksRequest>,
     ) -> Result<Response<pb::LocateChunksResponse>, Status> {
-        let ids = ids_from_wire(&request.into_inner().ids)?;
-        if ids.len() > MAX_LOCATE {
-            return Err(MetaError::InvalidArgument(format!(
-                "{} chunks in one LocateChunks call; at most {MAX_LOCATE} are accepted",
-                ids.len()
-            ))
-            .into());
-        }
+        let ids = requests::locate(&request.into_inner())?;
         let chunks = self
             .node
             .locate(&ids)?

@@ -65,6 +65,12 @@ impl State {
                 for (server, chunks) in confirmed {
                     cluster.report(*server, chunks, &[], false, &mut journal.cluster);
                 }
+                file.check_shape().map_err(NsError::Invalid)?;
+                if FileMeta::content_id_of(&file.chunks) != file.content_id {
+                    return Err(NsError::Invalid(
+                        "the file's content id is not that of its chunks".into(),
+                    ));
+                }
                 check_replicas(cluster, file, *min_replicas)?;
                 check_lengths(ns, file)?;
                 ns.commit(&p, file.clone(), *if_absent, journal)

@@ -88,8 +88,26 @@ pub enum Command {
     Once {
         request_id: Vec<u8>,
         at_ms: u64,
+        #[serde(deserialize_with = "once_inner")]
         command: Box<Command>,
     },
+}
+
+/// The command inside a [`Command::Once`], which may not itself be a
+/// `Once`: commands come off the network, and unbounded nesting would
+/// recurse the decoder (and apply) off the end of the stack.
+fn once_inner<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Box<Command>, D::Error> {
+    use std::cell::Cell;
+    thread_local!(static INSIDE_ONCE: Cell<bool> = const { Cell::new(false) });
+    if INSIDE_ONCE.get() {
+        return Err(serde::de::Error::custom(
+            "a Once command may not hold another Once",
+        ));
+    }
+    INSIDE_ONCE.set(true);
+    let inner = Command::deserialize(d);
+    INSIDE_ONCE.set(false);
+    inner.map(Box::new)
 }
 
 impl Command {

@@ -22,6 +22,7 @@ pub mod chunk_client;
 pub mod id;
 pub mod meta_client;
 pub mod path;
+pub mod span;
 pub mod transport;
 
 pub use id::{ChunkId, IdError};

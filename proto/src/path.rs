@@ -110,6 +110,12 @@ impl DfsPath {
 
     /// `self/name`; `name` must be a valid single component.
     pub fn join(&self, name: &str) -> Result<DfsPath, PathError> {
+        if name.contains('/') {
+            return Err(PathError {
+                path: name.chars().take(200).collect(),
+                reason: "a name may not contain /".into(),
+            });
+        }
         if self.is_root() {
             Self::parse(&format!("/{name}"))
         } else {

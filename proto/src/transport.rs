@@ -5,10 +5,16 @@
 //! here, larger frames and windows took them from ~1.7 GB/s to ~2.7 GB/s.
 //! Both ends must agree, so they are set in one place.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::server::Router;
 use tonic::transport::{Channel, Endpoint, Server};
@@ -32,6 +38,181 @@ pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A new connection that sends nothing for this long is closed (an HTTP/2
 /// client sends its preface at once).
 pub const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections one peer (IP address) may hold open to one server.
+pub const CONNECTIONS_PER_PEER: usize = 512;
+
+/// What a server lets one connection or one peer cost it before the
+/// protocol starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// A connection silent for this long after it opened is closed.
+    pub first_bytes_timeout: Duration,
+    /// Connections beyond this many from one IP address are closed at once.
+    pub per_peer: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            first_bytes_timeout: FIRST_BYTES_TIMEOUT,
+            per_peer: CONNECTIONS_PER_PEER,
+        }
+    }
+}
+
+/// Counts open connections per peer IP address and admits at most a bound
+/// of them, so one host (or one misbehaving client) cannot take every
+/// connection a server can hold. Peers behind one NAT share an address:
+/// raise the bound for them.
+#[derive(Debug, Clone)]
+pub struct PeerLimit {
+    max: usize,
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl PeerLimit {
+    pub fn new(max: usize) -> Self {
+        Self {
+            max,
+            open: Arc::default(),
+        }
+    }
+
+    /// A slot for one more connection from `peer`, held until it is
+    /// dropped; None when `peer` already holds the most it may.
+    pub fn admit(&self, peer: IpAddr) -> Option<PeerSlot> {
+        let mut open = self.open.lock().expect("peer counts");
+        let count = open.entry(peer).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(PeerSlot {
+            open: self.open.clone(),
+            peer,
+        })
+    }
+
+    /// Connections `peer` holds open now.
+    pub fn open(&self, peer: IpAddr) -> usize {
+        self.open
+            .lock()
+            .expect("peer counts")
+            .get(&peer)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// One admitted connection's place in its peer's count.
+#[derive(Debug)]
+pub struct PeerSlot {
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    peer: IpAddr,
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().expect("peer counts");
+        if let Some(count) = open.get_mut(&self.peer) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// A connection that holds its peer's slot for as long as it is open.
+#[derive(Debug)]
+pub struct Admitted {
+    stream: TcpStream,
+    slot: PeerSlot,
+}
+
+impl Admitted {
+    /// `stream` with a slot of `limit`, or None (and the stream closed) when
+    /// its peer holds the most connections it may.
+    pub fn admit(stream: TcpStream, limit: &PeerLimit) -> Option<Self> {
+        let peer = stream.peer_addr().ok()?.ip();
+        match limit.admit(peer) {
+            Some(slot) => Some(Self { stream, slot }),
+            None => {
+                tracing::debug!(
+                    "closing a connection from {peer}: it holds {} already",
+                    limit.max
+                );
+                None
+            }
+        }
+    }
+
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    /// The stream and its slot, for a connection served off the runtime.
+    pub fn into_parts(self) -> (TcpStream, PeerSlot) {
+        (self.stream, self.slot)
+    }
+}
+
+impl AsyncRead for Admitted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Admitted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+impl tonic::transport::server::Connected for Admitted {
+    type ConnectInfo = <TcpStream as tonic::transport::server::Connected>::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+/// Waits up to `timeout` for `stream`'s first byte: false when it stayed
+/// silent or closed.
+pub async fn spoke(stream: &TcpStream, timeout: Duration) -> bool {
+    let mut first = [0u8; 1];
+    tokio::time::timeout(timeout, stream.peek(&mut first))
+        .await
+        .is_ok_and(|peeked| peeked.is_ok_and(|n| n > 0))
+}
 
 /// A server builder tuned for bulk transfer.
 pub fn server() -> Server {
@@ -50,19 +231,24 @@ pub fn server() -> Server {
 pub async fn serve_with_grace(
     router: Router,
     listener: TcpListener,
+    limits: ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send,
     grace: Duration,
 ) -> Result<(), tonic::transport::Error> {
-    serve_incoming_with_grace(router, speaking(listener), shutdown, grace).await
+    serve_incoming_with_grace(router, speaking(listener, limits), shutdown, grace).await
 }
 
-/// The connections `listener` accepts that send something within
-/// [`FIRST_BYTES_TIMEOUT`]; silent ones are closed. Each is waited for on a
-/// task of its own, so a silent one never delays the others.
+/// The connections `listener` accepts within `limits`: at most
+/// `per_peer` from one address (more are closed at once), and only those
+/// that send something within `first_bytes_timeout` (silent ones are
+/// closed). Each is waited for on a task of its own, so a silent one never
+/// delays the others.
 pub fn speaking(
     listener: TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> + Send + 'static {
-    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<tokio::net::TcpStream>>(64);
+    limits: ConnectionLimits,
+) -> impl tokio_stream::Stream<Item = std::io::Result<Admitted>> + Send + 'static {
+    let peers = PeerLimit::new(limits.per_peer);
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Admitted>>(64);
     tokio::spawn(async move {
         let mut accepted = TcpListenerStream::new(listener);
         loop {
@@ -79,13 +265,12 @@ pub fn speaking(
                 }
                 None => return,
             };
+            let Some(stream) = Admitted::admit(stream, &peers) else {
+                continue;
+            };
             let tx = tx.clone();
             tokio::spawn(async move {
-                let mut first = [0u8; 1];
-                let spoke = tokio::time::timeout(FIRST_BYTES_TIMEOUT, stream.peek(&mut first))
-                    .await
-                    .is_ok_and(|peeked| peeked.is_ok_and(|n| n > 0));
-                if spoke {
+                if spoke(stream.stream(), limits.first_bytes_timeout).await {
                     let _ = tx.send(Ok(stream)).await;
                 }
             });
@@ -103,14 +288,14 @@ pub async fn serve_incoming_with_grace<S>(
     grace: Duration,
 ) -> Result<(), tonic::transport::Error>
 where
-    S: tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> + Send + 'static,
+    S: tokio_stream::Stream<Item = std::io::Result<Admitted>> + Send + 'static,
 {
     // `Server::tcp_nodelay` only covers connections tonic accepts itself.
     // Without it, Nagle holds back the small trailers frame that ends each
     // response until the client's delayed ACK: 40 ms per unary call.
     let incoming = tokio_stream::StreamExt::map(incoming, |conn| {
-        conn.inspect(|stream| {
-            let _ = stream.set_nodelay(true);
+        conn.inspect(|admitted| {
+            let _ = admitted.stream().set_nodelay(true);
         })
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -163,4 +348,115 @@ pub fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
 /// meant to be created once per peer and cloned for every request.
 pub fn lazy_channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
     Ok(endpoint(addr)?.connect_lazy())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio_stream::StreamExt;
+
+    async fn connect_from(from: [u8; 4], addr: std::net::SocketAddr) -> TcpStream {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        socket
+            .bind(&std::net::SocketAddr::from((from, 0)).into())
+            .expect("bind");
+        socket.connect(&addr.into()).expect("connect");
+        let stream: std::net::TcpStream = socket.into();
+        stream.set_nonblocking(true).unwrap();
+        TcpStream::from_std(stream).unwrap()
+    }
+
+    #[tokio::test]
+    async fn speaking_admits_a_bounded_number_per_peer_and_drops_silent_ones() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = ConnectionLimits {
+            first_bytes_timeout: Duration::from_millis(300),
+            per_peer: 3,
+        };
+        let mut admitted = Box::pin(speaking(listener, limits));
+
+        // Five from one address that speak: three get through, two are closed.
+        let mut greedy = Vec::new();
+        for _ in 0..5 {
+            let mut stream = connect_from([127, 0, 0, 2], addr).await;
+            tokio::io::AsyncWriteExt::write_all(&mut stream, b"x")
+                .await
+                .unwrap();
+            greedy.push(stream);
+        }
+        let mut through = Vec::new();
+        for _ in 0..3 {
+            let next = tokio::time::timeout(Duration::from_secs(2), admitted.next())
+                .await
+                .expect("an admitted connection")
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                next.stream().peer_addr().unwrap().ip(),
+                IpAddr::from([127, 0, 0, 2])
+            );
+            through.push(next);
+        }
+        let mut closed = 0;
+        for stream in &mut greedy {
+            let mut byte = [0u8; 1];
+            // Closed: an end of stream, or a reset (its byte was unread).
+            if let Ok(Ok(0) | Err(_)) =
+                tokio::time::timeout(Duration::from_millis(200), stream.read(&mut byte)).await
+            {
+                closed += 1;
+            }
+        }
+        assert_eq!(closed, 2);
+
+        // Another address still gets in; a silent one never comes through.
+        let _silent = connect_from([127, 0, 0, 4], addr).await;
+        let mut other = connect_from([127, 0, 0, 3], addr).await;
+        tokio::io::AsyncWriteExt::write_all(&mut other, b"x")
+            .await
+            .unwrap();
+        let next = tokio::time::timeout(Duration::from_secs(2), admitted.next())
+            .await
+            .expect("another peer's connection")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            next.stream().peer_addr().unwrap().ip(),
+            IpAddr::from([127, 0, 0, 3])
+        );
+        assert!(
+            tokio::time::timeout(Duration::from_millis(800), admitted.next())
+                .await
+                .is_err(),
+            "a silent connection was passed on"
+        );
+
+        // A closed connection frees its place.
+        drop(through.pop());
+        let mut again = connect_from([127, 0, 0, 2], addr).await;
+        tokio::io::AsyncWriteExt::write_all(&mut again, b"x")
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(2), admitted.next())
+            .await
+            .expect("a freed place is given again")
+            .unwrap()
+            .unwrap();
+    }
+
+    #[test]
+    fn peer_slots_are_counted_and_given_back() {
+        let limit = PeerLimit::new(2);
+        let peer = IpAddr::from([10, 0, 0, 1]);
+        let a = limit.admit(peer).unwrap();
+        let _b = limit.admit(peer).unwrap();
+        assert!(limit.admit(peer).is_none());
+        assert!(limit.admit(IpAddr::from([10, 0, 0, 2])).is_some());
+        drop(a);
+        assert_eq!(limit.open(peer), 1);
+        assert!(limit.admit(peer).is_some());
+    }
 }

@@ -114,7 +114,8 @@ impl InProcessServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let (tx, rx) = oneshot::channel();
-        let task = tokio::spawn(server::run(listener, store.clone(), 1 << 30, async {
+        let limits = shardfs_chunk::config::Limits::default();
+        let task = tokio::spawn(server::run(listener, store.clone(), limits, async {
             let _ = rx.await;
         }));
         let client = ChunkClient::new(&addr).unwrap();

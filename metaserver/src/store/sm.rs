@@ -66,9 +66,9 @@ impl SnapshotPayload {
         }
     }
 
-    fn into_state(self) -> State {
-        State {
-            namespace: Namespace::from_rows(self.namespace),
+    fn into_state(self) -> Result<State, String> {
+        Ok(State {
+            namespace: Namespace::from_rows(self.namespace)?,
             cluster: Cluster::from_parts(
                 self.servers.into_iter().collect(),
                 self.locations
@@ -77,7 +77,7 @@ impl SnapshotPayload {
                     .collect(),
             ),
             retries: RetryCache::from_parts(self.retries),
-        }
+        })
     }
 }
 
@@ -237,10 +237,17 @@ impl StateMachine {
                 codec::decode(&value).map_err(|e| decode_error(ErrorSubject::StateMachine, e))?;
             retries.push((key[1..].to_vec(), answer));
         }
+        let namespace = Namespace::from_parts(inodes, entries, next_inode);
+        namespace.check().map_err(|why| {
+            decode_error(
+                ErrorSubject::StateMachine,
+                codec::DecodeError::Invalid(format!("inconsistent namespace: {why}")),
+            )
+        })?;
         let mut sm = Self {
             kv,
             state: Arc::new(RwLock::new(State {
-                namespace: Namespace::from_parts(inodes, entries, next_inode),
+                namespace,
                 cluster: Cluster::from_parts(servers, locations),
                 retries: RetryCache::from_parts(retries),
             })),
@@ -283,9 +290,8 @@ impl StateMachine {
 
     /// Replaces the state with a snapshot's and writes it through.
     fn restore(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
-        let payload: SnapshotPayload = codec::decode(data)
+        let state = decode_snapshot(data)
             .map_err(|e| decode_error(ErrorSubject::Snapshot(Some(meta.signature())), e))?;
-        let state = payload.into_state();
         let batch = full_batch(&state, &meta.last_log_id, &meta.last_membership);
         let write_err = |e| io_error(ErrorSubject::StateMachine, ErrorVerb::Write, e);
         self.kv.clear(Space::State).map_err(write_err)?;
@@ -296,6 +302,18 @@ impl StateMachine {
         self.membership = meta.last_membership.clone();
         Ok(())
     }
+}
+
+/// The state a snapshot's data holds (what `InstallSnapshot` carries).
+pub fn decode_snapshot(data: &[u8]) -> Result<State, codec::DecodeError> {
+    codec::decode::<SnapshotPayload>(data)?
+        .into_state()
+        .map_err(|why| codec::DecodeError::Invalid(format!("inconsistent namespace: {why}")))
+}
+
+/// A snapshot's data for `state`.
+pub fn encode_snapshot(state: &State) -> Vec<u8> {
+    codec::encode(&SnapshotPayload::of(state))
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
