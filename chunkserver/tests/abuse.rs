@@ -496,10 +496,7 @@ async fn writers_waiting_for_put_memory_do_not_buffer_their_chunks() {
     for seed in 0..48u64 {
         let client = server.client();
         let (id, bytes) = chunk(300 + seed, 9 * MIB);
-        writers.push((
-            id,
-            tokio::spawn(async move { client.put(id, bytes).await }),
-        ));
+        writers.push((id, tokio::spawn(async move { client.put(id, bytes).await })));
     }
     tokio::time::sleep(Duration::from_millis(2500)).await;
     // Each holds its first 1 MiB message and at most a 2 MiB stream window
@@ -526,7 +523,10 @@ async fn writers_waiting_for_put_memory_do_not_buffer_their_chunks() {
             Err(status) => assert_eq!(status.code(), Code::ResourceExhausted, "{status}"),
         }
     }
-    assert!(stored > 0, "no writer got through once the stalled one was dropped");
+    assert!(
+        stored > 0,
+        "no writer got through once the stalled one was dropped"
+    );
     drop(stalled);
     assert_serving(&server, 22, MIB).await;
 }

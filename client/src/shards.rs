@@ -34,6 +34,10 @@ pub struct Cursor {
     pub world: u64,
     pub rank: u64,
     pub drop_remainder: bool,
+    /// Whether the epoch's order is shuffled (else it is the sorted
+    /// listing's order).
+    #[serde(default = "shuffled_by_default")]
+    pub shuffle: bool,
     /// The dataset's content id (hex): a cursor only resumes the dataset
     /// it was taken from.
     pub dataset: String,
@@ -45,6 +49,10 @@ pub struct Cursor {
     /// oldest first: each says which shards the ranks of then had yielded.
     #[serde(default)]
     pub resizes: Vec<Resize>,
+}
+
+fn shuffled_by_default() -> bool {
+    true
 }
 
 /// A change of world size mid-epoch: the old world, and how many of its
@@ -67,6 +75,8 @@ pub struct Assignment<'a> {
     pub epoch: u64,
     pub world: u64,
     pub drop_remainder: bool,
+    /// Shuffle the epoch's order (else: the sorted listing's order).
+    pub shuffle: bool,
     /// Global position of the epoch's shuffled order to start from (0 but
     /// for old cursors).
     pub base: u64,
@@ -90,7 +100,11 @@ impl Assignment<'_> {
     /// of them, less those yielded before each resize (a remainder an old
     /// world dropped was not yielded: it stays).
     fn remaining(&self) -> Vec<usize> {
-        let order = shuffled(self.shards, self.dataset, self.seed, self.epoch);
+        let order = if self.shuffle {
+            shuffled(self.shards, self.dataset, self.seed, self.epoch)
+        } else {
+            (0..self.shards).collect()
+        };
         let mut rest: Vec<usize> = order.into_iter().skip(self.base as usize).collect();
         for resize in self.resizes {
             let w = resize.world.max(1) as usize;
@@ -166,6 +180,7 @@ pub struct ShardsBuilder {
     epoch: u64,
     seed: u64,
     drop_remainder: bool,
+    shuffle: bool,
     prefetch_bytes: u64,
     parallel_chunks: usize,
     resume: Resume,
@@ -205,6 +220,7 @@ impl Client {
             epoch: 0,
             seed: 0,
             drop_remainder: false,
+            shuffle: true,
             prefetch_bytes: 1 << 30,
             parallel_chunks: 16,
             resume: Resume::Nothing,
@@ -232,6 +248,12 @@ impl ShardsBuilder {
     /// Cut the shards that do not divide evenly instead of wrapping around.
     pub fn drop_remainder(mut self, drop: bool) -> Self {
         self.drop_remainder = drop;
+        self
+    }
+    /// Shuffle each epoch's order of shards, from (seed, epoch) (the
+    /// default); without, every epoch goes in path order.
+    pub fn shuffle(mut self, shuffle: bool) -> Self {
+        self.shuffle = shuffle;
         self
     }
     /// Bytes of shards fetched ahead of the consumer (default 1 GiB).
@@ -319,6 +341,7 @@ impl ShardsBuilder {
             position,
             base,
             resizes,
+            shuffle,
             ..
         } = start;
         let order = Assignment {
@@ -328,6 +351,7 @@ impl ShardsBuilder {
             epoch,
             world: self.world,
             drop_remainder: self.drop_remainder,
+            shuffle,
             base,
             resizes: &resizes,
         }
@@ -359,6 +383,7 @@ impl ShardsBuilder {
                 world: self.world,
                 rank: self.rank,
                 drop_remainder: self.drop_remainder,
+                shuffle,
                 dataset: dataset.to_hex(),
                 base,
                 resizes,
@@ -377,6 +402,7 @@ impl ShardsBuilder {
             world: self.world,
             rank: self.rank,
             drop_remainder: self.drop_remainder,
+            shuffle: self.shuffle,
             dataset: dataset.to_hex(),
             base: 0,
             resizes: Vec::new(),
@@ -598,6 +624,7 @@ mod tests {
             epoch,
             world,
             drop_remainder,
+            shuffle: true,
             base: 0,
             resizes,
         }
