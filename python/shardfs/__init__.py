@@ -410,3 +410,14 @@ class ShardStream:
 
     def __iter__(self) -> Iterator[Tuple[str, bytes]]:
         return iter(self._stream())
+
+    def tar_members(self) -> Iterator[Tuple[str, List[Tuple[str, bytes]]]]:
+        """Iterates the shards as tar archives: `(path, [(name, bytes),
+        ...])` with the regular files of each, parsed natively (the shard
+        itself is never copied into Python)."""
+        stream = self._stream()
+        while True:
+            item = stream.next_members()
+            if item is None:
+                return
+            yield item

@@ -36,7 +36,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import torch.utils.data
 
 from . import Client, ShardStream
-from .wds import samples as tar_samples
+from .wds import group as tar_group
 
 __all__ = ["ShardDataset"]
 
@@ -150,7 +150,8 @@ class ShardDataset(torch.utils.data.IterableDataset):
         before = stream.state()
         self._position = {"cursor": before, "partial": None}
         apply = self.map
-        for path, data in stream:
+        shards = iter(stream) if self.format == "raw" else stream.tar_members()
+        for path, data in shards:
             after = stream.state()
             skip = skips.pop(path, 0)
             if self.format == "raw":
@@ -158,7 +159,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
                 if not skip:
                     yield apply((path, data)) if apply else (path, data)
             else:
-                for index, sample in enumerate(tar_samples(path, data)):
+                for index, sample in enumerate(tar_group(path, data)):
                     if index < skip:
                         continue
                     self._position = {"cursor": before, "partial": {"path": path, "skip": index + 1}}

@@ -13,9 +13,9 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-from typing import Any, Dict, Iterator
+from typing import Any, Dict, Iterable, Iterator, Tuple
 
-__all__ = ["samples", "decode"]
+__all__ = ["samples", "group", "decode"]
 
 
 def _split(name: str):
@@ -36,6 +36,25 @@ def decode(extension: str, data: bytes) -> Any:
     if last == "txt":
         return data.decode("utf-8")
     return data
+
+
+def group(url: str, members: Iterable[Tuple[str, bytes]]) -> Iterator[Dict[str, Any]]:
+    """The samples of a tar shard read from `url`, given its regular files
+    (name, bytes) in archive order."""
+    current: Dict[str, Any] = {}
+    for name, payload in members:
+        split = _split(name)
+        if split is None or split[0].rsplit("/", 1)[-1].startswith("__"):
+            continue
+        key, extension = split
+        if current and current["__key__"] != key:
+            yield current
+            current = {}
+        if not current:
+            current = {"__key__": key, "__url__": url}
+        current[extension] = decode(extension, payload)
+    if current:
+        yield current
 
 
 def samples(url: str, data: bytes) -> Iterator[Dict[str, Any]]:

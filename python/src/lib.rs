@@ -12,6 +12,7 @@ mod errors;
 mod process;
 mod reader;
 mod stream;
+mod tar;
 
 use std::path::Path;
 

@@ -7,6 +7,12 @@
 //! its process id and rebuilt when a call comes from another process; the
 //! stale value is leaked, not dropped (dropping a runtime waits for
 //! threads that do not exist in the child).
+//!
+//! Locks held by the parent's threads at the moment of the fork stay held
+//! in the child, so the child must never touch what those threads use:
+//! only the stale values (never used again) do. Tokio is built without
+//! `parking_lot`, whose one global table of waiters would be shared by the
+//! old runtime and the new one.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -56,6 +62,17 @@ impl<T: Clone> PerProcess<T> {
         if let Some(stale) = slot.replace((pid, value))
             && stale.0 != pid
         {
+            std::mem::forget(stale);
+        }
+    }
+}
+
+impl<T> Drop for PerProcess<T> {
+    /// A value another process made is leaked, not dropped: its destructor
+    /// could wait on that process's runtime, whose threads are not here.
+    fn drop(&mut self) {
+        let slot = self.slot.get_mut().unwrap_or_else(|p| p.into_inner());
+        if let Some(stale) = slot.take_if(|(owner, _)| *owner != std::process::id()) {
             std::mem::forget(stale);
         }
     }

@@ -120,6 +120,36 @@ impl Shards {
         }
     }
 
+    /// The next shard as a tar archive's regular files: `(path, [(name,
+    /// bytes), ...])`, or None at the end. Each member's bytes are copied
+    /// once, from the verified shard; the shard itself never becomes a
+    /// Python object.
+    fn next_members<'py>(
+        &mut self,
+        py: Python<'py>,
+    ) -> PyResult<Option<(String, Vec<(String, Bound<'py, PyBytes>)>)>> {
+        let stream = self.stream(py)?;
+        let (item, state) = block(py, move || async move {
+            let mut stream = stream.lock().await;
+            let item = stream.next().await;
+            Ok((item, stream.state()))
+        })?;
+        self.last = Some(state);
+        let (path, bytes) = match item {
+            None => return Ok(None),
+            Some(Ok(shard)) => shard,
+            Some(Err(error)) => return Err(to_python(error)),
+        };
+        let members = crate::tar::members(&bytes).map_err(|why| {
+            PyValueError::new_err(format!("{path}: not a valid tar shard: {why}"))
+        })?;
+        let members = members
+            .into_iter()
+            .map(|(name, data)| (name, PyBytes::new(py, &data)))
+            .collect();
+        Ok(Some((path, members)))
+    }
+
     /// Where to resume after the shards yielded so far, as JSON.
     fn state(&mut self, py: Python<'_>) -> PyResult<String> {
         if self.last.is_none() {

@@ -202,3 +202,40 @@ def test_a_client_made_in_the_parent_works_in_a_child(client, method):
             child.kill()
     assert child.exitcode == 0
     assert client.get(f"/py/child-{method}.bin") == data  # and the parent still can
+
+
+def test_ctrl_c_interrupts_a_blocked_call(tmp_path):
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    # A "metaserver" that accepts connections and never answers: the
+    # client's first call waits on it for seconds.
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)
+    port = silent.getsockname()[1]
+    script = (
+        "import sys, time, shardfs\n"
+        "print('calling', flush=True)\n"
+        "started = time.monotonic()\n"
+        "try:\n"
+        f"    shardfs.Client('127.0.0.1:{port}')\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted after', round(time.monotonic() - started, 2), flush=True)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "calling"
+        time.sleep(1.0)
+        child.send_signal(signal.SIGINT)
+        out, _ = child.communicate(timeout=10)
+    finally:
+        if child.poll() is None:
+            child.kill()
+        silent.close()
+    assert out.startswith("interrupted after"), out
+    assert float(out.split()[-1]) < 2.5, out
