@@ -32,6 +32,9 @@ pub struct Options {
 
 type Shared = Arc<Mutex<ShardStream>>;
 
+/// A shard's path and its tar members (name, bytes), in archive order.
+type TarShard<'py> = (String, Vec<(String, Bound<'py, PyBytes>)>);
+
 #[pyclass(module = "shardfs._shardfs")]
 pub struct Shards {
     client: Py<PyClient>,
@@ -124,10 +127,7 @@ impl Shards {
     /// bytes), ...])`, or None at the end. Each member's bytes are copied
     /// once, from the verified shard; the shard itself never becomes a
     /// Python object.
-    fn next_members<'py>(
-        &mut self,
-        py: Python<'py>,
-    ) -> PyResult<Option<(String, Vec<(String, Bound<'py, PyBytes>)>)>> {
+    fn next_members<'py>(&mut self, py: Python<'py>) -> PyResult<Option<TarShard<'py>>> {
         let stream = self.stream(py)?;
         let (item, state) = block(py, move || async move {
             let mut stream = stream.lock().await;
