@@ -15,7 +15,7 @@ cargo test --workspace --locked
 
 echo "test: the Python package (built with the dev profile, installed, pytest)"
 rm -rf target/wheels
-maturin build --quiet --profile dev --manifest-path python/Cargo.toml --out target/wheels
+python3 -m maturin build --quiet --profile dev --manifest-path python/Cargo.toml --out target/wheels
 python3 -m pip install --quiet --force-reinstall --no-deps target/wheels/shardfs-*.whl
 # From the repository root, so python/shardfs (no native module) does not
 # shadow the installed package; the cluster uses the binaries cargo built.
