@@ -34,6 +34,9 @@ struct Inner {
     /// Where the last call succeeded: tried first.
     leader: Mutex<Option<String>>,
     deadline: Duration,
+    /// How long one metaserver may take to answer one attempt (None: a
+    /// third of the deadline, 1-10 s).
+    attempt: Option<Duration>,
 }
 
 /// True when a call failed because its connection broke (the metaserver
@@ -94,18 +97,31 @@ impl MetaClient {
                 channels: Mutex::new(HashMap::new()),
                 leader: Mutex::new(None),
                 deadline: DEFAULT_DEADLINE,
+                attempt: None,
             }),
         })
     }
 
     /// The same client with another deadline for finding a leader.
     pub fn with_deadline(&self, deadline: Duration) -> Self {
+        self.with_timing(deadline, self.inner.attempt)
+    }
+
+    /// The same client giving each metaserver up to `attempt` to answer a
+    /// call before trying another (for calls known to take long, like the
+    /// largest commits in a debug build).
+    pub fn with_attempt_timeout(&self, attempt: Duration) -> Self {
+        self.with_timing(self.inner.deadline, Some(attempt))
+    }
+
+    fn with_timing(&self, deadline: Duration, attempt: Option<Duration>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 addrs: self.inner.addrs.clone(),
                 channels: Mutex::new(self.inner.channels.lock().unwrap().clone()),
                 leader: Mutex::new(self.inner.leader.lock().unwrap().clone()),
                 deadline,
+                attempt,
             }),
         }
     }
@@ -150,8 +166,9 @@ impl MetaClient {
             };
             // One metaserver may hang (cut off by a partition): give each
             // attempt a share of the deadline, then try the others.
-            let attempt =
-                (self.inner.deadline / 3).clamp(Duration::from_secs(1), Duration::from_secs(10));
+            let attempt = self.inner.attempt.unwrap_or_else(|| {
+                (self.inner.deadline / 3).clamp(Duration::from_secs(1), Duration::from_secs(10))
+            });
             let answer = match tokio::time::timeout(attempt, call(self.direct(&addr)?)).await {
                 Ok(answer) => answer,
                 Err(_) => Err(Status::unavailable(format!(
