@@ -33,7 +33,7 @@ pub struct BenchArgs {
     pub seconds: u64,
     /// Sizes (in chunks) of the single large commits timed after the
     /// rates; sizes over the per-file limit are skipped.
-    #[arg(long, value_delimiter = ',', default_values_t = [16_384, 65_536, 131_072, 262_144])]
+    #[arg(long, value_delimiter = ',', default_values_t = [4_096, 16_384, 65_536])]
     pub large_commits: Vec<usize>,
     /// Print one JSON object instead of a table.
     #[arg(long)]

@@ -15,13 +15,13 @@ use crate::service::MetaServiceImpl;
 
 /// How long in-flight calls may run on after shutdown is asked for.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-/// Largest client request accepted (a file of 262,144 chunks is about
+/// Largest client request accepted (a file of 262,144 chunks would be about
 /// 11 MiB on the wire).
 pub const MAX_REQUEST_BYTES: usize = 16 << 20;
 /// Largest Raft message accepted between metaservers. Batches of entries
 /// stay under `network::APPEND_BATCH_BYTES` and snapshot pieces are 3 MiB;
 /// the largest single entry, a commit of `MAX_CHUNKS_PER_FILE` chunks with
-/// every replica confirmed, is about 36 MB. Anything larger is refused
+/// every replica confirmed, is about 9 MB. Anything larger is refused
 /// before it is buffered.
 pub const MAX_RAFT_MESSAGE_BYTES: usize = 64 << 20;
 
