@@ -35,6 +35,24 @@ async fn raw_put(addr: &str) -> RawPut {
     RawPut { tx, call }
 }
 
+/// A put of a 60 MiB chunk (from `seed`) that sends its header and first
+/// 1 MiB, then stalls: it holds 60 MiB of put memory until dropped.
+async fn stalled_writer(addr: &str, seed: u64) -> (RawPut, ChunkId) {
+    let (big, big_bytes) = chunk(seed, 60 * MIB);
+    let stalled = raw_put(addr).await;
+    stalled
+        .tx
+        .send(put_header(big.as_bytes(), 60 << 20))
+        .await
+        .unwrap();
+    stalled
+        .tx
+        .send(put_data(big_bytes.slice(0..MIB)))
+        .await
+        .unwrap();
+    (stalled, big)
+}
+
 /// The server's resident memory in MiB.
 fn rss_mib(server: &ServerProcess) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
@@ -116,18 +134,7 @@ async fn stalled_put_streams_are_dropped_and_do_not_starve_other_writers() {
     // One writer takes almost all of the budget with its first message,
     // then stalls. It is dropped once it has been silent for the idle
     // timeout, and the writer waiting behind it gets its turn.
-    let (big, big_bytes) = chunk(4, 60 * MIB);
-    let stalled = raw_put(&server.addr).await;
-    stalled
-        .tx
-        .send(put_header(big.as_bytes(), 60 << 20))
-        .await
-        .unwrap();
-    stalled
-        .tx
-        .send(put_data(big_bytes.slice(0..MIB)))
-        .await
-        .unwrap();
+    let (stalled, big) = stalled_writer(&server.addr, 4).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
     assert_serving(&server, 5, 8 * MIB).await;
@@ -477,18 +484,7 @@ async fn writers_waiting_for_put_memory_do_not_buffer_their_chunks() {
     assert_serving(&server, 20, MIB).await;
     // A writer takes 60 MiB of the 64 MiB budget and stalls (it is dropped
     // after the 5 s idle timeout).
-    let (big, big_bytes) = chunk(21, 60 * MIB);
-    let stalled = raw_put(&server.addr).await;
-    stalled
-        .tx
-        .send(put_header(big.as_bytes(), 60 << 20))
-        .await
-        .unwrap();
-    stalled
-        .tx
-        .send(put_data(big_bytes.slice(0..MIB)))
-        .await
-        .unwrap();
+    let (stalled, _) = stalled_writer(&server.addr, 21).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = rss_mib(&server);
 

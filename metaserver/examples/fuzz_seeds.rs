@@ -129,19 +129,7 @@ fn main() -> anyhow::Result<()> {
         out.extend(message);
         out
     };
-    let wire_file = pb::FileInfo {
-        chunks: file
-            .chunks
-            .iter()
-            .map(|c| pb::ChunkRef {
-                id: c.id.to_vec().into(),
-                length: c.length,
-            })
-            .collect(),
-        size: file.size,
-        replication: 3,
-        ..Default::default()
-    };
+    let wire_file = shardfs_meta::convert::file_to_wire(&file);
     let sequence = [
         frame(
             0,

@@ -58,30 +58,21 @@ def group(url: str, members: Iterable[Tuple[str, bytes]]) -> Iterator[Dict[str, 
 
 
 def samples(url: str, data: bytes) -> Iterator[Dict[str, Any]]:
-    """The samples of one tar shard (`data`, read from `url`), in order."""
-    current: Dict[str, Any] = {}
+    """The samples of one tar shard (`data`, read from `url`), in order,
+    parsed with Python's `tarfile`."""
     try:
         archive = tarfile.open(fileobj=io.BytesIO(data), mode="r|")
     except tarfile.TarError as e:
         raise ValueError(f"{url}: not a tar file ({e})") from None
-    with archive:
+
+    def members() -> Iterator[Tuple[str, bytes]]:
         try:
             for member in archive:
-                if not member.isfile():
-                    continue
-                split = _split(member.name)
-                if split is None or split[0].rsplit("/", 1)[-1].startswith("__"):
-                    continue
-                key, extension = split
-                if current and current["__key__"] != key:
-                    yield current
-                    current = {}
-                if not current:
-                    current = {"__key__": key, "__url__": url}
-                extracted = archive.extractfile(member)
-                payload = extracted.read() if extracted is not None else b""
-                current[extension] = decode(extension, payload)
+                if member.isfile():
+                    extracted = archive.extractfile(member)
+                    yield member.name, extracted.read() if extracted is not None else b""
         except tarfile.TarError as e:
             raise ValueError(f"{url}: a broken tar file ({e})") from None
-    if current:
-        yield current
+
+    with archive:
+        yield from group(url, members())

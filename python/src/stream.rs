@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -99,6 +100,20 @@ impl Shards {
     }
 }
 
+impl Shards {
+    /// The next shard (None at the end), its cursor kept for a rebuild.
+    fn next_shard(&mut self, py: Python<'_>) -> PyResult<Option<(String, Bytes)>> {
+        let stream = self.stream(py)?;
+        let (item, state) = block(py, move || async move {
+            let mut stream = stream.lock().await;
+            let item = stream.next().await;
+            Ok((item, stream.state()))
+        })?;
+        self.last = Some(state);
+        item.transpose().map_err(to_python)
+    }
+}
+
 #[pymethods]
 impl Shards {
     fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
@@ -109,18 +124,9 @@ impl Shards {
         &mut self,
         py: Python<'py>,
     ) -> PyResult<Option<(String, Bound<'py, PyBytes>)>> {
-        let stream = self.stream(py)?;
-        let (item, state) = block(py, move || async move {
-            let mut stream = stream.lock().await;
-            let item = stream.next().await;
-            Ok((item, stream.state()))
-        })?;
-        self.last = Some(state);
-        match item {
-            None => Ok(None),
-            Some(Ok((path, bytes))) => Ok(Some((path, PyBytes::new(py, &bytes)))),
-            Some(Err(error)) => Err(to_python(error)),
-        }
+        Ok(self
+            .next_shard(py)?
+            .map(|(path, bytes)| (path, PyBytes::new(py, &bytes))))
     }
 
     /// The next shard as a tar archive's regular files: `(path, [(name,
@@ -128,17 +134,8 @@ impl Shards {
     /// once, from the verified shard; the shard itself never becomes a
     /// Python object.
     fn next_members<'py>(&mut self, py: Python<'py>) -> PyResult<Option<TarShard<'py>>> {
-        let stream = self.stream(py)?;
-        let (item, state) = block(py, move || async move {
-            let mut stream = stream.lock().await;
-            let item = stream.next().await;
-            Ok((item, stream.state()))
-        })?;
-        self.last = Some(state);
-        let (path, bytes) = match item {
-            None => return Ok(None),
-            Some(Ok(shard)) => shard,
-            Some(Err(error)) => return Err(to_python(error)),
+        let Some((path, bytes)) = self.next_shard(py)? else {
+            return Ok(None);
         };
         let members = crate::tar::members(&bytes).map_err(|why| {
             PyValueError::new_err(format!("{path}: not a valid tar shard: {why}"))
