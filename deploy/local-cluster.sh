@@ -58,12 +58,20 @@ for pair in "chunk:$chunks" "meta:$metas"; do
     fi
 done
 case "$dir" in /*) ;; *) dir="$PWD/$dir" ;; esac
-bin="$repo/target/release"
+# SHARDFS_BIN_DIR: use the binaries already built there (no build), as
+# deploy/tour-test.sh does with the ones the tests built.
+bin="${SHARDFS_BIN_DIR:-$repo/target/release}"
 
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 build() {
-    echo "building release binaries (first build takes a few minutes)..."
+    if [ -n "${SHARDFS_BIN_DIR:-}" ]; then
+        for b in shardfs shardfs-meta shardfs-chunk; do
+            [ -x "$bin/$b" ] || { echo "local-cluster.sh: $bin/$b is missing (SHARDFS_BIN_DIR)" >&2; exit 1; }
+        done
+        return
+    fi
+    echo "building release binaries (the first build takes about 6 minutes on 2 cores)..."
     (cd "$repo" && cargo build --release --bins --quiet)
 }
 

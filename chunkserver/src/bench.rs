@@ -17,6 +17,7 @@ use bytes::Bytes;
 use clap::Args;
 use shardfs_proto::ChunkId;
 use shardfs_proto::chunk_client::ChunkClient;
+use shardfs_proto::{errln, outln};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 #[derive(Args, Debug, Clone)]
@@ -86,7 +87,7 @@ async fn run_in(args: &BenchArgs, base: &Path) -> anyhow::Result<()> {
     let total_bytes = (args.chunks * args.chunk_size) as f64;
     let progress = |what: &str| {
         if !args.json {
-            eprintln!("bench: {what}");
+            errln!("bench: {what}");
         }
     };
     let mut figures = Vec::new();
@@ -186,29 +187,36 @@ async fn run_in(args: &BenchArgs, base: &Path) -> anyhow::Result<()> {
                 )
             })
             .collect();
-        println!(
+        outln!(
             r#"{{"chunk_size":{},"chunks":{},"figures":[{}]}}"#,
             args.chunk_size,
             args.chunks,
             items.join(",")
         );
     } else {
-        println!(
+        outln!(
             "chunk server bench: {} chunks of {} bytes per run",
-            args.chunks, args.chunk_size
+            args.chunks,
+            args.chunk_size
         );
-        println!(
+        outln!(
             "{:<24} {:>7} {:>8} {:>22}",
-            "measure", "streams", "MB/s", "server CPU s per GB"
+            "measure",
+            "streams",
+            "MB/s",
+            "server CPU s per GB"
         );
         for f in &figures {
             let cpu = f
                 .server_cpu_s_per_gb
                 .map(|c| format!("{c:.2}"))
                 .unwrap_or_default();
-            println!(
+            outln!(
                 "{:<24} {:>7} {:>8.0} {:>22}",
-                f.name, f.streams, f.mb_per_s, cpu
+                f.name,
+                f.streams,
+                f.mb_per_s,
+                cpu
             );
         }
         let find = |name: &str, streams: usize| {
@@ -221,7 +229,7 @@ async fn run_in(args: &BenchArgs, base: &Path) -> anyhow::Result<()> {
             if let (Some(put), Some(disk)) =
                 (find("put", streams), find("disk write+fsync", streams))
             {
-                println!(
+                outln!(
                     "put / disk, {streams} stream(s): {:.0}%",
                     100.0 * put / disk
                 );
@@ -453,12 +461,15 @@ pub async fn probe(addr: &str, json: bool) -> anyhow::Result<()> {
     let millis = start.elapsed().as_secs_f64() * 1e3;
     let stats = client.stats().await.map_err(unreachable)?;
     if json {
-        println!(
+        outln!(
             r#"{{"addr":"{addr}","ok":true,"round_trip_ms":{millis:.1},"chunk_count":{},"used_bytes":{},"capacity_bytes":{},"free_bytes":{}}}"#,
-            stats.chunk_count, stats.used_bytes, stats.capacity_bytes, stats.free_bytes
+            stats.chunk_count,
+            stats.used_bytes,
+            stats.capacity_bytes,
+            stats.free_bytes
         );
     } else {
-        println!(
+        outln!(
             "{addr}: ok (1 MiB put + verified get + delete in {millis:.1} ms); {} chunks, {:.1} MiB used, {:.1} GiB free",
             stats.chunk_count,
             stats.used_bytes as f64 / (1u64 << 20) as f64,

@@ -21,6 +21,7 @@ use shardfs_chunk::bench::{self, BenchArgs};
 use shardfs_chunk::config::{Config, FileConfig, LimitSettings, Overrides};
 use shardfs_chunk::{ChunkStore, StoreConfig, heartbeat, server};
 use shardfs_proto::meta_client::MetaClient;
+use shardfs_proto::{errln, outln};
 use tokio::net::TcpListener;
 use tracing::info;
 
@@ -116,7 +117,7 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("shardfs-chunk: {e:#}");
+            errln!("shardfs-chunk: {e:#}");
             std::process::ExitCode::FAILURE
         }
     }
@@ -148,7 +149,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
     info!(%addr, data_dir = %config.data_dir.display(), "chunk server listening");
-    println!("listening on {addr}");
+    outln!("listening on {addr}");
     std::io::stdout().flush()?;
     let scrub_stats = std::sync::Arc::new(shardfs_chunk::scrub::ScrubStats::default());
     let scrubber =

@@ -12,7 +12,8 @@ use serde::Serialize;
 
 use crate::client::Client;
 use crate::error::Result;
-use crate::put::PutOptions;
+use crate::put::{Progress, PutOptions};
+use shardfs_proto::errln;
 
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -118,10 +119,11 @@ pub async fn run_bench(
     client: &Client,
     options: &BenchOptions,
     chatty: bool,
+    progress: Option<Progress>,
 ) -> Result<BenchReport> {
     let say = |text: String| {
         if chatty {
-            eprintln!("{text}");
+            errln!("{text}");
         }
     };
     let run = std::time::SystemTime::now()
@@ -152,7 +154,14 @@ pub async fn run_bench(
             let data = unique_copy(&base, i, options.chunk_size, run);
             let path = format!("{dir}/file-{i:05}");
             let put_options = put_options.clone();
-            async move { client.put_bytes(data, &path, &put_options).await }
+            let progress = progress.clone();
+            async move {
+                let put = client.put_bytes(data, &path, &put_options).await?;
+                if let Some(progress) = &progress {
+                    progress(put.bytes);
+                }
+                Ok::<_, crate::ClientError>(put)
+            }
         })
         .buffer_unordered(options.streams.max(1))
         .try_collect::<Vec<_>>()
@@ -166,11 +175,12 @@ pub async fn run_bench(
         "reading them back {} time(s)...",
         options.read_rounds
     ));
-    let (read_seconds, read_latencies, bytes_verified) = read_rounds(client, &dir, options).await?;
+    let (read_seconds, read_latencies, bytes_verified) =
+        read_rounds(client, &dir, options, progress.clone()).await?;
     let grpc = if options.compare_grpc {
         say("and again over gRPC GetChunk...".to_string());
         client.set_bulk_reads(false);
-        let grpc = read_rounds(client, &dir, options).await;
+        let grpc = read_rounds(client, &dir, options, progress.clone()).await;
         client.set_bulk_reads(client.config().bulk_reads);
         Some(grpc?)
     } else {
@@ -198,6 +208,10 @@ pub async fn run_bench(
             }
         }
         client.remove(&dir, true).await?;
+        // The parent too, when nothing else is left in it.
+        if client.list(&options.dir).await.is_ok_and(|l| l.is_empty()) {
+            let _ = client.remove(&options.dir, false).await;
+        }
         for (addr, ids) in by_server {
             if let Err(e) = client.delete_chunks(&addr, &ids).await {
                 say(format!(
@@ -233,6 +247,7 @@ async fn read_rounds(
     client: &Client,
     dir: &str,
     options: &BenchOptions,
+    progress: Option<Progress>,
 ) -> Result<(f64, Vec<Duration>, u64)> {
     let verified = AtomicU64::new(0);
     let mut latencies = Vec::new();
@@ -242,6 +257,7 @@ async fn read_rounds(
             .map(|i| {
                 let path = format!("{dir}/file-{i:05}");
                 let verified = &verified;
+                let progress = &progress;
                 async move {
                     let layout = client.layout(&path).await?;
                     let largest = options.chunk_size.max(1);
@@ -253,6 +269,9 @@ async fn read_rounds(
                                 let t = Instant::now();
                                 let data = client.spawn_fetch(&layout.path, span, k).await?;
                                 verified.fetch_add(data.len(), Ordering::Relaxed);
+                                if let Some(progress) = progress {
+                                    progress(data.len());
+                                }
                                 Ok::<_, crate::ClientError>(t.elapsed())
                             }
                         })

@@ -10,7 +10,7 @@ use std::time::Duration;
 use shardfs_proto::chunk_client::ChunkClient;
 use shardfs_proto::meta::v1 as pb;
 use shardfs_proto::meta_client::MetaClient;
-use shardfs_proto::{ChunkId, DEFAULT_CHUNK_BYTES, DfsPath, MAX_CHUNK_BYTES};
+use shardfs_proto::{ChunkId, DEFAULT_CHUNK_BYTES, DfsPath, MAX_CHUNK_BYTES, MAX_REPLICATION};
 use tokio::sync::Semaphore;
 
 use crate::error::{ClientError, Result, status_cause};
@@ -43,6 +43,9 @@ pub struct ClientConfig {
     /// The shortest wait before a hedge, so a fast cluster is not asked
     /// twice for everything.
     pub hedge_floor: Duration,
+    /// How long a metaserver call keeps looking for a leader before it
+    /// fails (a mount answers sooner from what it has cached).
+    pub meta_deadline: Duration,
 }
 
 impl Default for ClientConfig {
@@ -57,6 +60,7 @@ impl Default for ClientConfig {
             bulk_reads: true,
             hedge_reads: true,
             hedge_floor: Duration::from_millis(50),
+            meta_deadline: shardfs_proto::meta_client::DEFAULT_DEADLINE,
         }
     }
 }
@@ -70,9 +74,9 @@ impl ClientConfig {
                 MAX_CHUNK_BYTES >> 20
             )));
         }
-        if !(1..=16).contains(&self.replication) {
+        if !(1..=MAX_REPLICATION).contains(&self.replication) {
             return Err(ClientError::InvalidArgument(format!(
-                "replication {} is out of range: it must be between 1 and 16",
+                "replication {} is out of range: it must be between 1 and {MAX_REPLICATION}",
                 self.replication
             )));
         }
@@ -171,7 +175,9 @@ impl Client {
                     .into(),
             ));
         }
-        let meta = MetaClient::new(&addrs).map_err(|s| ClientError::meta("metaservers", s))?;
+        let meta = MetaClient::new(&addrs)
+            .map_err(|s| ClientError::meta("metaservers", s))?
+            .with_deadline(config.meta_deadline);
         probe(&meta, &addrs).await?;
         let permits = (config.put_memory_bytes >> 10).clamp(MAX_CHUNK_BYTES >> 10, u32::MAX as u64);
         let bulk_reads = config.bulk_reads;
@@ -373,7 +379,8 @@ impl Client {
 
 /// Parses a namespace path, with the rules in words on failure.
 pub fn parse(path: &str) -> Result<DfsPath> {
-    DfsPath::parse(path).map_err(|e| ClientError::InvalidArgument(format!("{path:?}: {e}")))
+    // (The error names the path, shortened when it is long.)
+    DfsPath::parse(path).map_err(|e| ClientError::InvalidArgument(e.to_string()))
 }
 
 pub(crate) fn chunk_id(path: &str, bytes: &[u8]) -> Result<ChunkId> {
@@ -393,6 +400,9 @@ async fn probe(meta: &MetaClient, addrs: &[String]) -> Result<()> {
         let call = client.cluster_status(pb::ClusterStatusRequest {});
         match tokio::time::timeout(Duration::from_secs(3), call).await {
             Ok(Ok(_)) => Ok(()),
+            Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => Err(format!(
+                "{addr} answers, but it is not a metaserver (a chunk server's port?)"
+            )),
             Ok(Err(status)) => Err(status_cause(&status)),
             Err(_) => Err("no answer within 3 s".to_string()),
         }

@@ -6,20 +6,23 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 /// mimalloc, tuned by `shardfs_proto::alloc::keep_freed_memory`.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use shardfs_client::bench::{BenchOptions, run_bench};
+use shardfs_client::put::check_file_size;
 use shardfs_client::read::unwrap_io;
-use shardfs_client::transfer::entry_size;
+use shardfs_client::transfer::{LocalTree, TreeCounts, entry_size, local_tree};
 use shardfs_client::{Client, ClientConfig, ClientError, Progress, PutOptions, Result};
 use shardfs_proto::meta::v1 as pb;
+use shardfs_proto::{errln, outln};
 
 /// The addresses `deploy/local-cluster.sh up` uses.
 const DEFAULT_META: &str = "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103";
@@ -30,11 +33,14 @@ const DEFAULT_META: &str = "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103";
     version,
     about = "Put, get and manage datasets in a shardfs cluster",
     after_help = "Metaservers come from --meta or SHARDFS_META (source .shardfs-cluster/cluster.env \
-                  after deploy/local-cluster.sh up)."
+                  after deploy/local-cluster.sh up). SHARDFS_LOG=warn (or debug) shows the client's \
+                  log on standard error.\n\
+                  Exit codes: 0 ok, 1 error (one line on standard error), 2 usage, 130 interrupted."
 )]
 struct Cli {
-    /// Metaserver addresses, comma-separated (host:port,...).
-    #[arg(long, env = "SHARDFS_META", default_value = DEFAULT_META, global = true)]
+    /// Metaserver addresses, comma-separated (host:port,...); give it
+    /// before the command.
+    #[arg(long, env = "SHARDFS_META", default_value = DEFAULT_META)]
     meta: String,
     #[command(subcommand)]
     command: Command,
@@ -44,10 +50,14 @@ struct Cli {
 enum Command {
     /// Upload local files or directories (- reads standard input).
     Put(PutArgs),
-    /// Download a file or (with -r) a directory.
+    /// Download a file, or with -r a directory (LOCAL - writes a file to
+    /// standard output).
     Get {
+        /// The remote file or directory.
         #[arg(value_parser = remote_arg)]
         remote: String,
+        /// Where to write it: a local path, an existing local directory
+        /// (under the remote name), or - for standard output.
         local: PathBuf,
         /// Download a directory and everything under it.
         #[arg(short, long)]
@@ -55,45 +65,55 @@ enum Command {
     },
     /// Print files to standard output.
     Cat {
+        /// Remote files, printed one after another.
         #[arg(required = true, value_parser = remote_arg)]
         paths: Vec<String>,
     },
     /// List a directory.
     Ls {
+        /// The remote directory (or file) to list.
         #[arg(default_value = "/", value_parser = remote_arg)]
         path: String,
-        /// Long format: type, size, replication, modification time.
-        #[arg(short = 'l')]
+        /// Long format: type, replication, size, modification time, name.
+        #[arg(short = 'l', long)]
         long: bool,
-        /// List subdirectories too.
-        #[arg(short = 'R')]
+        /// List subdirectories too, with full paths.
+        #[arg(short = 'R', long)]
         recursive: bool,
+        /// Print a JSON array of entries instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Show a file's size, chunks and where each chunk is stored.
     Stat {
+        /// The remote file or directory.
         #[arg(value_parser = remote_arg)]
         path: String,
+        /// Print JSON (with each chunk's id, offset, length and locations).
         #[arg(long)]
         json: bool,
     },
     /// Delete files, or directories with -r.
     Rm {
+        /// Remote files or directories.
         #[arg(required = true, value_parser = remote_arg)]
         paths: Vec<String>,
+        /// Delete directories and everything under them.
         #[arg(short, long)]
         recursive: bool,
     },
-    /// Rename or move a file or directory.
+    /// Rename or move a file or directory (into TO when TO is a directory).
     Mv {
+        /// The remote file or directory to move.
         #[arg(value_parser = remote_arg)]
         from: String,
+        /// Its new path, or an existing directory to move it into.
         #[arg(value_parser = remote_arg)]
         to: String,
     },
     /// Create directories.
     Mkdir {
+        /// Remote directories to create.
         #[arg(required = true, value_parser = remote_arg)]
         paths: Vec<String>,
         /// Create missing parents; no error if it exists.
@@ -114,11 +134,23 @@ enum Command {
     Mount(MountArgs),
     /// Unmount a shardfs mount and wait for its process to end.
     Umount {
+        /// The local directory where it is mounted.
         mountpoint: PathBuf,
         /// Detach it now even while files are open there; it goes once
         /// they are closed.
         #[arg(long)]
         lazy: bool,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish or
+    /// powershell), e.g. `shardfs completions bash > /etc/bash_completion.d/shardfs`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (shardfs.1 and one per command) into a directory.
+    Man {
+        /// The directory (created if missing), e.g. /usr/local/share/man/man1.
+        dir: PathBuf,
     },
 }
 
@@ -143,15 +175,19 @@ struct MountArgs {
 
 #[derive(Args)]
 struct StreamArgs {
-    /// The dataset: a directory whose files are the shards.
+    /// The dataset: a directory whose files are the shards (or one file).
     #[arg(value_parser = remote_arg)]
     prefix: String,
+    /// This reader's rank, from 0 to world - 1.
     #[arg(long, default_value_t = 0)]
     rank: u64,
+    /// How many ranks share the dataset; each gets its own shards.
     #[arg(long, default_value_t = 1)]
     world: u64,
+    /// The epoch: with the seed, it chooses the shuffled order.
     #[arg(long, default_value_t = 0)]
     epoch: u64,
+    /// The shuffle seed (the same on every rank).
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Cut the shards that do not divide evenly among ranks instead of
@@ -188,17 +224,27 @@ struct StreamArgs {
 
 #[derive(Args)]
 struct PutArgs {
-    /// Local files or directories, then the remote destination.
-    #[arg(required = true, num_args = 2.., value_name = "LOCAL... REMOTE")]
-    paths: Vec<String>,
-    /// Upload directories and everything under them.
+    /// Local files or directories (- for standard input).
+    #[arg(required = true, num_args = 1.., value_name = "LOCAL")]
+    sources: Vec<String>,
+    /// The remote destination: the file or tree to write, or (ending in /,
+    /// or with several sources) the directory to put them into.
+    #[arg(required = true, value_name = "REMOTE")]
+    remote: String,
+    /// Upload directories and everything under them. Re-running the same
+    /// put skips the files already stored with the same content.
     #[arg(short, long)]
     recursive: bool,
-    /// Replicas per chunk (default 3).
-    #[arg(long)]
+    /// Never replace an existing remote file: refuse a single file, skip
+    /// existing files of a tree (as cp -n).
+    #[arg(short = 'n', long)]
+    no_clobber: bool,
+    /// Replicas per chunk, from 1 to 16 (default 3).
+    #[arg(long, value_parser = parse_replication, allow_hyphen_values = true)]
     replication: Option<u32>,
-    /// Bytes per chunk, like 8MiB, 4M or 65536 (default 8 MiB, at most 64 MiB).
-    #[arg(long, value_parser = parse_size)]
+    /// Bytes per chunk, like 8MiB, 4M or 65536: from 1 byte to 64 MiB
+    /// (default 8 MiB).
+    #[arg(long, value_parser = parse_chunk_size, allow_hyphen_values = true)]
     chunk_size: Option<u64>,
 }
 
@@ -206,6 +252,7 @@ struct PutArgs {
 enum ClusterCommand {
     /// Metaservers, chunk servers and replication health, as the leader sees them.
     Status {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -238,10 +285,11 @@ struct BenchArgs {
     /// Files transferred at once.
     #[arg(long, default_value_t = 8)]
     streams: usize,
-    #[arg(long, default_value_t = 3)]
+    /// Replicas per chunk, from 1 to 16.
+    #[arg(long, default_value_t = 3, value_parser = parse_replication, allow_hyphen_values = true)]
     replication: u32,
-    /// Bytes per chunk.
-    #[arg(long, value_parser = parse_size, default_value = "8MiB")]
+    /// Bytes per chunk, from 1 byte to 64 MiB.
+    #[arg(long, value_parser = parse_chunk_size, default_value = "8MiB", allow_hyphen_values = true)]
     chunk_size: u64,
     /// Read passes over the files.
     #[arg(long, default_value_t = 2)]
@@ -258,8 +306,11 @@ struct BenchArgs {
     /// Remote directory for the files (deleted afterwards unless --keep).
     #[arg(long, default_value = "/.bench")]
     dir: String,
+    /// Keep the files written (by default they and their chunks are
+    /// deleted at the end).
     #[arg(long)]
     keep: bool,
+    /// Print the figures as JSON.
     #[arg(long)]
     json: bool,
 }
@@ -276,7 +327,9 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SHARDFS_LOG")
-                .unwrap_or_else(|_| "shardfs_client=warn".into()),
+                // Warnings (a replica that failed and was read elsewhere)
+                // only when asked: the error, if any, says what matters.
+                .unwrap_or_else(|_| "error".into()),
         )
         .with_writer(std::io::stderr)
         .with_target(false)
@@ -288,7 +341,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("shardfs: {e}");
+            errln!("shardfs: {e}");
             ExitCode::from(1)
         }
     }
@@ -298,10 +351,19 @@ async fn run(cli: Cli) -> Result<()> {
     let addrs: Vec<String> = cli.meta.split(',').map(str::to_string).collect();
     match &cli.command {
         Command::Umount { mountpoint, lazy } => return umount(mountpoint, *lazy).await,
+        Command::Completions { shell } => {
+            let mut out = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "shardfs", &mut out);
+            std::io::Write::write_all(&mut std::io::stdout().lock(), &out)
+                .unwrap_or_else(|e| shardfs_proto::output::stdout_failed(e));
+            return Ok(());
+        }
+        Command::Man { dir } => return man_pages(dir),
         Command::Mount(args) if !args.foreground => return mount_in_background(&cli.meta, args),
         _ => {}
     }
     let mut config = ClientConfig::default();
+    let mut local_sources = Vec::new();
     if let Command::Put(args) = &cli.command {
         if let Some(r) = args.replication {
             config.replication = r;
@@ -310,9 +372,14 @@ async fn run(cli: Cli) -> Result<()> {
             config.chunk_size = s;
         }
         config.check()?;
+        // A bad argument fails before anything is sent (or even dialled).
+        local_sources = plan_local(args, config.chunk_size)?;
     }
     if let Command::Mount(args) = &cli.command {
         config.read_ahead_bytes = args.read_ahead;
+        // Without metaservers the mount serves what it has seen and fails
+        // the rest fast, instead of blocking every program for 15 s.
+        config.meta_deadline = MOUNT_META_DEADLINE;
     }
     if let Command::Bench(args) = &cli.command {
         config.read_ahead_bytes = args.read_ahead;
@@ -320,7 +387,7 @@ async fn run(cli: Cli) -> Result<()> {
     }
     let client = Client::connect_with(&addrs, config).await?;
     match cli.command {
-        Command::Put(args) => put(&client, args).await,
+        Command::Put(args) => put(&client, args, local_sources).await,
         Command::Get {
             remote,
             local,
@@ -337,9 +404,10 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Rm { paths, recursive } => {
             for path in paths {
                 client.remove(&path, recursive).await.map_err(|e| match e {
+                    // The CLI's own words for the metaserver's hint.
                     ClientError::InvalidArgument(m) if !recursive && m.contains("not empty") => {
                         ClientError::InvalidArgument(format!(
-                            "{m} (use -r to delete it and everything under it)"
+                            "{path}: directory not empty (use -r to delete it and everything under it)"
                         ))
                     }
                     e => e,
@@ -381,15 +449,21 @@ async fn run(cli: Cli) -> Result<()> {
                 .remove_chunk_server(id)
                 .await
                 .map_err(|s| ClientError::meta("cluster remove", s))?;
-            println!("chunk server {id} removed");
+            outln!("chunk server {id} removed");
             Ok(())
         }
         Command::Bench(args) => bench(&client, args).await,
         Command::Stream(args) => stream(&client, args).await,
         Command::Mount(args) => mount_here(client, args).await,
-        Command::Umount { .. } => unreachable!("handled before connecting"),
+        Command::Umount { .. } | Command::Completions { .. } | Command::Man { .. } => {
+            unreachable!("handled before connecting")
+        }
     }
 }
+
+/// How long a mount waits for a metaserver leader before it answers from
+/// its cache (or fails the call).
+const MOUNT_META_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Set in the environment of a mount started in the background: the child
 /// prints `ready` on standard output once mounted, then detaches from it.
@@ -447,7 +521,7 @@ fn mount_in_background(meta: &str, args: &MountArgs) -> Result<()> {
     let stdout = child.stdout.take().expect("piped");
     let _ = std::io::BufReader::new(stdout).read_line(&mut line);
     if line.trim() == "ready" {
-        println!(
+        outln!(
             "mounted {} at {} (process {}); `shardfs umount {}` unmounts",
             args.remote,
             mountpoint.display(),
@@ -490,7 +564,7 @@ async fn mount_here(client: Client, args: MountArgs) -> Result<()> {
         let _ = stdout.flush();
         detach_output();
     } else {
-        eprintln!(
+        errln!(
             "mounted {} at {}; Ctrl-C or `shardfs umount {}` unmounts",
             args.remote,
             mounted.mountpoint.display(),
@@ -574,7 +648,7 @@ async fn umount(mountpoint: &Path, lazy: bool) -> Result<()> {
             mountpoint.display()
         )));
     }
-    println!("unmounted {}", canonical.display());
+    outln!("unmounted {}", canonical.display());
     Ok(())
 }
 
@@ -595,9 +669,12 @@ fn parse_size(text: &str) -> std::result::Result<u64, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (digits, unit) = t.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("{text:?} is not a size (try 8MiB, 4M or 65536)"))?;
+    let too_large = || format!("{text:?} is too large (at most {} bytes)", u64::MAX);
+    let n: u64 = match digits.parse() {
+        Ok(n) => n,
+        Err(_) if !digits.is_empty() => return Err(too_large()),
+        Err(_) => return Err(format!("{text:?} is not a size (try 8MiB, 4M or 65536)")),
+    };
     let shift = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 0,
         "k" | "kb" | "kib" => 10,
@@ -607,7 +684,70 @@ fn parse_size(text: &str) -> std::result::Result<u64, String> {
     };
     n.checked_shl(shift)
         .filter(|v| v >> shift == n)
-        .ok_or_else(|| format!("{text:?} is too large"))
+        .ok_or_else(too_large)
+}
+
+/// A chunk size: a size from 1 byte to 64 MiB.
+fn parse_chunk_size(text: &str) -> std::result::Result<u64, String> {
+    let range = format!(
+        "a chunk size is from 1 byte to {} MiB, like 8MiB, 4M or 65536",
+        shardfs_proto::MAX_CHUNK_BYTES >> 20
+    );
+    let digits = text
+        .trim()
+        .trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    match parse_size(text) {
+        Ok(n) if (1..=shardfs_proto::MAX_CHUNK_BYTES).contains(&n) => Ok(n),
+        Ok(_) => Err(format!("{text:?} is out of range: {range}")),
+        // A number too large for any size is out of range too.
+        Err(_) if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) => {
+            Err(format!("{text:?} is out of range: {range}"))
+        }
+        Err(e) => Err(format!("{e}: {range}")),
+    }
+}
+
+/// A replication factor: a whole number from 1 to 16.
+fn parse_replication(text: &str) -> std::result::Result<u32, String> {
+    let most = shardfs_proto::MAX_REPLICATION;
+    match text.trim().parse::<i128>() {
+        Ok(n) if (1..=i128::from(most)).contains(&n) => Ok(n as u32),
+        Ok(_) => Err(format!(
+            "{text:?} is out of range: replication is from 1 to {most} replicas per chunk"
+        )),
+        Err(_) => Err(format!(
+            "{text:?} is not a whole number: replication is from 1 to {most} replicas per chunk"
+        )),
+    }
+}
+
+/// `shardfs man DIR`: shardfs.1 and one page per command (shardfs-put.1...).
+fn man_pages(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| ClientError::local(dir, e))?;
+    let command = Cli::command();
+    let mut written = Vec::new();
+    let mut pages = vec![("shardfs".to_string(), command.clone())];
+    for sub in command.get_subcommands() {
+        let name = format!("shardfs-{}", sub.get_name());
+        for nested in sub.get_subcommands() {
+            pages.push((
+                format!("{name}-{}", nested.get_name()),
+                nested.clone().name(format!("{name}-{}", nested.get_name())),
+            ));
+        }
+        pages.push((name.clone(), sub.clone().name(name)));
+    }
+    for (name, page) in pages {
+        let path = dir.join(format!("{name}.1"));
+        let mut text = Vec::new();
+        clap_mangen::Man::new(page)
+            .render(&mut text)
+            .map_err(|e| ClientError::local(&path, e))?;
+        std::fs::write(&path, text).map_err(|e| ClientError::local(&path, e))?;
+        written.push(path);
+    }
+    outln!("wrote {} man page(s) to {}", written.len(), dir.display());
+    Ok(())
 }
 
 /// A progress bar on stderr when it is a terminal; nothing otherwise.
@@ -657,99 +797,239 @@ fn local_name(path: &Path) -> Result<String> {
         })
 }
 
-async fn put(client: &Client, args: PutArgs) -> Result<()> {
-    let (sources, dest) = args.paths.split_at(args.paths.len() - 1);
-    let slash = dest[0].ends_with('/');
-    let dest = trim_slashes(&dest[0]);
-    let dest_exists_dir = is_remote_dir(client, &dest).await?;
-    let into_dir = dest_exists_dir || slash || sources.len() > 1;
-    let options = PutOptions::default();
-    // Plan every transfer first, so a bad argument fails before any upload.
+/// One local source of a put, checked before anything is sent.
+enum LocalSource {
+    Stdin,
+    File { path: PathBuf, size: u64 },
+    Tree { path: PathBuf, tree: LocalTree },
+}
+
+/// Checks every local source of a put: it exists, a directory comes with
+/// -r, standard input is given once, and no file needs more chunks than a
+/// file may have.
+fn plan_local(args: &PutArgs, chunk_size: u64) -> Result<Vec<LocalSource>> {
+    let into_dir = args.remote.ends_with('/') || args.sources.len() > 1;
     let mut plan = Vec::new();
-    let mut total = 0u64;
-    for source in sources {
+    for source in &args.sources {
         if source == "-" {
             if into_dir {
                 return Err(ClientError::InvalidArgument(
                     "standard input (-) needs a remote file name, not a directory".into(),
                 ));
             }
-            plan.push((None, dest.clone(), false));
+            plan.push(LocalSource::Stdin);
             continue;
         }
-        let local = PathBuf::from(source);
-        let meta = std::fs::metadata(&local).map_err(|e| ClientError::local(&local, e))?;
-        let target = if into_dir {
-            remote_join(&dest, &local_name(&local)?)
-        } else {
-            dest.clone()
-        };
+        let path = PathBuf::from(source);
+        let meta = std::fs::metadata(&path).map_err(|e| ClientError::local(&path, e))?;
         if meta.is_dir() {
             if !args.recursive {
                 return Err(ClientError::InvalidArgument(format!(
                     "{source}: is a directory (use -r to upload a directory)"
                 )));
             }
-            let (_, files) = shardfs_client::transfer::local_tree(&local)?;
-            for (_, path) in &files {
-                total += std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+            let tree = local_tree(&path)?;
+            for (_, file, size) in &tree.files {
+                check_file_size(*size, chunk_size).map_err(|e| {
+                    ClientError::InvalidArgument(format!("{}: {e}", file.display()))
+                })?;
             }
-            plan.push((Some(local), target, true));
+            plan.push(LocalSource::Tree { path, tree });
         } else {
-            total += meta.len();
-            plan.push((Some(local), target, false));
+            check_file_size(meta.len(), chunk_size)
+                .map_err(|e| ClientError::InvalidArgument(format!("{source}: {e}")))?;
+            plan.push(LocalSource::File {
+                path,
+                size: meta.len(),
+            });
         }
     }
-    if into_dir && !dest_exists_dir {
+    Ok(plan)
+}
+
+/// `shardfs put`. A single directory source becomes the tree `REMOTE`
+/// (created, or continued when it exists: files already stored with the
+/// same content are skipped), so running the same put again is safe;
+/// `REMOTE/` or several sources put each one inside `REMOTE`.
+async fn put(client: &Client, args: PutArgs, sources: Vec<LocalSource>) -> Result<()> {
+    let slash = args.remote.ends_with('/');
+    let dest = trim_slashes(&args.remote);
+    let dest_entry = match client.stat(&dest).await {
+        Ok(entry) => Some(entry),
+        Err(ClientError::NotFound(_)) => None,
+        Err(e) => return Err(e),
+    };
+    let dest_is_dir = dest_entry.as_ref().is_some_and(|e| e.is_dir);
+    let into_dir = slash || sources.len() > 1;
+    let options = PutOptions {
+        if_absent: args.no_clobber,
+        skip_unchanged: true,
+        ..PutOptions::default()
+    };
+    // Where each source goes.
+    let mut jobs = Vec::new();
+    for source in sources {
+        let target = match &source {
+            LocalSource::Stdin if dest_is_dir => {
+                return Err(ClientError::InvalidArgument(format!(
+                    "{dest} is a directory: name a file for standard input"
+                )));
+            }
+            LocalSource::Stdin => dest.clone(),
+            LocalSource::File { path, .. } | LocalSource::Tree { path, .. }
+                if into_dir || (dest_is_dir && matches!(source, LocalSource::File { .. })) =>
+            {
+                remote_join(&dest, &local_name(path)?)
+            }
+            LocalSource::Tree { .. } if dest_entry.as_ref().is_some_and(|e| !e.is_dir) => {
+                return Err(ClientError::InvalidArgument(format!(
+                    "{dest} is a file: a directory cannot be put over it"
+                )));
+            }
+            _ => dest.clone(),
+        };
+        if let LocalSource::Tree { tree, .. } = &source {
+            for (path, why) in &tree.skipped {
+                errln!("shardfs: skipping {}: {why}", path.display());
+            }
+        }
+        jobs.push((source, target));
+    }
+    if into_dir && !dest_is_dir {
         client.mkdir(&dest, true).await?;
     }
+    let (files_total, bytes_total) = jobs.iter().fold((0u64, 0u64), |(f, b), (s, _)| match s {
+        LocalSource::Stdin => (f + 1, b),
+        LocalSource::File { size, .. } => (f + 1, b + size),
+        LocalSource::Tree { tree, .. } => (f + tree.files.len() as u64, b + tree.bytes()),
+    });
     let started = Instant::now();
-    let (bar, progress) = progress_bar(total, "put");
-    let mut stats = shardfs_client::PutStats::default();
-    let mut files = 0u64;
-    for (local, target, is_dir) in plan {
-        let done = match (local, is_dir) {
-            (None, _) => {
-                files += 1;
-                client
-                    .put_reader(tokio::io::stdin(), &target, &options, progress.clone())
-                    .await
-            }
-            (Some(local), true) => {
-                files += shardfs_client::transfer::local_tree(&local)?.1.len() as u64;
-                client
-                    .put_tree(&local, &target, &options, progress.clone())
-                    .await
-            }
-            (Some(local), false) => {
-                files += 1;
-                client
-                    .put_file(&local, &target, &options, progress.clone())
-                    .await
-            }
-        };
-        match done {
-            Ok(s) => stats.add(&s),
-            Err(e) => {
-                finish(bar);
-                return Err(e);
-            }
+    let (bar, progress) = progress_bar(bytes_total, "put");
+    let counts = TreeCounts::default();
+    let work = async {
+        let mut stats = shardfs_client::PutStats::default();
+        for (source, target) in &jobs {
+            let put = match source {
+                LocalSource::Stdin => {
+                    let put = client
+                        .put_reader(tokio::io::stdin(), target, &options, progress.clone())
+                        .await
+                        .map_err(|e| no_clobber_words(e, args.no_clobber))?;
+                    count_single(&counts, &put);
+                    put
+                }
+                LocalSource::File { path, .. } => {
+                    if args.no_clobber && client.stat(target).await.is_ok() {
+                        return Err(no_clobber_words(
+                            ClientError::AlreadyExists(target.clone()),
+                            true,
+                        ));
+                    }
+                    let put = client
+                        .put_file(path, target, &options, progress.clone())
+                        .await
+                        .map_err(|e| no_clobber_words(e, args.no_clobber))?;
+                    count_single(&counts, &put);
+                    put
+                }
+                LocalSource::Tree { tree, .. } => {
+                    client
+                        .put_local_tree(tree, target, &options, progress.clone(), &counts)
+                        .await?
+                }
+            };
+            stats.add(&put);
         }
-    }
+        Ok::<_, ClientError>(stats)
+    };
+    let outcome = tokio::select! {
+        done = work => Some(done),
+        _ = tokio::signal::ctrl_c() => None,
+    };
     finish(bar);
+    let put_files = counts.put.load(Ordering::Relaxed);
+    let put_bytes = counts.put_bytes.load(Ordering::Relaxed);
+    let skipped = counts.skipped.load(Ordering::Relaxed);
+    let skipped_bytes = counts.skipped_bytes.load(Ordering::Relaxed);
+    let replaced = counts.replaced.load(Ordering::Relaxed);
+    let stats = match outcome {
+        Some(Ok(stats)) => stats,
+        Some(Err(e)) if put_files + skipped > 0 => {
+            return Err(ClientError::InvalidArgument(format!(
+                "{e} ({put_files} of {files_total} file(s) were put and {skipped} already stored \
+                 before it failed: run the same command again to put the rest)"
+            )));
+        }
+        Some(Err(e)) => return Err(e),
+        None => {
+            errln!(
+                "shardfs: interrupted: {put_files} of {files_total} file(s) put ({} of {}), {skipped} \
+                 already stored; the files put are complete: run the same command again to put the rest",
+                human(put_bytes + skipped_bytes),
+                human(bytes_total)
+            );
+            std::process::exit(130);
+        }
+    };
     let secs = started.elapsed().as_secs_f64();
-    eprintln!(
-        "put {files} file(s), {} in {secs:.2} s ({}/s); {} chunk(s), {} already stored",
+    let mut summary = format!(
+        "put {put_files} file(s), {} in {secs:.2} s ({}/s); {} chunk(s), {} already stored",
         human(stats.bytes),
         human((stats.bytes as f64 / secs.max(1e-6)) as u64),
         stats.chunks,
         stats.chunks_deduplicated
     );
+    if skipped > 0 {
+        let why = if args.no_clobber {
+            "they exist (--no-clobber)"
+        } else {
+            "already stored with the same content"
+        };
+        summary.push_str(&format!(
+            "; skipped {skipped} file(s) ({}): {why}",
+            human(skipped_bytes)
+        ));
+    }
+    if replaced > 0 {
+        match jobs.as_slice() {
+            [(LocalSource::Stdin | LocalSource::File { .. }, target)] => {
+                summary.push_str(&format!("; replaced the existing {target}"))
+            }
+            _ => summary.push_str(&format!("; replaced {replaced} existing file(s)")),
+        }
+    }
+    errln!("{summary}");
     Ok(())
+}
+
+/// Counts a single-file put in the tree counts, for one summary.
+fn count_single(counts: &TreeCounts, put: &shardfs_client::PutStats) {
+    counts.put.fetch_add(1, Ordering::Relaxed);
+    counts.put_bytes.fetch_add(put.bytes, Ordering::Relaxed);
+    if put.replaced {
+        counts.replaced.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn no_clobber_words(e: ClientError, no_clobber: bool) -> ClientError {
+    match e {
+        ClientError::AlreadyExists(path) if no_clobber => {
+            ClientError::InvalidArgument(format!("{path}: already exists (--no-clobber keeps it)"))
+        }
+        e => e,
+    }
 }
 
 async fn get(client: &Client, remote: &str, local: &Path, recursive: bool) -> Result<()> {
     let entry = client.stat(remote).await?;
+    if local == Path::new("-") {
+        if entry.is_dir {
+            return Err(ClientError::InvalidArgument(format!(
+                "{remote}: is a directory; only a file can be written to standard output (-)"
+            )));
+        }
+        return cat(client, &[remote.to_string()]).await;
+    }
     let started = Instant::now();
     let name = shardfs_client::client::parse(remote)?
         .name()
@@ -788,7 +1068,7 @@ async fn get(client: &Client, remote: &str, local: &Path, recursive: bool) -> Re
         result?
     };
     let secs = started.elapsed().as_secs_f64();
-    eprintln!(
+    errln!(
         "got {} file(s), {} in {secs:.2} s ({}/s)",
         stats.files,
         human(stats.bytes),
@@ -859,7 +1139,7 @@ async fn ls(client: &Client, path: &str, long: bool, recursive: bool, json: bool
     }
     if json {
         let list: Vec<_> = out.iter().map(|(p, e)| entry_json(p, e)).collect();
-        println!("{}", serde_json::to_string_pretty(&list).expect("json"));
+        outln!("{}", serde_json::to_string_pretty(&list).expect("json"));
         return Ok(());
     }
     for (full, entry) in &out {
@@ -874,9 +1154,9 @@ async fn ls(client: &Client, path: &str, long: bool, recursive: bool, json: bool
             shown
         };
         if long {
-            println!("{}", long_line(entry, &shown));
+            outln!("{}", long_line(entry, &shown));
         } else {
-            println!("{shown}");
+            outln!("{shown}");
         }
     }
     Ok(())
@@ -909,26 +1189,26 @@ async fn stat(client: &Client, path: &str, json: bool) -> Result<()> {
             value["content_id"] = json!(hex(&file.content_id));
             value["chunks"] = json!(chunks);
         }
-        println!("{}", serde_json::to_string_pretty(&value).expect("json"));
+        outln!("{}", serde_json::to_string_pretty(&value).expect("json"));
         return Ok(());
     }
-    println!("path:        {path}");
-    println!(
+    outln!("path:        {path}");
+    outln!(
         "type:        {}",
         if entry.is_dir { "directory" } else { "file" }
     );
-    println!("modified:    {}", format_ms(entry.mtime_ms));
+    outln!("modified:    {}", format_ms(entry.mtime_ms));
     if !entry.is_dir {
-        println!("size:        {} ({} bytes)", human(file.size), file.size);
-        println!("replication: {}", file.replication);
-        println!("content id:  {}", hex(&file.content_id));
-        println!("chunks:      {}", file.chunks.len());
+        outln!("size:        {} ({} bytes)", human(file.size), file.size);
+        outln!("replication: {}", file.replication);
+        outln!("content id:  {}", hex(&file.content_id));
+        outln!("chunks:      {}", file.chunks.len());
         for c in &chunks {
             let locs: Vec<&str> = c["locations"]
                 .as_array()
                 .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
                 .unwrap_or_default();
-            println!(
+            outln!(
                 "  {:>5}  {}  {:>10}  {}",
                 c["index"],
                 c["id"].as_str().unwrap_or(""),
@@ -982,16 +1262,18 @@ async fn cluster_status(client: &Client, json: bool) -> Result<()> {
             },
             "gc": { "collected": s.gc_collected, "pending": s.gc_pending },
         });
-        println!("{}", serde_json::to_string_pretty(&value).expect("json"));
+        outln!("{}", serde_json::to_string_pretty(&value).expect("json"));
         return Ok(());
     }
-    println!(
+    outln!(
         "leader: metaserver {} at {} (term {})",
-        s.leader_id, s.leader_addr, s.term
+        s.leader_id,
+        s.leader_addr,
+        s.term
     );
-    println!("metaservers:");
+    outln!("metaservers:");
     for m in &s.metaservers {
-        println!(
+        outln!(
             "  {:>3}  {:<21}  {:<9}  {}  applied {}",
             m.id,
             m.addr,
@@ -1000,9 +1282,9 @@ async fn cluster_status(client: &Client, json: bool) -> Result<()> {
             m.last_applied
         );
     }
-    println!("chunk servers:");
+    outln!("chunk servers:");
     for c in &s.chunk_servers {
-        println!(
+        outln!(
             "  {:>3}  {:<21}  {:<8}  {:<8}  {:>8} chunks  {:>10} used  {:>10} free  scrub {} pass(es) + {:.0}%, {} corrupt",
             c.id,
             c.addr,
@@ -1016,9 +1298,9 @@ async fn cluster_status(client: &Client, json: bool) -> Result<()> {
             c.scrub_corrupt
         );
     }
-    println!("under-replicated chunks: {}", s.under_replicated);
+    outln!("under-replicated chunks: {}", s.under_replicated);
     if s.repair_copies + s.repair_trimmed + s.repair_failures + s.repair_in_flight > 0 {
-        println!(
+        outln!(
             "repair: {} replica(s) copied ({}), {} failed, {} extra trimmed, {} under way",
             s.repair_copies,
             human(s.repair_bytes),
@@ -1028,15 +1310,17 @@ async fn cluster_status(client: &Client, json: bool) -> Result<()> {
         );
     }
     if s.gc_collected + s.gc_pending > 0 {
-        println!(
+        outln!(
             "garbage: {} unreferenced chunk(s) waiting out the grace period, {} replica(s) deleted",
-            s.gc_pending, s.gc_collected
+            s.gc_pending,
+            s.gc_collected
         );
     }
     if s.bad_replicas_reported > 0 {
-        println!(
+        outln!(
             "bad replicas reported: {} ({} confirmed and quarantined)",
-            s.bad_replicas_reported, s.bad_replicas_confirmed
+            s.bad_replicas_reported,
+            s.bad_replicas_confirmed
         );
     }
     Ok(())
@@ -1061,14 +1345,15 @@ async fn drain(client: &Client, id: u64, cancel: bool) -> Result<()> {
         .await
         .map_err(|s| ClientError::meta(&format!("chunk server {id}"), s))?;
     if cancel {
-        println!(
+        outln!(
             "chunk server {id} ({}) takes new replicas again",
             server.addr
         );
     } else {
-        println!(
+        outln!(
             "draining chunk server {id} ({}): {} chunk(s) to move; `shardfs cluster status` shows what is left",
-            server.addr, server.chunks
+            server.addr,
+            server.chunks
         );
     }
     Ok(())
@@ -1114,6 +1399,17 @@ async fn stream(client: &Client, args: StreamArgs) -> Result<()> {
     };
     let mut stream = builder.stream().await?;
     let listed = started.elapsed();
+    let (planned_shards, planned_bytes) = stream.planned();
+    // A bar only when the shard lines go elsewhere (a file or a pipe).
+    let (bar, progress) = if std::io::stdout().is_terminal() {
+        (None, None)
+    } else {
+        let total = match args.limit {
+            Some(limit) if limit < planned_shards => planned_bytes / planned_shards.max(1) * limit,
+            _ => planned_bytes,
+        };
+        progress_bar(total, "stream")
+    };
     let (mut shards, mut bytes) = (0u64, 0u64);
     let mut waiting = std::time::Duration::ZERO;
     if let Some(file) = &args.cursor {
@@ -1141,15 +1437,19 @@ async fn stream(client: &Client, args: StreamArgs) -> Result<()> {
         }
         shards += 1;
         bytes += data.len() as u64;
+        if let Some(progress) = &progress {
+            progress(data.len() as u64);
+        }
         if args.json {
-            println!(
+            outln!(
                 "{}",
                 json!({ "path": path, "bytes": data.len(), "verified": true })
             );
         } else {
-            println!("{path}\t{} bytes\tverified", data.len());
+            outln!("{path}\t{} bytes\tverified", data.len());
         }
     }
+    finish(bar);
     let secs = started.elapsed().as_secs_f64().max(1e-6);
     let counters = client.counters();
     let cursor = stream.state();
@@ -1170,10 +1470,10 @@ async fn stream(client: &Client, args: StreamArgs) -> Result<()> {
             "replica_failures": counters.replica_failures,
             "cursor": cursor,
         });
-        println!("{summary}");
+        outln!("{summary}");
         return Ok(());
     }
-    eprintln!(
+    errln!(
         "rank {} of {}, epoch {}: {shards} shard(s), {} in {secs:.2} s: {:.1} MB/s, {:.1} shards/s; \
          {:.2} s waiting for data (listing and chunk maps: {:.2} s); \
          {} hedged chunk request(s), {} answered first; {} failed replica request(s)",
@@ -1225,11 +1525,18 @@ async fn bench(client: &Client, args: BenchArgs) -> Result<()> {
         keep: args.keep,
         compare_grpc: args.compare_grpc,
     };
-    let report = run_bench(client, &options, !args.json).await?;
+    let rounds = 1 + options.read_rounds as u64 * (1 + u64::from(options.compare_grpc));
+    let total = options.files as u64 * options.file_bytes * rounds;
+    let (bar, progress) = progress_bar(total, "bench");
+    // Phase lines only when no bar shows them.
+    let chatty = !args.json && bar.is_none();
+    let report = run_bench(client, &options, chatty, progress).await;
+    finish(bar);
+    let report = report?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report).expect("json"));
+        outln!("{}", serde_json::to_string_pretty(&report).expect("json"));
     } else {
-        println!("{}", report.summary());
+        outln!("{}", report.summary());
     }
     Ok(())
 }

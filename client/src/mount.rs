@@ -34,6 +34,8 @@ use crate::read::{ChunkData, FileLayout};
 /// How long the kernel may trust an entry or attributes before asking
 /// again (a path can be replaced by a rename on another client).
 const ATTR_TTL: Duration = Duration::from_secs(1);
+/// How long a mount stops asking the metaservers after they did not answer.
+const META_DOWN_PAUSE: Duration = Duration::from_secs(5);
 /// Kernel read-ahead for the mount (it asks for this much after the
 /// position of a sequential reader).
 const KERNEL_READ_AHEAD_KIB: u64 = 32 << 10;
@@ -143,6 +145,24 @@ pub async fn mount(client: Client, config: MountConfig) -> Result<Mounted> {
     if !mountpoint.is_dir() {
         return Err(ClientError::InvalidArgument(format!(
             "cannot mount on {}: not a directory",
+            mountpoint.display()
+        )));
+    }
+    if shardfs_mounts().contains(&mountpoint) {
+        let processes = mount_processes(&mountpoint);
+        return Err(ClientError::InvalidArgument(format!(
+            "{} is already a shardfs mount{}: `shardfs umount {}` first",
+            mountpoint.display(),
+            match processes.as_slice() {
+                [] => String::new(),
+                pids => format!(
+                    " (served by process {})",
+                    pids.iter()
+                        .map(u32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            },
             mountpoint.display()
         )));
     }
@@ -344,6 +364,14 @@ struct ShardFs {
     files: Mutex<HashMap<u64, Arc<OpenFile>>>,
     /// Open directories: their listing when opened.
     dirs: Mutex<HashMap<u64, Arc<Listing>>>,
+    /// The last listing of each directory and layout of each file opened,
+    /// by inode: served while the metaservers do not answer.
+    last_listing: Mutex<HashMap<u64, Arc<Listing>>>,
+    last_layout: Mutex<HashMap<u64, Arc<FileLayout>>>,
+    /// Until when metaserver calls are not even tried: set when one found
+    /// no leader, so a program listing a directory does not wait out the
+    /// deadline once per entry.
+    meta_down_until: Mutex<Option<Instant>>,
     next_handle: AtomicU64,
     uid: u32,
     gid: u32,
@@ -362,6 +390,9 @@ impl ShardFs {
             }),
             files: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
+            last_listing: Mutex::new(HashMap::new()),
+            last_layout: Mutex::new(HashMap::new()),
+            meta_down_until: Mutex::new(None),
             next_handle: AtomicU64::new(1),
             uid,
             gid,
@@ -457,11 +488,37 @@ impl ShardFs {
             }
             (node.path.clone(), node.parent)
         };
-        let entry = self
-            .runtime
-            .block_on(self.client.stat(&path))
-            .map_err(errno)?;
-        Ok(self.remember(&path, parent, &entry))
+        match self.meta_call(self.client.stat(&path)) {
+            Ok(entry) => Ok(self.remember(&path, parent, &entry)),
+            Err(e) => self.known_attr(ino.0).ok_or_else(|| errno(e)),
+        }
+    }
+
+    /// Runs a metaserver call from a FUSE thread. After a call found no
+    /// metaserver, the next ones fail at once for [`META_DOWN_PAUSE`] (the
+    /// callers then answer from what they have cached).
+    fn meta_call<T>(&self, call: impl Future<Output = Result<T>>) -> Result<T> {
+        let down = *self.meta_down_until.lock().expect("meta down");
+        if down.is_some_and(|until| Instant::now() < until) {
+            return Err(ClientError::Remote {
+                context: "metaservers".into(),
+                code: tonic::Code::Unavailable,
+                message: "no metaserver answered a moment ago".into(),
+            });
+        }
+        let result = self.runtime.block_on(call);
+        if let Err(ClientError::Remote { .. } | ClientError::NoMetaserver { .. }) = &result {
+            *self.meta_down_until.lock().expect("meta down") =
+                Some(Instant::now() + META_DOWN_PAUSE);
+        }
+        result
+    }
+
+    /// What is known of `ino`, however old: served when the metaservers
+    /// do not answer (a missing file is still reported as missing).
+    fn known_attr(&self, ino: u64) -> Option<FileAttr> {
+        let nodes = self.nodes.lock().expect("nodes");
+        nodes.by_ino.get(&ino).map(|node| node.attr)
     }
 }
 
@@ -509,12 +566,22 @@ impl Filesystem for ShardFs {
                 return reply.entry(&ATTR_TTL, &node.attr, Generation(0));
             }
         }
-        match self.runtime.block_on(self.client.stat(&path)) {
+        match self.meta_call(self.client.stat(&path)) {
             Ok(entry) => {
                 let attr = self.remember(&path, parent.0, &entry);
                 reply.entry(&ATTR_TTL, &attr, Generation(0));
             }
-            Err(e) => reply.error(errno(e)),
+            Err(e @ ClientError::NotFound(_)) => reply.error(errno(e)),
+            Err(e) => {
+                let known = {
+                    let nodes = self.nodes.lock().expect("nodes");
+                    nodes.by_path.get(&path).copied()
+                };
+                match known.and_then(|ino| self.known_attr(ino)) {
+                    Some(attr) => reply.entry(&ATTR_TTL, &attr, Generation(0)),
+                    None => reply.error(errno(e)),
+                }
+            }
         }
     }
 
@@ -532,9 +599,21 @@ impl Filesystem for ShardFs {
         let Some((path, _)) = self.path_of(ino) else {
             return reply.error(Errno::ENOENT);
         };
-        let layout = match self.runtime.block_on(self.client.layout(&path)) {
-            Ok(layout) => layout,
-            Err(e) => return reply.error(errno(e)),
+        let layout = match self.meta_call(self.client.layout(&path)) {
+            Ok(layout) => {
+                let layout = Arc::new(layout);
+                let mut last = self.last_layout.lock().expect("layouts");
+                last.insert(ino.0, layout.clone());
+                layout
+            }
+            Err(e @ ClientError::NotFound(_)) => return reply.error(errno(e)),
+            Err(e) => {
+                let last = self.last_layout.lock().expect("layouts");
+                match last.get(&ino.0) {
+                    Some(layout) => layout.clone(),
+                    None => return reply.error(errno(e)),
+                }
+            }
         };
         let content = crate::shards::content_of(&layout).as_bytes().to_vec();
         // A handle still open on another version of the file can put its
@@ -643,9 +722,19 @@ impl Filesystem for ShardFs {
         let Some((path, parent)) = self.path_of(ino) else {
             return reply.error(Errno::ENOENT);
         };
-        let listed = match self.runtime.block_on(self.client.list(&path)) {
+        let listed = match self.meta_call(self.client.list(&path)) {
             Ok(listed) => listed,
-            Err(e) => return reply.error(errno(e)),
+            Err(e @ ClientError::NotFound(_)) => return reply.error(errno(e)),
+            Err(e) => {
+                let last = self.last_listing.lock().expect("listings");
+                let Some(entries) = last.get(&ino.0).cloned() else {
+                    return reply.error(errno(e));
+                };
+                drop(last);
+                let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
+                self.dirs.lock().expect("dirs").insert(handle, entries);
+                return reply.opened(FileHandle(handle), FopenFlags::empty());
+            }
         };
         let mut entries = vec![
             (ino.0, FileType::Directory, ".".to_string()),
@@ -659,10 +748,12 @@ impl Filesystem for ShardFs {
             entries.push((attr.ino.0, attr.kind, entry.name.clone()));
         }
         let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        self.dirs
+        let entries = Arc::new(entries);
+        self.last_listing
             .lock()
-            .expect("dirs")
-            .insert(handle, Arc::new(entries));
+            .expect("listings")
+            .insert(ino.0, entries.clone());
+        self.dirs.lock().expect("dirs").insert(handle, entries);
         reply.opened(FileHandle(handle), FopenFlags::empty());
     }
 
@@ -699,12 +790,8 @@ impl Filesystem for ShardFs {
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         const BLOCK: u64 = 1 << 20;
-        let (capacity, free) = match self.runtime.block_on(self.client.cluster_status()) {
-            Ok(status) => status
-                .chunk_servers
-                .iter()
-                .filter(|c| c.alive)
-                .fold((0, 0), |(c, f), s| (c + s.capacity_bytes, f + s.free_bytes)),
+        let (capacity, free) = match self.meta_call(self.client.cluster_status()) {
+            Ok(status) => disk_space(&status.chunk_servers),
             Err(_) => (0, 0),
         };
         let files = self.nodes.lock().expect("nodes").by_ino.len() as u64;
@@ -719,6 +806,26 @@ impl Filesystem for ShardFs {
             BLOCK as u32,
         );
     }
+}
+
+/// Capacity and free bytes of the live chunk servers' disks, each disk
+/// counted once: servers on one host whose disks have the same size share
+/// it (several servers on one machine's file system, as in a local
+/// cluster).
+fn disk_space(servers: &[pb::ChunkServerStatus]) -> (u64, u64) {
+    let mut disks: BTreeMap<(&str, u64), u64> = BTreeMap::new();
+    for server in servers.iter().filter(|c| c.alive) {
+        let host = server
+            .addr
+            .rsplit_once(':')
+            .map_or(server.addr.as_str(), |(host, _)| host);
+        let free = disks.entry((host, server.capacity_bytes)).or_default();
+        // They see the same free space, give or take a write in between.
+        *free = (*free).max(server.free_bytes);
+    }
+    disks.iter().fold((0, 0), |(c, f), ((_, capacity), free)| {
+        (c + capacity, f + free)
+    })
 }
 
 type Fetch = Shared<BoxFuture<'static, std::result::Result<ChunkData, String>>>;
@@ -748,14 +855,14 @@ impl OpenFile {
         client: Client,
         ino: u64,
         content: Vec<u8>,
-        layout: FileLayout,
+        layout: Arc<FileLayout>,
         read_ahead_bytes: u64,
     ) -> Self {
         Self {
             client,
             ino,
             content,
-            layout: Arc::new(layout),
+            layout,
             read_ahead_bytes,
             cache: Mutex::new(ChunkCache::default()),
         }

@@ -14,8 +14,8 @@ use std::sync::atomic::Ordering;
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use shardfs_proto::ChunkId;
 use shardfs_proto::meta::v1 as pb;
+use shardfs_proto::{ChunkId, MAX_CHUNK_BYTES, MAX_CHUNKS_PER_FILE};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tonic::Code;
@@ -35,6 +35,9 @@ pub struct PutOptions {
     pub if_absent: bool,
     /// Do not create missing parent directories.
     pub no_parents: bool,
+    /// Tree puts: leave files already stored with the same content (and
+    /// replication) as they are.
+    pub skip_unchanged: bool,
 }
 
 /// What a put did.
@@ -56,6 +59,55 @@ impl PutStats {
         self.chunks += other.chunks;
         self.bytes_sent += other.bytes_sent;
         self.chunks_deduplicated += other.chunks_deduplicated;
+    }
+}
+
+/// Refuses, before a byte is sent, a file of `size` bytes that would need
+/// more than [`MAX_CHUNKS_PER_FILE`] chunks of `chunk_size` bytes.
+pub fn check_file_size(size: u64, chunk_size: u64) -> Result<()> {
+    if size.div_ceil(chunk_size.max(1)) > MAX_CHUNKS_PER_FILE as u64 {
+        return Err(too_many_chunks(Some(size), chunk_size));
+    }
+    Ok(())
+}
+
+fn too_many_chunks(size: Option<u64>, chunk_size: u64) -> ClientError {
+    let most = MAX_CHUNKS_PER_FILE as u64;
+    let (what, needed) = match size {
+        Some(size) => (
+            format!(
+                "{size} bytes in chunks of {chunk_size} would be {} chunks",
+                size.div_ceil(chunk_size.max(1))
+            ),
+            size.div_ceil(most),
+        ),
+        None => (
+            format!("the input is longer than {most} chunks of {chunk_size} bytes"),
+            chunk_size.saturating_mul(2),
+        ),
+    };
+    let advice = if needed <= MAX_CHUNK_BYTES {
+        format!("use --chunk-size {} or more", size_words(needed))
+    } else {
+        format!(
+            "the largest file is {} chunks of {} MiB",
+            most,
+            MAX_CHUNK_BYTES >> 20
+        )
+    };
+    ClientError::InvalidArgument(format!(
+        "{what}; a file may have at most {most} chunks ({advice})"
+    ))
+}
+
+/// A byte count as `--chunk-size` takes it, rounded up to a whole KiB or MiB.
+fn size_words(bytes: u64) -> String {
+    if bytes > 1 << 20 {
+        format!("{}MiB", bytes.div_ceil(1 << 20))
+    } else if bytes > 1 << 10 {
+        format!("{}KiB", bytes.div_ceil(1 << 10))
+    } else {
+        bytes.to_string()
     }
 }
 
@@ -138,6 +190,17 @@ impl Client {
         checked.replication = replication;
         checked.chunk_size = chunk_size;
         checked.check()?;
+        match &source {
+            Source::File { path, file } => {
+                let size = file
+                    .metadata()
+                    .map_err(|e| ClientError::local(path.clone(), e))?
+                    .len();
+                check_file_size(size, chunk_size)?;
+            }
+            Source::Bytes(data) => check_file_size(data.len() as u64, chunk_size)?,
+            Source::Reader(_) => {}
+        }
 
         let (tx, rx) = mpsc::channel::<Result<(Bytes, OwnedSemaphorePermit)>>(2);
         let memory = self.inner.put_memory.clone();
@@ -342,6 +405,7 @@ async fn read_chunks(
 ) {
     let permits = (chunk_size.div_ceil(1024)) as u32;
     let mut source = source;
+    let mut chunks = 0usize;
     loop {
         let Ok(permit) = memory.clone().acquire_many_owned(permits).await else {
             return;
@@ -390,6 +454,12 @@ async fn read_chunks(
         match next {
             Ok(data) if data.is_empty() => return,
             Ok(data) => {
+                chunks += 1;
+                if chunks > MAX_CHUNKS_PER_FILE {
+                    // Only an input of unknown length gets this far.
+                    let _ = tx.send(Err(too_many_chunks(None, chunk_size))).await;
+                    return;
+                }
                 let last = (data.len() as u64) < chunk_size;
                 if tx.send(Ok((data, permit))).await.is_err() || last {
                     return;

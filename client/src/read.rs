@@ -168,7 +168,7 @@ impl Client {
         span: &ChunkSpan,
         first: usize,
     ) -> Result<ChunkData> {
-        let mut attempts: Vec<String> = Vec::new();
+        let mut attempts = Attempts::default();
         let mut tried: Vec<String> = Vec::new();
         let mut locations = span.locations.clone();
         // Round 0 uses the locations the reader has; later rounds ask the
@@ -182,10 +182,7 @@ impl Client {
                 match self.inner.meta.locate(&[span.id]).await {
                     Ok(fresh) => locations = fresh.into_iter().next().unwrap_or_default(),
                     Err(status) => {
-                        attempts.push(format!(
-                            "asking the metaserver again failed: {}",
-                            status_cause(&status)
-                        ));
+                        attempts.push("asking the metaserver again", status_cause(&status));
                         continue;
                     }
                 }
@@ -207,15 +204,15 @@ impl Client {
                 return Ok(data);
             }
         }
-        if attempts.is_empty() {
-            attempts.push("no live chunk server holds it".into());
+        if attempts.0.is_empty() {
+            attempts.push("the metaserver", "no live chunk server holds it".into());
         }
         Err(ClientError::Unreadable {
             path: path.to_string(),
             chunk: span.id.to_hex(),
             offset: span.offset,
             end: span.offset + span.length,
-            attempts: attempts.join("; "),
+            attempts: attempts.words(),
         })
     }
 
@@ -252,7 +249,7 @@ impl Client {
         &self,
         span: &ChunkSpan,
         order: &[String],
-        attempts: &mut Vec<String>,
+        attempts: &mut Attempts,
     ) -> Option<ChunkData> {
         let counters = &self.inner.counters;
         let ask = |addr: &str, hedge: bool| {
@@ -294,10 +291,12 @@ impl Client {
                             }
                             return Some(data);
                         }
+                        // Not the replica's failure: the reader is ending.
+                        Err(cause) if cause == SHUTTING_DOWN => return None,
                         Err(cause) => {
                             counters.replica_failures.fetch_add(1, Ordering::Relaxed);
                             tracing::warn!(chunk = %span.id, %addr, "replica read failed: {cause}");
-                            attempts.push(format!("{addr}: {cause}"));
+                            attempts.push(&addr, cause);
                             if next < order.len() {
                                 running.push(ask(&order[next], false));
                                 next += 1;
@@ -397,7 +396,10 @@ impl Client {
             (data, actual)
         })
         .await
-        .map_err(|e| format!("verifying failed: {e}"))?;
+        .map_err(|e| match e.is_cancelled() {
+            true => SHUTTING_DOWN.to_string(),
+            false => format!("verifying failed: {e}"),
+        })?;
         if actual != span.id {
             self.inner
                 .counters
@@ -412,6 +414,39 @@ impl Client {
             .bytes_received
             .fetch_add(span.length, Ordering::Relaxed);
         Ok(data)
+    }
+}
+
+/// Why a fetch ended when its runtime shut down under it (a reader that
+/// stopped early): no replica failed.
+const SHUTTING_DOWN: &str = "the reader is shutting down";
+
+/// The failed attempts at one chunk: each replica (or the metaserver) named
+/// once, with its latest cause and how many times it failed.
+#[derive(Debug, Default)]
+struct Attempts(Vec<(String, String, u32)>);
+
+impl Attempts {
+    fn push(&mut self, who: &str, cause: String) {
+        match self.0.iter_mut().find(|(w, _, _)| w == who) {
+            Some(seen) => {
+                seen.1 = cause;
+                seen.2 += 1;
+            }
+            None => self.0.push((who.to_string(), cause, 1)),
+        }
+    }
+
+    fn words(&self) -> String {
+        let each: Vec<String> = self
+            .0
+            .iter()
+            .map(|(who, cause, times)| match times {
+                1 => format!("{who}: {cause}"),
+                n => format!("{who}: {cause} ({n} tries)"),
+            })
+            .collect();
+        each.join("; ")
     }
 }
 

@@ -358,6 +358,10 @@ impl ShardsBuilder {
         .rank(self.rank);
         let layouts = Arc::new(layouts);
         let mine: Vec<usize> = order.into_iter().skip(position as usize).collect();
+        let planned = (
+            mine.len() as u64,
+            mine.iter().map(|&i| layouts[i].size).sum::<u64>(),
+        );
         let average = layouts.iter().map(|l| l.size).sum::<u64>() / (layouts.len().max(1) as u64);
         let ahead = (self.prefetch_bytes / average.max(1)).clamp(1, 64) as usize;
         let client = self.client.clone();
@@ -389,6 +393,7 @@ impl ShardsBuilder {
                 resizes,
             },
             fetches,
+            planned,
         })
     }
 
@@ -554,9 +559,17 @@ type Fetches = futures::stream::BoxStream<'static, Result<(String, Bytes)>>;
 pub struct ShardStream {
     cursor: Cursor,
     fetches: Fetches,
+    /// Shards and bytes this stream had to yield when it started.
+    planned: (u64, u64),
 }
 
 impl ShardStream {
+    /// The shards and bytes this stream was to yield when it started (the
+    /// rest of its epoch): what a progress bar counts towards.
+    pub fn planned(&self) -> (u64, u64) {
+        self.planned
+    }
+
     /// The next shard, or None at the end of the epoch.
     pub async fn next(&mut self) -> Option<Result<(String, Bytes)>> {
         let item = self.fetches.next().await?;

@@ -3,16 +3,18 @@
 //! only once every byte arrived verified; tree transfers move many files at
 //! once.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::{StreamExt, TryStreamExt};
-use shardfs_proto::DfsPath;
 use shardfs_proto::meta::v1 as pb;
+use shardfs_proto::{ChunkId, DfsPath};
 
 use crate::client::{Client, parse};
 use crate::error::{ClientError, Result};
-use crate::put::{Progress, PutOptions, PutStats};
+use crate::put::{Progress, PutOptions, PutStats, check_file_size};
 use crate::read::{ChunkData, FileLayout};
 
 /// What a get did.
@@ -126,11 +128,23 @@ impl Client {
     }
 
     /// Every file under the remote directory `root`, depth first, and every
-    /// directory (relative paths, parents first).
+    /// directory (relative paths, parents first). A file is its own only
+    /// file.
     pub async fn walk(&self, root: &str) -> Result<(Vec<String>, Vec<RemoteFile>)> {
         let root = parse(root)?;
         let mut dirs = Vec::new();
         let mut files = Vec::new();
+        // A file walks as itself.
+        let top = self.stat(root.as_str()).await?;
+        if let Some(info) = top.file.filter(|_| !top.is_dir) {
+            files.push(RemoteFile {
+                relative: root.name().unwrap_or_default().to_string(),
+                path: root,
+                size: info.size,
+                info,
+            });
+            return Ok((dirs, files));
+        }
         let mut stack = vec![(root.clone(), String::new())];
         while let Some((dir, relative)) = stack.pop() {
             for entry in self.list(dir.as_str()).await? {
@@ -199,36 +213,154 @@ impl Client {
         options: &PutOptions,
         progress: Option<Progress>,
     ) -> Result<PutStats> {
+        let tree = local_tree(local)?;
+        let counts = TreeCounts::default();
+        self.put_local_tree(&tree, remote, options, progress, &counts)
+            .await
+    }
+
+    /// Uploads a listed local tree as the remote directory `remote`, many
+    /// files at once; `counts` says how far it got (also when the put is
+    /// cancelled). Every file's size is checked against the chunk limit
+    /// before a byte is sent. Files already stored at their target with the
+    /// same content and replication are skipped when
+    /// `options.skip_unchanged`; with `options.if_absent` every existing
+    /// file is kept.
+    pub async fn put_local_tree(
+        &self,
+        tree: &LocalTree,
+        remote: &str,
+        options: &PutOptions,
+        progress: Option<Progress>,
+        counts: &TreeCounts,
+    ) -> Result<PutStats> {
         let root = parse(remote)?;
-        let (dirs, files) = local_tree(local)?;
+        let chunk_size = options.chunk_size.unwrap_or(self.config().chunk_size);
+        for (_, path, size) in &tree.files {
+            check_file_size(*size, chunk_size)
+                .map_err(|e| ClientError::InvalidArgument(format!("{}: {e}", path.display())))?;
+        }
+        let existing: HashMap<String, pb::FileInfo> = if options.skip_unchanged || options.if_absent
+        {
+            match self.walk(root.as_str()).await {
+                Ok((_, files)) => files.into_iter().map(|f| (f.relative, f.info)).collect(),
+                Err(ClientError::NotFound(_)) => HashMap::new(),
+                Err(e) => return Err(e),
+            }
+        } else {
+            HashMap::new()
+        };
         self.mkdir(root.as_str(), true).await?;
-        for dir in &dirs {
+        for dir in &tree.dirs {
             let path = join_relative(&root, dir)?;
             self.mkdir(path.as_str(), true).await?;
         }
+        let replication = options.replication.unwrap_or(self.config().replication);
         let options = Arc::new(PutOptions {
             no_parents: true,
             ..options.clone()
         });
-        let puts = futures::stream::iter(files)
-            .map(|(relative, path)| {
+        let existing = Arc::new(existing);
+        let puts = futures::stream::iter(tree.files.iter().cloned())
+            .map(|(relative, path, size)| {
                 let progress = progress.clone();
                 let options = options.clone();
+                let existing = existing.clone();
                 let root = root.clone();
                 async move {
                     let target = join_relative(&root, &relative)?;
-                    self.put_file(&path, target.as_str(), &options, progress)
-                        .await
+                    if let Some(info) = existing.get(&relative) {
+                        let keep = options.if_absent
+                            || (info.replication == replication
+                                && same_content(&path, info).await?);
+                        if keep {
+                            if let Some(progress) = &progress {
+                                progress(size);
+                            }
+                            return Ok((PutStats::default(), Some(size)));
+                        }
+                    }
+                    let put = self
+                        .put_file(&path, target.as_str(), &options, progress)
+                        .await?;
+                    Ok((put, None))
                 }
             })
             .buffer_unordered(self.config().parallel_files.max(1));
         futures::pin_mut!(puts);
         let mut stats = PutStats::default();
-        while let Some(put) = puts.try_next().await? {
+        while let Some((put, kept)) = puts.try_next().await? {
+            match kept {
+                Some(size) => {
+                    counts.skipped.fetch_add(1, Ordering::Relaxed);
+                    counts.skipped_bytes.fetch_add(size, Ordering::Relaxed);
+                }
+                None => {
+                    counts.put.fetch_add(1, Ordering::Relaxed);
+                    counts.put_bytes.fetch_add(put.bytes, Ordering::Relaxed);
+                    if put.replaced {
+                        counts.replaced.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
             stats.add(&put);
         }
         Ok(stats)
     }
+}
+
+/// How far a tree put got.
+#[derive(Debug, Default)]
+pub struct TreeCounts {
+    /// Files written (committed).
+    pub put: AtomicU64,
+    pub put_bytes: AtomicU64,
+    /// Files left as they were (already stored with the same content, or
+    /// existing when existing files are kept).
+    pub skipped: AtomicU64,
+    pub skipped_bytes: AtomicU64,
+    /// Written files that replaced a different one.
+    pub replaced: AtomicU64,
+}
+
+/// True when the local file at `path` holds exactly the chunks of `info`
+/// (read and hashed off the async runtime, with the remote file's chunk
+/// boundaries, so the chunk size of the earlier put does not matter).
+pub async fn same_content(path: &Path, info: &pb::FileInfo) -> Result<bool> {
+    let path = path.to_path_buf();
+    let chunks: Vec<(Vec<u8>, u64)> = info
+        .chunks
+        .iter()
+        .map(|c| (c.id.to_vec(), c.length))
+        .collect();
+    let size = info.size;
+    tokio::task::spawn_blocking(move || -> Result<bool> {
+        use std::io::Read;
+        let mut file = std::fs::File::open(&path).map_err(|e| ClientError::local(&path, e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| ClientError::local(&path, e))?
+            .len();
+        if len != size {
+            return Ok(false);
+        }
+        let mut buf = Vec::new();
+        for (id, length) in chunks {
+            buf.clear();
+            (&mut file)
+                .take(length)
+                .read_to_end(&mut buf)
+                .map_err(|e| ClientError::local(&path, e))?;
+            if buf.len() as u64 != length || ChunkId::of(&buf).as_bytes()[..] != id[..] {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    })
+    .await
+    .map_err(|e| {
+        ClientError::InvalidArgument(format!("comparing with the stored file failed: {e}"))
+    })?
 }
 
 /// A download in progress, deleted unless it was renamed into place (also
@@ -266,15 +398,29 @@ fn join_relative(root: &DfsPath, relative: &str) -> Result<DfsPath> {
     Ok(path)
 }
 
-/// A local tree: relative directory paths, and (relative path, full path)
-/// of every file.
-pub type LocalTree = (Vec<String>, Vec<(String, PathBuf)>);
+/// A local tree to upload.
+#[derive(Debug, Default, Clone)]
+pub struct LocalTree {
+    /// Relative directory paths (with `/`), sorted.
+    pub dirs: Vec<String>,
+    /// (relative path, full path, size) of every file, sorted.
+    pub files: Vec<(String, PathBuf, u64)>,
+    /// Entries left out, and why (dangling symbolic links).
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+impl LocalTree {
+    /// Bytes in all its files.
+    pub fn bytes(&self) -> u64 {
+        self.files.iter().map(|(_, _, size)| size).sum()
+    }
+}
 
 /// Directories and files under `root` (relative paths with `/`), sorted.
-/// Symbolic links are followed for files; other special files are refused.
+/// Symbolic links are followed; a dangling one is left out (listed in
+/// `skipped`); other special files are refused.
 pub fn local_tree(root: &Path) -> Result<LocalTree> {
-    let mut dirs = Vec::new();
-    let mut files = Vec::new();
+    let mut tree = LocalTree::default();
     let mut stack = vec![(root.to_path_buf(), String::new())];
     while let Some((dir, relative)) = stack.pop() {
         let entries = std::fs::read_dir(&dir).map_err(|e| ClientError::local(&dir, e))?;
@@ -292,12 +438,28 @@ pub fn local_tree(root: &Path) -> Result<LocalTree> {
             } else {
                 format!("{relative}/{name}")
             };
-            let meta = std::fs::metadata(&path).map_err(|e| ClientError::local(&path, e))?;
+            let meta = match std::fs::metadata(&path) {
+                Ok(meta) => meta,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::NotFound
+                        && std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_symlink()) =>
+                {
+                    let target = std::fs::read_link(&path)
+                        .map(|t| t.display().to_string())
+                        .unwrap_or_default();
+                    tree.skipped.push((
+                        path,
+                        format!("a symbolic link to {target}, which does not exist"),
+                    ));
+                    continue;
+                }
+                Err(e) => return Err(ClientError::local(&path, e)),
+            };
             if meta.is_dir() {
-                dirs.push(rel.clone());
+                tree.dirs.push(rel.clone());
                 stack.push((path, rel));
             } else if meta.is_file() {
-                files.push((rel, path));
+                tree.files.push((rel, path, meta.len()));
             } else {
                 return Err(ClientError::InvalidArgument(format!(
                     "{}: not a regular file or directory",
@@ -306,9 +468,9 @@ pub fn local_tree(root: &Path) -> Result<LocalTree> {
             }
         }
     }
-    dirs.sort();
-    files.sort();
-    Ok((dirs, files))
+    tree.dirs.sort();
+    tree.files.sort();
+    Ok(tree)
 }
 
 /// Size and mtime of a file entry, for listings.

@@ -448,3 +448,113 @@ async fn foreground_mount_unmounts_on_ctrl_c_and_bad_mounts_say_why() {
     assert!(!mounted(&mnt));
     assert!(processes_serving(&mnt).is_empty());
 }
+
+/// SIGSTOPs the metaservers while alive, SIGCONTs them when dropped.
+struct Paused(Vec<u32>);
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            // SAFETY: signals a process of this test's making.
+            unsafe { libc::kill(*pid as i32, libc::SIGCONT) };
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_mount_is_refused_and_without_metaservers_the_cache_is_served() {
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = TestCluster::start(dir.path(), 3).await;
+    let source = dir.path().join("source");
+    write_source(&source);
+    let out = cluster.cli(&["put", "-r", source.to_str().unwrap(), "/data"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mnt = mnt.canonicalize().unwrap();
+    let _guard = MountGuard(mnt.clone());
+    let out = cluster.cli(&["mount", "/data", mnt.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A second mount on the same place is refused, naming the first.
+    let again = cluster.cli(&["mount", "/data", mnt.to_str().unwrap()]);
+    let said = String::from_utf8_lossy(&again.stderr).to_string();
+    assert_eq!(again.status.code(), Some(1), "{said}");
+    assert!(said.contains("already a shardfs mount"), "{said}");
+    let (pid, _) = pids_serving(&mnt)[0].clone();
+    assert!(said.contains(&pid.to_string()), "{said}");
+    assert_eq!(processes_serving(&mnt).len(), 1, "still one process");
+
+    // 8. df counts the one disk these local chunk servers share once.
+    let out = Command::new("df")
+        .args(["-B1", "--output=size", mnt.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let size: u64 = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let disk = Command::new("df")
+        .args(["-B1", "--output=size", dir.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    let disk: u64 = String::from_utf8_lossy(&disk.stdout)
+        .lines()
+        .nth(1)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // (Rounded down to the mount's 1 MiB blocks.)
+    assert!(size <= disk && size + (1 << 20) >= disk, "{size} vs {disk}");
+
+    // Read once, so the mount has seen the tree.
+    let expected = tree_hashes(&source);
+    assert_eq!(tree_hashes(&mnt), expected);
+
+    // With every metaserver stopped, what was seen is still served, and
+    // within a few seconds, not after 15-30 s per call.
+    let _paused = Paused(
+        cluster
+            .metas
+            .values()
+            .map(|p| {
+                let pid = p.child.id();
+                // SAFETY: signals a process of this test's making.
+                unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+                pid
+            })
+            .collect(),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let started = Instant::now();
+    assert_eq!(tree_hashes(&mnt), expected);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    // What it never saw fails fast.
+    let started = Instant::now();
+    let missing = std::fs::metadata(mnt.join("never-seen"));
+    assert!(missing.is_err());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}

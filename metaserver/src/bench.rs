@@ -19,6 +19,7 @@ use shardfs_proto::ChunkId;
 use shardfs_proto::chunk_client::ChunkClient;
 use shardfs_proto::meta::v1 as pb;
 use shardfs_proto::meta_client::MetaClient;
+use shardfs_proto::{errln, outln};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -113,15 +114,17 @@ pub async fn status(meta: &[String], json: bool) -> anyhow::Result<()> {
                 .collect(),
             under_replicated: status.under_replicated,
         };
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    println!(
+    outln!(
         "leader: metaserver {} at {} (term {})",
-        status.leader_id, status.leader_addr, status.term
+        status.leader_id,
+        status.leader_addr,
+        status.term
     );
     for m in &status.metaservers {
-        println!(
+        outln!(
             "  metaserver {:<3} {:<22} {:<9} applied {}{}",
             m.id,
             m.addr,
@@ -130,9 +133,9 @@ pub async fn status(meta: &[String], json: bool) -> anyhow::Result<()> {
             if m.voter { "" } else { " (learner)" }
         );
     }
-    println!("chunk servers:");
+    outln!("chunk servers:");
     for c in &status.chunk_servers {
-        println!(
+        outln!(
             "  chunk server {:<3} {:<22} zone {:<10} {:<5} {:>8} chunks {:>10.1} MiB used {:>10.1} GiB free",
             c.id,
             c.addr,
@@ -143,7 +146,7 @@ pub async fn status(meta: &[String], json: bool) -> anyhow::Result<()> {
             c.free_bytes as f64 / (1u64 << 30) as f64
         );
     }
-    println!("under-replicated chunks: {}", status.under_replicated);
+    outln!("under-replicated chunks: {}", status.under_replicated);
     Ok(())
 }
 
@@ -244,7 +247,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 async fn run_in(args: &BenchArgs, base: &Path) -> anyhow::Result<()> {
     let say = |what: &str| {
         if !args.json {
-            eprintln!("bench: {what}");
+            errln!("bench: {what}");
         }
     };
     let meta_bin = std::env::current_exe()?;
@@ -369,22 +372,24 @@ async fn run_in(args: &BenchArgs, base: &Path) -> anyhow::Result<()> {
             .iter()
             .map(|(n, took)| format!(r#"{{"chunks":{n},"ms":{:.1}}}"#, took.as_secs_f64() * 1e3))
             .collect();
-        println!(
+        outln!(
             r#"{{"figures":[{}],"large_commits":[{}]}}"#,
             items.join(","),
             commits.join(",")
         );
     } else {
-        println!("metaserver bench: 3 metaservers, 3 chunk servers, files of 4 chunks, R = 3");
-        println!(
+        outln!("metaserver bench: 3 metaservers, 3 chunk servers, files of 4 chunks, R = 3");
+        outln!(
             "{:<12} {:>11} {:>12}",
-            "measure", "concurrency", "per second"
+            "measure",
+            "concurrency",
+            "per second"
         );
         for (what, c, rate) in rows {
-            println!("{what:<12} {c:>11} {rate:>12.0}");
+            outln!("{what:<12} {c:>11} {rate:>12.0}");
         }
         for (n, took) in large {
-            println!(
+            outln!(
                 "one commit of {n:>7} chunks: {:>8.1} ms (committed and applied on the leader)",
                 took.as_secs_f64() * 1e3
             );

@@ -10,14 +10,7 @@ use crate::namespace::{ChunkRef, FileMeta, Inode, NsError};
 
 /// The response metadata key naming the leader's address on NotLeader.
 pub const LEADER_METADATA: &str = "shardfs-leader";
-/// Largest replication factor accepted.
-pub const MAX_REPLICATION: u32 = 16;
-/// Most chunks one file may have (512 GiB in 8 MiB chunks, 4 TiB in 64 MiB
-/// ones): its commit's Raft entry (about 9 MB with every replica confirmed)
-/// must reach and be flushed by followers within one AppendEntries timeout
-/// (the heartbeat interval) even on a busy machine; 262,144 chunks (36 MB)
-/// did not.
-pub const MAX_CHUNKS_PER_FILE: usize = 65_536;
+pub use shardfs_proto::{MAX_CHUNKS_PER_FILE, MAX_REPLICATION};
 
 impl From<MetaError> for Status {
     fn from(err: MetaError) -> Self {

@@ -19,6 +19,7 @@ use shardfs_meta::config::{Config, FileConfig};
 use shardfs_meta::node::MetaNode;
 use shardfs_meta::server;
 use shardfs_proto::span::Span;
+use shardfs_proto::{errln, outln};
 use tokio::net::TcpListener;
 use tracing::info;
 
@@ -120,7 +121,7 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("shardfs-meta: {e:#}");
+            errln!("shardfs-meta: {e:#}");
             std::process::ExitCode::FAILURE
         }
     }
@@ -153,7 +154,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     let node = MetaNode::start(config.id, &config.data_dir, &config.tuning, dead_after).await?;
     let addr = listener.local_addr()?;
     info!(id = config.id, %addr, data_dir = %config.data_dir.display(), "metaserver listening");
-    println!("listening on {addr}");
+    outln!("listening on {addr}");
     std::io::stdout().flush()?;
     let bootstrap = {
         let node = node.clone();

@@ -13,6 +13,8 @@
 //!   every server and client so that 1 MiB data messages flow at full speed.
 //! - [`meta_client`]: a client for the metaserver group that finds the
 //!   leader and follows redirects.
+//! - [`output`]: standard output for the command lines, where a closed pipe
+//!   (`| head`) ends the program quietly instead of panicking.
 //! - [`chunk_client`]: a typed client for one chunk server, used by the other
 //!   servers, the client library, tests and benchmarks.
 
@@ -21,6 +23,7 @@ pub mod bulk;
 pub mod chunk_client;
 pub mod id;
 pub mod meta_client;
+pub mod output;
 pub mod path;
 pub mod span;
 pub mod transport;
@@ -52,3 +55,13 @@ pub const MAX_CHUNK_BYTES: u64 = 64 << 20;
 
 /// The chunk size writers use unless told otherwise.
 pub const DEFAULT_CHUNK_BYTES: u64 = 8 << 20;
+
+/// Largest replication factor accepted.
+pub const MAX_REPLICATION: u32 = 16;
+
+/// Most chunks one file may have (512 GiB in 8 MiB chunks, 4 TiB in 64 MiB
+/// ones): its commit's Raft entry (about 9 MB with every replica confirmed)
+/// must reach and be flushed by followers within one AppendEntries timeout
+/// (the heartbeat interval) even on a busy machine; 262,144 chunks (36 MB)
+/// did not. Writers check it before sending a byte.
+pub const MAX_CHUNKS_PER_FILE: usize = 65_536;

@@ -22,6 +22,16 @@ pub struct PathError {
     pub reason: String,
 }
 
+/// A path for an error message: whole up to 200 characters, else its
+/// first 200 and a mark that more follows.
+fn shorten(path: &str) -> String {
+    const SHOWN: usize = 200;
+    match path.char_indices().nth(SHOWN) {
+        Some((end, _)) => format!("{}...", &path[..end]),
+        None => path.to_string(),
+    }
+}
+
 /// A validated, canonical absolute path.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct DfsPath(String);
@@ -33,7 +43,7 @@ impl DfsPath {
 
     pub fn parse(path: &str) -> Result<Self, PathError> {
         let fail = |reason: String| PathError {
-            path: path.chars().take(200).collect(),
+            path: shorten(path),
             reason,
         };
         if path.len() > MAX_PATH_BYTES {

@@ -3,8 +3,9 @@ chunk servers, the project's own binaries, on loopback ports, in a
 temporary directory; killed (and the directory removed) at the end, even
 when a test fails.
 
-The binaries come from `SHARDFS_BIN_DIR`, else `target/debug` (what
-`cargo test` builds), else `target/release`.
+The binaries come from `SHARDFS_BIN_DIR`, else `target/release` (what
+`deploy/test.sh` and `deploy/local-cluster.sh up` build), else
+`target/debug`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def binaries() -> Path:
     explicit = os.environ.get("SHARDFS_BIN_DIR")
-    candidates = [Path(explicit)] if explicit else [REPO / "target" / "debug", REPO / "target" / "release"]
+    candidates = [Path(explicit)] if explicit else [REPO / "target" / "release", REPO / "target" / "debug"]
     for directory in candidates:
         if (directory / "shardfs-meta").exists() and (directory / "shardfs-chunk").exists():
             return directory
