@@ -425,8 +425,9 @@ async fn a_failed_put_leaves_no_file_and_errors_say_what_is_wrong() {
     assert!(stderr(&missing).contains("/no/such/file: no such file or directory"));
     let bad_size = cluster.cli(&["put", "--chunk-size", "lots", "/etc/hostname", "/x"]);
     assert_eq!(bad_size.status.code(), Some(2));
+    // Out of range is a usage error too (exit 2), naming the range.
     let too_big = cluster.cli(&["put", "--chunk-size", "1GiB", "/etc/hostname", "/x"]);
-    assert_eq!(too_big.status.code(), Some(1));
+    assert_eq!(too_big.status.code(), Some(2));
     assert!(
         stderr(&too_big).contains("chunk size"),
         "{}",
