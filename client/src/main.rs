@@ -829,11 +829,7 @@ fn plan_local(args: &PutArgs, chunk_size: u64) -> Result<Vec<LocalSource>> {
                 )));
             }
             let tree = local_tree(&path)?;
-            for (_, file, size) in &tree.files {
-                check_file_size(*size, chunk_size).map_err(|e| {
-                    ClientError::InvalidArgument(format!("{}: {e}", file.display()))
-                })?;
-            }
+            tree.check_sizes(chunk_size)?;
             plan.push(LocalSource::Tree { path, tree });
         } else {
             check_file_size(meta.len(), chunk_size)

@@ -235,11 +235,7 @@ impl Client {
         counts: &TreeCounts,
     ) -> Result<PutStats> {
         let root = parse(remote)?;
-        let chunk_size = options.chunk_size.unwrap_or(self.config().chunk_size);
-        for (_, path, size) in &tree.files {
-            check_file_size(*size, chunk_size)
-                .map_err(|e| ClientError::InvalidArgument(format!("{}: {e}", path.display())))?;
-        }
+        tree.check_sizes(options.chunk_size.unwrap_or(self.config().chunk_size))?;
         let existing: HashMap<String, pb::FileInfo> = if options.skip_unchanged || options.if_absent
         {
             match self.walk(root.as_str()).await {
@@ -260,12 +256,11 @@ impl Client {
             no_parents: true,
             ..options.clone()
         });
-        let existing = Arc::new(existing);
+        let existing = &existing;
         let puts = futures::stream::iter(tree.files.iter().cloned())
             .map(|(relative, path, size)| {
                 let progress = progress.clone();
                 let options = options.clone();
-                let existing = existing.clone();
                 let root = root.clone();
                 async move {
                     let target = join_relative(&root, &relative)?;
@@ -413,6 +408,16 @@ impl LocalTree {
     /// Bytes in all its files.
     pub fn bytes(&self) -> u64 {
         self.files.iter().map(|(_, _, size)| size).sum()
+    }
+
+    /// Refuses the tree when one of its files would need more chunks of
+    /// `chunk_size` than a file may have (naming the file).
+    pub fn check_sizes(&self, chunk_size: u64) -> Result<()> {
+        for (_, path, size) in &self.files {
+            check_file_size(*size, chunk_size)
+                .map_err(|e| ClientError::InvalidArgument(format!("{}: {e}", path.display())))?;
+        }
+        Ok(())
     }
 }
 

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{TestCluster, cli_at, data, hash, tree_hashes};
+use common::{TestCluster, cli_at, data, hash, ok, stderr, stdout, tree_hashes};
 use shardfs_client::{ClientConfig, ClientError, PutOptions, read_all};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
@@ -37,24 +37,6 @@ fn make_tree(root: &std::path::Path) {
         std::fs::write(&path, data(len, name)).unwrap();
     }
     std::fs::create_dir_all(root.join("empty-dir")).unwrap();
-}
-
-fn stdout(output: &std::process::Output) -> String {
-    String::from_utf8_lossy(&output.stdout).to_string()
-}
-
-fn stderr(output: &std::process::Output) -> String {
-    String::from_utf8_lossy(&output.stderr).to_string()
-}
-
-fn ok(output: std::process::Output) -> std::process::Output {
-    assert!(
-        output.status.success(),
-        "shardfs failed ({:?}): {}",
-        output.status.code(),
-        stderr(&output)
-    );
-    output
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

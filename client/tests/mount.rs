@@ -6,11 +6,11 @@
 mod common;
 
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{TestCluster, data, hash, tree_hashes};
+use common::{TestCluster, data, hash, ok, tree_hashes};
 
 const MIB: usize = 1 << 20;
 
@@ -132,6 +132,52 @@ fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// `dir/mnt`, created (canonical), and the guard that leaves nothing
+/// mounted there however the test ends.
+fn mount_point(dir: &Path) -> (PathBuf, MountGuard) {
+    let mnt = dir.join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mnt = mnt.canonicalize().unwrap();
+    (mnt.clone(), MountGuard(mnt))
+}
+
+/// Puts [`write_source`]'s tree as `/data` (1 MiB chunks) and mounts it
+/// with `shardfs mount`: the source, the mount point, its guard and what
+/// the mount command printed.
+fn put_source_and_mount(
+    cluster: &TestCluster,
+    dir: &Path,
+) -> (PathBuf, PathBuf, MountGuard, std::process::Output) {
+    let source = dir.join("source");
+    write_source(&source);
+    ok(cluster.cli(&[
+        "put",
+        "-r",
+        "--chunk-size",
+        "1MiB",
+        source.to_str().unwrap(),
+        "/data",
+    ]));
+    let (mnt, guard) = mount_point(dir);
+    let out = ok(cluster.cli(&["mount", "/data", mnt.to_str().unwrap()]));
+    (source, mnt, guard, out)
+}
+
+/// The size in bytes `df` shows for the file system holding `path`.
+fn df_size(path: &Path) -> u64 {
+    let out = Command::new("df")
+        .args(["-B1", "--output=size", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 fn write_source(root: &Path) {
     let files: [(&str, usize); 5] = [
         ("top.bin", 3 * MIB + 17),
@@ -165,32 +211,7 @@ async fn mount_reads_match_the_source_and_unmount_leaves_nothing() {
     }
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = TestCluster::start(dir.path(), 3).await;
-    let source = dir.path().join("source");
-    write_source(&source);
-    let out = cluster.cli(&[
-        "put",
-        "-r",
-        "--chunk-size",
-        "1MiB",
-        source.to_str().unwrap(),
-        "/data",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mnt = dir.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let mnt = mnt.canonicalize().unwrap();
-    let _guard = MountGuard(mnt.clone());
-
-    let out = cluster.cli(&["mount", "/data", mnt.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (source, mnt, _guard, out) = put_source_and_mount(&cluster, dir.path());
     assert!(String::from_utf8_lossy(&out.stdout).contains("mounted /data at"));
     assert!(mounted(&mnt), "the mount is in /proc/self/mounts");
     assert_eq!(processes_serving(&mnt).len(), 1, "one process serves it");
@@ -351,10 +372,7 @@ async fn foreground_mount_unmounts_on_ctrl_c_and_bad_mounts_say_why() {
     std::fs::write(&local, &bytes).unwrap();
     let out = cluster.cli(&["put", local.to_str().unwrap(), "/fg/file.bin"]);
     assert!(out.status.success());
-    let mnt = dir.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let mnt = mnt.canonicalize().unwrap();
-    let _guard = MountGuard(mnt.clone());
+    let (mnt, _guard) = mount_point(dir.path());
 
     // Bad input: a file, a missing directory, a missing remote path.
     for (args, says) in [
@@ -468,24 +486,7 @@ async fn a_second_mount_is_refused_and_without_metaservers_the_cache_is_served()
     }
     let dir = tempfile::tempdir().unwrap();
     let cluster = TestCluster::start(dir.path(), 3).await;
-    let source = dir.path().join("source");
-    write_source(&source);
-    let out = cluster.cli(&["put", "-r", source.to_str().unwrap(), "/data"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mnt = dir.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let mnt = mnt.canonicalize().unwrap();
-    let _guard = MountGuard(mnt.clone());
-    let out = cluster.cli(&["mount", "/data", mnt.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (source, mnt, _guard, _) = put_source_and_mount(&cluster, dir.path());
 
     // A second mount on the same place is refused, naming the first.
     let again = cluster.cli(&["mount", "/data", mnt.to_str().unwrap()]);
@@ -497,28 +498,7 @@ async fn a_second_mount_is_refused_and_without_metaservers_the_cache_is_served()
     assert_eq!(processes_serving(&mnt).len(), 1, "still one process");
 
     // 8. df counts the one disk these local chunk servers share once.
-    let out = Command::new("df")
-        .args(["-B1", "--output=size", mnt.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let size: u64 = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .nth(1)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let disk = Command::new("df")
-        .args(["-B1", "--output=size", dir.path().to_str().unwrap()])
-        .output()
-        .unwrap();
-    let disk: u64 = String::from_utf8_lossy(&disk.stdout)
-        .lines()
-        .nth(1)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let (size, disk) = (df_size(&mnt), df_size(dir.path()));
     // (Rounded down to the mount's 1 MiB blocks.)
     assert!(size <= disk && size + (1 << 20) >= disk, "{size} vs {disk}");
 

@@ -306,6 +306,27 @@ impl TestCluster {
     }
 }
 
+/// A command's standard output, as text.
+pub fn stdout(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stdout).to_string()
+}
+
+/// A command's standard error, as text.
+pub fn stderr(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).to_string()
+}
+
+/// `output`, after asserting that its command succeeded.
+pub fn ok(output: std::process::Output) -> std::process::Output {
+    assert!(
+        output.status.success(),
+        "shardfs failed ({:?}): {}",
+        output.status.code(),
+        stderr(&output)
+    );
+    output
+}
+
 /// Runs `shardfs` with `--meta meta`, no terminal, and returns its output.
 pub fn cli_at(meta: &str, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_shardfs"))
