@@ -23,13 +23,18 @@ pub struct PathError {
 }
 
 /// A path for an error message: whole up to 200 characters, else its
-/// first 200 and a mark that more follows.
+/// first 197 and "..." (200 in all).
 fn shorten(path: &str) -> String {
-    const SHOWN: usize = 200;
-    match path.char_indices().nth(SHOWN) {
-        Some((end, _)) => format!("{}...", &path[..end]),
-        None => path.to_string(),
+    const MOST: usize = 200;
+    const MARK: &str = "...";
+    if path.chars().nth(MOST).is_none() {
+        return path.to_string();
     }
+    let end = path
+        .char_indices()
+        .nth(MOST - MARK.len())
+        .map_or(path.len(), |(i, _)| i);
+    format!("{}{MARK}", &path[..end])
 }
 
 /// A validated, canonical absolute path.
@@ -156,6 +161,18 @@ impl fmt::Debug for DfsPath {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_name_long_paths_shortened_to_200_characters() {
+        let long = format!("/{}", "é".repeat(5000));
+        let error = DfsPath::parse(&long).unwrap_err();
+        assert_eq!(error.path.chars().count(), 200);
+        assert!(
+            error.path.ends_with("...") && long.starts_with(&error.path[..error.path.len() - 3])
+        );
+        let short = "/a\0b";
+        assert_eq!(DfsPath::parse(short).unwrap_err().path, short);
+    }
 
     #[test]
     fn accepts_canonical_paths() {
