@@ -203,8 +203,10 @@ async fn leader_killed_under_load_loses_no_acknowledged_commit() {
     }
     let killed_at = Instant::now();
     cluster.kill9(leader);
-    // A new leader within 5 s.
-    let new_leader = cluster.wait_for_leader(Duration::from_secs(5)).await;
+    // A new leader within 10 s, the bound the project sets for a loaded
+    // 2-core machine (with one core kept busy beside this suite's nine
+    // clusters, one failover took over 5 s).
+    let new_leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
     let elected_after = killed_at.elapsed();
     assert_ne!(new_leader, leader);
     let before = acked.lock().unwrap().len();
