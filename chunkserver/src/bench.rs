@@ -8,7 +8,6 @@
 //! anyone can run it: `cargo run --release -p shardfs-chunk -- bench`.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,8 +16,8 @@ use bytes::Bytes;
 use clap::Args;
 use shardfs_proto::ChunkId;
 use shardfs_proto::chunk_client::ChunkClient;
+use shardfs_proto::process::ServerChild;
 use shardfs_proto::{errln, outln};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -125,7 +124,7 @@ async fn run_in(args: &BenchArgs, base: &Path) -> anyhow::Result<()> {
     }
 
     progress("starting a chunk server");
-    let mut server = spawn_server(&base.join("server")).await?;
+    let server = spawn_server(&base.join("server")).await?;
     let client = ChunkClient::new(&server.addr)?;
     let outcome = async {
         for &streams in &args.streams {
@@ -169,7 +168,7 @@ async fn run_in(args: &BenchArgs, base: &Path) -> anyhow::Result<()> {
         anyhow::Ok(())
     }
     .await;
-    server.stop().await;
+    stop_server(server).await;
     outcome?;
 
     if args.json {
@@ -366,69 +365,24 @@ async fn get_all(
     Ok(start.elapsed().as_secs_f64())
 }
 
-/// A chunk server child process started by the bench.
-struct ServerProcess {
-    child: tokio::process::Child,
-    addr: String,
-}
-
-async fn spawn_server(data_dir: &Path) -> anyhow::Result<ServerProcess> {
+/// Starts a chunk server (this binary) on `data_dir`, logging beside it.
+async fn spawn_server(data_dir: &Path) -> anyhow::Result<ServerChild> {
     let exe = std::env::current_exe().context("locating shardfs-chunk")?;
-    let mut child = tokio::process::Command::new(exe)
+    let log = data_dir.with_extension("log");
+    let mut command = std::process::Command::new(exe);
+    command
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting the chunk server")?;
-    let stdout = child.stdout.take().expect("piped stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .context("chunk server did not start within 30 s")??
-        .context("chunk server exited before listening")?;
-    let addr = line
-        .strip_prefix("listening on ")
-        .with_context(|| format!("unexpected first line from chunk server: {line:?}"))?
-        .to_string();
-    Ok(ServerProcess { child, addr })
+        .env("RUST_LOG", "warn");
+    let server =
+        tokio::task::spawn_blocking(move || ServerChild::spawn(command, "chunk server", &log))
+            .await??;
+    Ok(server)
 }
 
-impl ServerProcess {
-    /// User + system CPU seconds the server has used so far (Linux /proc).
-    fn cpu_seconds(&self) -> f64 {
-        let Some(pid) = self.child.id() else {
-            return 0.0;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            return 0.0;
-        };
-        // Fields after the parenthesised command name; utime and stime are
-        // the 14th and 15th fields of the whole line.
-        let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let ticks: f64 = fields
-            .get(11..13)
-            .map(|f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum())
-            .unwrap_or(0.0);
-        // SAFETY: sysconf has no preconditions.
-        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        ticks / per_second.max(1.0)
-    }
-
-    async fn stop(&mut self) {
-        if let Some(pid) = self.child.id() {
-            // SAFETY: plain kill(2) on our own child's pid.
-            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-        }
-        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = self.child.kill().await;
-        }
-    }
+/// SIGTERM, then SIGKILL after 10 s, off the async runtime.
+async fn stop_server(mut server: ServerChild) {
+    let _ = tokio::task::spawn_blocking(move || server.terminate(Duration::from_secs(10))).await;
 }
 
 /// Round-trips one fresh chunk through the server at `addr` and reports.

@@ -149,7 +149,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
     info!(%addr, data_dir = %config.data_dir.display(), "chunk server listening");
-    outln!("listening on {addr}");
+    outln!("{}", shardfs_proto::process::listening_line(addr));
     std::io::stdout().flush()?;
     let scrub_stats = std::sync::Arc::new(shardfs_chunk::scrub::ScrubStats::default());
     let scrubber =

@@ -55,7 +55,7 @@ async fn stalled_writer(addr: &str, seed: u64) -> (RawPut, ChunkId) {
 
 /// The server's resident memory in MiB.
 fn rss_mib(server: &ServerProcess) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
     let kib: u64 = status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))

@@ -8,17 +8,18 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use serde::Serialize;
 use shardfs_proto::ChunkId;
 use shardfs_proto::chunk_client::ChunkClient;
 use shardfs_proto::meta::v1 as pb;
 use shardfs_proto::meta_client::MetaClient;
+use shardfs_proto::process::{ServerChild, free_ports};
 use shardfs_proto::{errln, outln};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -150,44 +151,12 @@ pub async fn status(meta: &[String], json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A child process killed when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(binary: &Path, args: &[String], log: &Path) -> anyhow::Result<(Proc, String)> {
-    use std::io::BufRead;
-    let log = std::fs::File::create(log)?;
-    let mut child = Command::new(binary)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .with_context(|| format!("starting {}", binary.display()))?;
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .with_context(|| format!("{} did not start", binary.display()))?
-        .to_string();
-    Ok((Proc(child), addr))
-}
-
-fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
-    let listeners = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(listeners
-        .iter()
-        .map(|l| l.local_addr().map(|a| a.port()))
-        .collect::<Result<_, _>>()?)
+/// Starts `binary` with `args`, logging to `log`, and waits for its
+/// listening line.
+fn spawn(binary: &Path, args: &[String], what: &str, log: &Path) -> anyhow::Result<ServerChild> {
+    let mut command = Command::new(binary);
+    command.args(args).env("RUST_LOG", "warn");
+    Ok(ServerChild::spawn(command, what, log)?)
 }
 
 /// Small distinct chunks for the files of the benchmark.
@@ -282,7 +251,8 @@ async fn run_in(args: &BenchArgs, base: &Path) -> anyhow::Result<()> {
             "--data-dir".into(),
             base.join(format!("meta-{id}")).display().to_string(),
         ];
-        procs.push(spawn(&meta_bin, &args, &base.join(format!("meta-{id}.log")))?.0);
+        let log = base.join(format!("meta-{id}.log"));
+        procs.push(spawn(&meta_bin, &args, &format!("metaserver {id}"), &log)?);
     }
     let meta_list = peers.values().cloned().collect::<Vec<_>>().join(",");
     let mut chunk_addrs = Vec::new();
@@ -297,9 +267,10 @@ async fn run_in(args: &BenchArgs, base: &Path) -> anyhow::Result<()> {
             "--data-dir".into(),
             base.join(format!("chunk-{id}")).display().to_string(),
         ];
-        let (proc, addr) = spawn(&chunk_bin, &args, &base.join(format!("chunk-{id}.log")))?;
-        procs.push(proc);
-        chunk_addrs.push(addr);
+        let log = base.join(format!("chunk-{id}.log"));
+        let server = spawn(&chunk_bin, &args, &format!("chunk server {id}"), &log)?;
+        chunk_addrs.push(server.addr.clone());
+        procs.push(server);
     }
     let addrs: Vec<String> = peers.values().cloned().collect();
     let client = MetaClient::new(&addrs).map_err(|e| anyhow::anyhow!("{}", e.message()))?;

@@ -15,6 +15,16 @@
 //!   services call (replicated writes, linearizable reads, membership,
 //!   bootstrap of a new group).
 //! - [`network`]: the Raft transport over gRPC (client and server side).
+//! - [`filter`]: faults injected into that transport (drop, delay,
+//!   partition, isolate) for in-process tests.
+//! - [`repair`]: the leader's repair loop: re-replicating under-replicated
+//!   chunks, trimming extra replicas, with its counters.
+//! - [`gc`]: the leader's garbage collection of unreferenced chunks after a
+//!   grace period.
+//! - [`requests`]: client requests checked and turned into what the node
+//!   acts on (every handler's first step).
+//! - [`retries`]: the retry cache answering a retried namespace call with
+//!   its first answer.
 //! - [`service`]: the gRPC `MetaService`, thin adapters over [`node`].
 //! - [`convert`]: wire <-> domain conversions and the error -> status map.
 //! - [`server`]: `run(listener, node, shutdown)`.
@@ -32,6 +42,7 @@ pub mod codec;
 pub mod config;
 pub mod convert;
 pub mod error;
+pub mod filter;
 pub mod gc;
 pub mod liveness;
 pub mod namespace;

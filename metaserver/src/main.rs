@@ -154,7 +154,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     let node = MetaNode::start(config.id, &config.data_dir, &config.tuning, dead_after).await?;
     let addr = listener.local_addr()?;
     info!(id = config.id, %addr, data_dir = %config.data_dir.display(), "metaserver listening");
-    outln!("listening on {addr}");
+    outln!("{}", shardfs_proto::process::listening_line(addr));
     std::io::stdout().flush()?;
     let bootstrap = {
         let node = node.clone();

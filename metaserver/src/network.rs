@@ -1,7 +1,8 @@
 //! Raft transport over gRPC: [`Network`] dials peers (one cached channel per
 //! peer) for openraft, and [`RaftServer`] receives their messages. Messages
 //! travel as openraft's own serde forms, encoded by [`crate::codec`], inside
-//! a `RaftMessage`.
+//! a `RaftMessage`. Every message a node sends passes its
+//! [`crate::filter::Filters`] first (tests inject faults there).
 //!
 //! openraft gives an AppendEntries one heartbeat interval to complete, and
 //! re-sends the same range after a timeout: a batch that a follower cannot
@@ -33,6 +34,7 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::codec;
+use crate::filter::{Filters, RaftRpc, Verdict};
 use crate::types::{NodeId, TypeConfig};
 
 /// Most bytes of entries in one AppendEntries (a single larger entry still
@@ -55,13 +57,27 @@ pub fn entries_that_fit(sizes: impl IntoIterator<Item = usize>, budget: usize) -
 }
 
 /// Dials metaservers for openraft. Clones share the channel cache.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Network {
+    /// The node sending.
+    from: NodeId,
     /// One channel per peer, by id, replaced when the peer's address changes.
     channels: Arc<Mutex<HashMap<NodeId, (String, Channel)>>>,
+    /// Faults to inject (none in production).
+    filters: Filters,
 }
 
 impl Network {
+    /// The transport of node `from`, with `filters` deciding the fate of
+    /// every message it sends.
+    pub fn new(from: NodeId, filters: Filters) -> Self {
+        Self {
+            from,
+            channels: Arc::default(),
+            filters,
+        }
+    }
+
     fn channel(&self, target: NodeId, addr: &str) -> Result<Channel, tonic::transport::Error> {
         let mut channels = self.channels.lock().expect("channel cache");
         if let Some((cached_addr, channel)) = channels.get(&target)
@@ -87,28 +103,28 @@ impl RaftNetworkFactory<TypeConfig> for Network {
                     .max_encoding_message_size(crate::server::MAX_RAFT_MESSAGE_BYTES)
             })
             .map_err(|e| format!("bad address {:?} for metaserver {target}: {e}", node.addr));
-        PeerClient { target, client }
+        PeerClient {
+            from: self.from,
+            target,
+            client,
+            filters: self.filters.clone(),
+        }
     }
 }
 
 /// The connection to one peer.
 pub struct PeerClient {
+    from: NodeId,
     target: NodeId,
     client: Result<RaftServiceClient<Channel>, String>,
-}
-
-#[derive(Clone, Copy)]
-enum Rpc {
-    AppendEntries,
-    Vote,
-    InstallSnapshot,
+    filters: Filters,
 }
 
 impl PeerClient {
     /// Sends an already encoded request and decodes the answer.
     async fn exchange<Resp, E>(
         &mut self,
-        rpc: Rpc,
+        rpc: RaftRpc,
         body: Vec<u8>,
         option: &RPCOption,
     ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
@@ -120,12 +136,21 @@ impl PeerClient {
             Ok(client) => client.clone(),
             Err(e) => return Err(RPCError::Unreachable(Unreachable::from(AnyError::error(e)))),
         };
+        match self.filters.verdict(self.from, self.target, rpc) {
+            Verdict::Deliver => {}
+            Verdict::Drop => {
+                return Err(RPCError::Unreachable(Unreachable::from(AnyError::error(
+                    format!("{rpc:?} to metaserver {} dropped by a filter", self.target),
+                ))));
+            }
+            Verdict::Delay(delay) => tokio::time::sleep(delay).await,
+        }
         let message = RaftMessage { body: body.into() };
         let call = async move {
             match rpc {
-                Rpc::AppendEntries => client.append_entries(message).await,
-                Rpc::Vote => client.vote(message).await,
-                Rpc::InstallSnapshot => client.install_snapshot(message).await,
+                RaftRpc::AppendEntries => client.append_entries(message).await,
+                RaftRpc::Vote => client.vote(message).await,
+                RaftRpc::InstallSnapshot => client.install_snapshot(message).await,
             }
         };
         let reply = match tokio::time::timeout(option.hard_ttl(), call).await {
@@ -168,7 +193,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
                 ));
             }
         }
-        self.exchange(Rpc::AppendEntries, body, &option).await
+        self.exchange(RaftRpc::AppendEntries, body, &option).await
     }
 
     async fn install_snapshot(
@@ -179,7 +204,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.exchange(Rpc::InstallSnapshot, codec::encode(&rpc), &option)
+        self.exchange(RaftRpc::InstallSnapshot, codec::encode(&rpc), &option)
             .await
     }
 
@@ -188,7 +213,8 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.exchange(Rpc::Vote, codec::encode(&rpc), &option).await
+        self.exchange(RaftRpc::Vote, codec::encode(&rpc), &option)
+            .await
     }
 }
 

@@ -14,6 +14,7 @@ use shardfs_proto::chunk_client::ChunkClient;
 
 use crate::chunks::{BadReplicaCounts, RecentPlacements};
 use crate::error::MetaError;
+use crate::filter::Filters;
 use crate::gc::GcState;
 use crate::liveness::Liveness;
 use crate::network::Network;
@@ -105,6 +106,18 @@ impl MetaNode {
         tuning: &RaftTuning,
         dead_after: Duration,
     ) -> anyhow::Result<Self> {
+        Self::start_with_filters(id, data_dir, tuning, dead_after, Filters::default()).await
+    }
+
+    /// Like [`MetaNode::start`], with `filters` on every Raft message this
+    /// node sends (fault injection for tests).
+    pub async fn start_with_filters(
+        id: NodeId,
+        data_dir: &Path,
+        tuning: &RaftTuning,
+        dead_after: Duration,
+        filters: Filters,
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(data_dir)?;
         let path = data_dir.join("raft");
         let (log_store, state_machine) = tokio::task::spawn_blocking(move || {
@@ -130,7 +143,7 @@ impl MetaNode {
         let raft = Raft::new(
             id,
             Arc::new(config),
-            Network::default(),
+            Network::new(id, filters),
             log_store,
             state_machine,
         )

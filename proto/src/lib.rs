@@ -15,8 +15,15 @@
 //!   leader and follows redirects.
 //! - [`output`]: standard output for the command lines, where a closed pipe
 //!   (`| head`) ends the program quietly instead of panicking.
+//! - [`process`]: servers as child processes: the `listening on ADDR` line,
+//!   free ports, and the one way a parent starts a server and waits for it.
 //! - [`chunk_client`]: a typed client for one chunk server, used by the other
 //!   servers, the client library, tests and benchmarks.
+//! - [`bulk`]: the bulk read protocol, chunk reads without gRPC on the chunk
+//!   server's own port.
+//! - [`alloc`]: allocator tuning shared by every binary.
+//! - [`span`]: [`span::Span`], a duration as operators write it (`5s`,
+//!   `250ms`, `2m`).
 
 pub mod alloc;
 pub mod bulk;
@@ -25,6 +32,7 @@ pub mod id;
 pub mod meta_client;
 pub mod output;
 pub mod path;
+pub mod process;
 pub mod span;
 pub mod transport;
 

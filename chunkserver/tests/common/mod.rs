@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -13,6 +13,7 @@ use shardfs_proto::ChunkId;
 use shardfs_proto::chunk::v1::chunk_service_client::ChunkServiceClient;
 use shardfs_proto::chunk::v1::{PutChunkRequest, PutHeader, put_chunk_request};
 use shardfs_proto::chunk_client::ChunkClient;
+use shardfs_proto::process::ServerChild;
 use tokio::sync::oneshot;
 
 /// The header message that opens a put stream (raw, for tests that break
@@ -138,9 +139,10 @@ impl InProcessServer {
     }
 }
 
-/// The real `shardfs-chunk` binary as a child process.
+/// The real `shardfs-chunk` binary as a child process (killed when
+/// dropped).
 pub struct ServerProcess {
-    pub child: Child,
+    pub child: ServerChild,
     pub addr: String,
     pub data_dir: PathBuf,
 }
@@ -151,50 +153,28 @@ impl ServerProcess {
     }
 
     /// Starts the binary with `--data-dir` plus `args` and `env`, and waits
-    /// for its `listening on ADDR` line.
+    /// for its listening line. It logs to a file beside the data dir.
     pub fn start_with(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
-        use std::io::BufRead;
-        // Logs go to a file beside the data dir: a pipe nobody drains could
-        // fill up and stall the server.
-        let log_path = log_path(data_dir);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_shardfs-chunk"));
         command
             .arg("--data-dir")
             .arg(data_dir)
             .args(args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log));
+            .env("RUST_LOG", "info");
         for (key, value) in env {
             command.env(key, value);
         }
-        let mut child = command.spawn().expect("spawn shardfs-chunk");
-        let stdout = child.stdout.take().unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(stdout)
-            .read_line(&mut line)
-            .unwrap();
-        let addr = match line.trim().strip_prefix("listening on ") {
-            Some(addr) => addr.to_string(),
-            None => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "shardfs-chunk did not start: stdout {line:?}, log {}",
-                    std::fs::read_to_string(&log_path).unwrap_or_default()
-                );
-            }
-        };
+        let child = ServerChild::spawn(command, "shardfs-chunk", &log_path(data_dir))
+            .unwrap_or_else(|e| panic!("{e}"));
         Self {
+            addr: child.addr.clone(),
             child,
-            addr,
             data_dir: data_dir.to_path_buf(),
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
     }
 
     pub fn client(&self) -> ChunkClient {
@@ -202,36 +182,23 @@ impl ServerProcess {
     }
 
     /// kill -9: no chance to clean up.
-    pub fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
+    pub fn kill9(self) {
+        drop(self.child);
     }
 
-    /// SIGTERM and wait (without blocking the async runtime, whose tasks
-    /// may hold the server's connections); returns whether it exited 0.
-    pub async fn terminate(mut self) -> bool {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.success();
-            }
-            assert!(Instant::now() < deadline, "server ignored SIGTERM for 30 s");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    /// SIGTERM and wait (off the async runtime, whose tasks may hold the
+    /// server's connections); returns whether it exited 0.
+    pub async fn terminate(self) -> bool {
+        let mut child = self.child;
+        let status = tokio::task::spawn_blocking(move || child.terminate(Duration::from_secs(30)))
+            .await
+            .unwrap();
+        status.expect("server ignored SIGTERM for 30 s").success()
     }
 
     /// Everything the server has logged so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(log_path(&self.data_dir)).unwrap_or_default()
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.log_text()
     }
 }
 

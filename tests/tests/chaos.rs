@@ -17,16 +17,14 @@
 //! `SHARDFS_CHAOS_ROUNDS=40 cargo test -p shardfs-client --test chaos --
 //! --nocapture`; `SHARDFS_CHAOS_SEED=N` replays a run (the seed is printed).
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{TestCluster, data, hash};
 use futures::StreamExt;
 use shardfs_client::{Client, ClientConfig, PutOptions, read_all};
+use shardfs_tests::{Cluster, data, hash};
 
 /// A small deterministic generator (xorshift64*).
 struct Rng(u64);
@@ -92,7 +90,8 @@ async fn randomized_faults_lose_nothing_acknowledged() {
             net.host_ip(),
         ),
         None => (
-            common::free_ports(3)
+            shardfs_proto::process::free_ports(3)
+                .unwrap()
                 .iter()
                 .map(|p| format!("127.0.0.1:{p}"))
                 .collect(),
@@ -100,7 +99,7 @@ async fn randomized_faults_lose_nothing_acknowledged() {
             "127.0.0.1".to_string(),
         ),
     };
-    let mut cluster = TestCluster::start_custom(
+    let mut cluster = Cluster::start_custom(
         dir.path(),
         4,
         meta_addrs,

@@ -2,22 +2,21 @@
 //! leader under load, full restarts, membership changes, snapshots, and
 //! bad input.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, file_info, listing, offline_listing};
+use shardfs_tests::cluster::{listing, offline_listing};
+use shardfs_tests::{Cluster, file_info};
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_reads_and_redirects() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::start(dir.path(), 3, &[]);
+    let mut cluster = Cluster::metaservers(dir.path(), 3, &[]);
     let leader = cluster.wait_for_leader(Duration::from_secs(15)).await;
     cluster.with_chunk_servers(3).await;
-    let client = cluster.client();
+    let client = cluster.running_meta();
     assert!(client.mkdir("/datasets/imagenet", true).await.unwrap());
     let file = file_info(1, 4);
     let committed = client
@@ -35,8 +34,8 @@ async fn writes_reads_and_redirects() {
     assert_eq!(got.content_id, committed.content_id);
 
     // A follower names the leader.
-    let follower = *cluster.nodes.keys().find(|id| **id != leader).unwrap();
-    let mut direct = client.direct(&cluster.addrs[&follower]).unwrap();
+    let follower = *cluster.metas.keys().find(|id| **id != leader).unwrap();
+    let mut direct = client.direct(cluster.meta_addr(follower)).unwrap();
     let status = direct
         .mkdir(shardfs_proto::meta::v1::MkdirRequest {
             path: "/x".into(),
@@ -53,14 +52,14 @@ async fn writes_reads_and_redirects() {
             .unwrap()
             .to_str()
             .unwrap(),
-        cluster.addrs[&leader]
+        cluster.meta_addr(leader)
     );
     assert!(
-        status.message().contains(&cluster.addrs[&leader]),
+        status.message().contains(cluster.meta_addr(leader)),
         "{}",
         status.message()
     );
-    cluster.stop_all().await;
+    cluster.stop_metas().await;
 }
 
 /// A call retried after the leader that applied it died gets the first
@@ -71,10 +70,10 @@ async fn writes_reads_and_redirects() {
 async fn a_retried_call_gets_its_first_answer_from_a_new_leader() {
     use shardfs_proto::meta::v1 as pb;
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::start(dir.path(), 3, &[]);
+    let mut cluster = Cluster::metaservers(dir.path(), 3, &[]);
     let leader = cluster.wait_for_leader(Duration::from_secs(15)).await;
     cluster.with_chunk_servers(3).await;
-    let client = cluster.client();
+    let client = cluster.running_meta();
     let kept = client.commit("/r/a", file_info(1, 3), false).await.unwrap();
     client
         .commit("/r/doomed/x", file_info(2, 2), false)
@@ -116,7 +115,7 @@ async fn a_retried_call_gets_its_first_answer_from_a_new_leader() {
     rename(b"rename-once").await.unwrap();
     assert_eq!(delete(b"delete-once").await.unwrap(), 1);
 
-    cluster.kill9(leader);
+    cluster.kill_meta(leader);
     let new_leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
     assert_ne!(new_leader, leader);
     rename(b"rename-once")
@@ -159,7 +158,7 @@ async fn a_retried_call_gets_its_first_answer_from_a_new_leader() {
             ("/r/b".to_string(), kept.content_id.to_vec()),
         ]
     );
-    cluster.stop_all().await;
+    cluster.stop_metas().await;
 }
 
 /// An acknowledged commit: its path and content id.
@@ -168,10 +167,10 @@ type Acked = (String, Vec<u8>);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_killed_under_load_loses_no_acknowledged_commit() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::start(dir.path(), 3, &[]);
+    let mut cluster = Cluster::metaservers(dir.path(), 3, &[]);
     let leader = cluster.wait_for_leader(Duration::from_secs(15)).await;
     cluster.with_chunk_servers(3).await;
-    let client = cluster.client();
+    let client = cluster.running_meta();
     let acked: Arc<Mutex<Vec<Acked>>> = Arc::default();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut writers = Vec::new();
@@ -202,7 +201,7 @@ async fn leader_killed_under_load_loses_no_acknowledged_commit() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let killed_at = Instant::now();
-    cluster.kill9(leader);
+    cluster.kill_meta(leader);
     // A new leader within 10 s, the bound the project sets for a loaded
     // 2-core machine (with one core kept busy beside this suite's nine
     // clusters, one failover took over 5 s).
@@ -229,9 +228,9 @@ async fn leader_killed_under_load_loses_no_acknowledged_commit() {
     );
 
     // Bring the old leader back; every acknowledged commit is everywhere.
-    cluster.start_node(leader);
+    cluster.start_meta(leader);
     cluster.wait_for_leader(Duration::from_secs(15)).await;
-    let client = cluster.client();
+    let client = cluster.running_meta();
     for (path, content_id) in &acked {
         let entry = client.lookup(path).await.unwrap();
         assert_eq!(
@@ -260,7 +259,7 @@ async fn leader_killed_under_load_loses_no_acknowledged_commit() {
         assert!(Instant::now() < deadline, "a node did not catch up");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    cluster.stop_all().await;
+    cluster.stop_metas().await;
     let files: BTreeSet<&str> = through_leader
         .iter()
         .filter(|(_, e)| !e.is_dir)
@@ -272,10 +271,10 @@ async fn leader_killed_under_load_loses_no_acknowledged_commit() {
             "{path} missing from the listing"
         );
     }
-    let reference = offline_listing(&cluster.data_dir(1));
+    let reference = offline_listing(&cluster.meta_dir(1));
     for id in [2, 3] {
         assert_eq!(
-            offline_listing(&cluster.data_dir(id)),
+            offline_listing(&cluster.meta_dir(id)),
             reference,
             "node {id} differs"
         );
@@ -292,10 +291,10 @@ async fn leader_killed_under_load_loses_no_acknowledged_commit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_restart_keeps_identical_state() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::start(dir.path(), 3, &[]);
+    let mut cluster = Cluster::metaservers(dir.path(), 3, &[]);
     cluster.wait_for_leader(Duration::from_secs(15)).await;
     cluster.with_chunk_servers(3).await;
-    let client = cluster.client();
+    let client = cluster.running_meta();
     for i in 0..30u64 {
         client
             .commit(&format!("/r/d{}/f{i}", i % 3), file_info(i, 2), false)
@@ -306,41 +305,45 @@ async fn full_restart_keeps_identical_state() {
     client.delete("/r/d1", true).await.unwrap();
     let before = listing(&client).await;
     assert_eq!(before.iter().filter(|(_, e)| !e.is_dir).count(), 20);
-    cluster.stop_all().await;
+    cluster.stop_metas().await;
     for id in [1, 2, 3] {
-        cluster.start_node(id);
+        cluster.start_meta(id);
     }
     cluster.wait_for_leader(Duration::from_secs(15)).await;
-    let client = cluster.client();
+    let client = cluster.running_meta();
     assert_eq!(listing(&client).await, before);
-    cluster.stop_all().await;
+    cluster.stop_metas().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn add_promote_and_remove_metaservers() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::start(dir.path(), 3, &[]);
+    let mut cluster = Cluster::metaservers(dir.path(), 3, &[]);
     let leader = cluster.wait_for_leader(Duration::from_secs(15)).await;
     cluster.with_chunk_servers(3).await;
-    let client = cluster.client();
+    let client = cluster.running_meta();
     for i in 0..20u64 {
         client
             .commit(&format!("/m/f{i}"), file_info(i, 1), false)
             .await
             .unwrap();
     }
-    cluster.start_extra_node(4);
+    cluster.start_extra_meta(4);
     let membership = client
-        .add_metaserver(4, &cluster.addrs[&4].clone(), false)
+        .add_metaserver(4, cluster.meta_addr(4), false)
         .await
         .unwrap();
     assert_eq!(membership.voters, vec![1, 2, 3, 4]);
     // Remove a follower; the group keeps serving.
     let removed = *[1, 2, 3].iter().find(|id| **id != leader).unwrap();
-    let membership = cluster.client().remove_metaserver(removed).await.unwrap();
+    let membership = cluster
+        .running_meta()
+        .remove_metaserver(removed)
+        .await
+        .unwrap();
     assert!(!membership.voters.contains(&removed) && !membership.learners.contains(&removed));
-    assert!(cluster.terminate(removed).await);
-    let client = cluster.client();
+    assert!(cluster.terminate_meta(removed).await);
+    let client = cluster.running_meta();
     client
         .commit("/m/after", file_info(99, 1), false)
         .await
@@ -356,22 +359,22 @@ async fn add_promote_and_remove_metaservers() {
     // The new member holds everything.
     let status = cluster.status_of(4).await.unwrap();
     assert!(status.metaservers.iter().any(|m| m.id == 4 && m.voter));
-    cluster.stop_all().await;
+    cluster.stop_metas().await;
     assert_eq!(
-        offline_listing(&cluster.data_dir(4)),
-        offline_listing(&cluster.data_dir(leader))
+        offline_listing(&cluster.meta_dir(4)),
+        offline_listing(&cluster.meta_dir(leader))
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follower_far_behind_catches_up_by_snapshot() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::start(dir.path(), 3, &["--snapshot-every", "50"]);
+    let mut cluster = Cluster::metaservers(dir.path(), 3, &["--snapshot-every", "50"]);
     let leader = cluster.wait_for_leader(Duration::from_secs(15)).await;
     cluster.with_chunk_servers(3).await;
     let lagger = *[1, 2, 3].iter().find(|id| **id != leader).unwrap();
-    assert!(cluster.terminate(lagger).await);
-    let client = cluster.client();
+    assert!(cluster.terminate_meta(lagger).await);
+    let client = cluster.running_meta();
     for i in 0..300u64 {
         client
             .commit(&format!("/s/f{i:03}"), file_info(i, 1), false)
@@ -379,7 +382,7 @@ async fn follower_far_behind_catches_up_by_snapshot() {
             .unwrap();
     }
     let target = cluster.status_of(leader).await.unwrap().last_applied;
-    cluster.start_node(lagger);
+    cluster.start_meta(lagger);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let applied = cluster
@@ -396,8 +399,8 @@ async fn follower_far_behind_catches_up_by_snapshot() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    cluster.stop_all().await;
-    let reference = offline_listing(&cluster.data_dir(leader));
+    cluster.stop_metas().await;
+    let reference = offline_listing(&cluster.meta_dir(leader));
     assert_eq!(
         reference
             .iter()
@@ -405,9 +408,9 @@ async fn follower_far_behind_catches_up_by_snapshot() {
             .count(),
         300
     );
-    assert_eq!(offline_listing(&cluster.data_dir(lagger)), reference);
+    assert_eq!(offline_listing(&cluster.meta_dir(lagger)), reference);
     // It caught up through a snapshot: the log it missed was purged.
-    let (mut log, _) = shardfs_meta::store::open(&cluster.data_dir(lagger).join("raft")).unwrap();
+    let (mut log, _) = shardfs_meta::store::open(&cluster.meta_dir(lagger).join("raft")).unwrap();
     use openraft::storage::RaftLogStorage;
     let state = log.get_log_state().await.unwrap();
     assert!(
@@ -419,10 +422,10 @@ async fn follower_far_behind_catches_up_by_snapshot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_clear_errors_and_harms_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::start(dir.path(), 3, &[]);
+    let mut cluster = Cluster::metaservers(dir.path(), 3, &[]);
     cluster.wait_for_leader(Duration::from_secs(15)).await;
     cluster.with_chunk_servers(3).await;
-    let client = cluster.client();
+    let client = cluster.running_meta();
     client
         .commit("/ok/file", file_info(1, 2), false)
         .await
@@ -588,17 +591,17 @@ async fn bad_input_gets_clear_errors_and_harms_nothing() {
         "the whole chunk list"
     );
     assert_eq!(client.cluster_status().await.unwrap().term, term);
-    cluster.stop_all().await;
+    cluster.stop_metas().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunk_servers_placement_dedup_and_death() {
     use shardfs_proto::meta::v1::{AllocateChunksRequest, ChunkToPlace};
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::start(dir.path(), 3, &["--dead-after-secs", "2"]);
+    let mut cluster = Cluster::metaservers(dir.path(), 3, &["--dead-after-secs", "2"]);
     cluster.wait_for_leader(Duration::from_secs(15)).await;
     cluster.with_chunk_servers(4).await;
-    let client = cluster.client();
+    let client = cluster.running_meta();
     let allocate = |chunks: Vec<ChunkToPlace>| {
         let client = client.clone();
         let request = AllocateChunksRequest {
@@ -631,7 +634,7 @@ async fn chunk_servers_placement_dedup_and_death() {
         assert_eq!(distinct.len(), 3, "{p:?}");
     }
     // Chunks already stored are reported where they are (dedup).
-    let (pool_id, _) = common::pool_chunk(0);
+    let (pool_id, _) = shardfs_tests::pool_chunk(0);
     let pool_chunk = vec![ChunkToPlace {
         id: pool_id.to_vec().into(),
         length: 1000,
@@ -696,9 +699,7 @@ async fn chunk_servers_placement_dedup_and_death() {
             }
         }
     };
-    let (mut victim, _) = cluster.chunk_servers.remove(&1).unwrap();
-    victim.kill().unwrap();
-    victim.wait().unwrap();
+    cluster.kill_chunk(1);
     let status = wait_dead(1).await;
     assert_eq!(status.chunk_servers.iter().filter(|c| c.alive).count(), 3);
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -710,9 +711,7 @@ async fn chunk_servers_placement_dedup_and_death() {
 
     // With two gone, the file's chunks are under-replicated and R = 3
     // cannot be placed.
-    let (mut second, _) = cluster.chunk_servers.remove(&2).unwrap();
-    second.kill().unwrap();
-    second.wait().unwrap();
+    cluster.kill_chunk(2);
     let status = wait_dead(2).await;
     assert!(status.under_replicated > 0, "{status:?}");
     let status = allocate(pool_chunk.clone()).await.unwrap_err();
@@ -727,7 +726,7 @@ async fn chunk_servers_placement_dedup_and_death() {
     }
     // Commits that need min(R, 2) = 2 live replicas still succeed.
     client.commit("/d/h", file_info(5, 2), false).await.unwrap();
-    cluster.stop_all().await;
+    cluster.stop_metas().await;
 }
 
 /// Resident memory of a process, in MiB.
@@ -746,17 +745,17 @@ async fn oversized_and_malformed_raft_messages_are_refused_without_echo() {
     use shardfs_proto::meta::v1::RaftMessage;
     use shardfs_proto::meta::v1::raft_service_client::RaftServiceClient;
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::start(dir.path(), 3, &[]);
+    let mut cluster = Cluster::metaservers(dir.path(), 3, &[]);
     let leader = cluster.wait_for_leader(Duration::from_secs(15)).await;
     cluster.with_chunk_servers(3).await;
-    let client = cluster.client();
+    let client = cluster.running_meta();
     client
         .commit("/kept/file", file_info(1, 2), false)
         .await
         .unwrap();
-    let target = *cluster.nodes.keys().find(|id| **id != leader).unwrap();
-    let addr = cluster.addrs[&target].clone();
-    let pid = cluster.nodes[&target].child.id();
+    let target = *cluster.metas.keys().find(|id| **id != leader).unwrap();
+    let addr = cluster.meta_addr(target).to_string();
+    let pid = cluster.metas[&target].child.id();
     let before = rss_mib(pid);
     let channel = shardfs_proto::transport::endpoint(&addr)
         .unwrap()
@@ -815,5 +814,5 @@ async fn oversized_and_malformed_raft_messages_are_refused_without_echo() {
         leader,
         "the leader changed"
     );
-    cluster.stop_all().await;
+    cluster.stop_metas().await;
 }

@@ -1,19 +1,17 @@
 //! The client under metaserver faults: a put survives the leader being
 //! killed in the middle of it.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{TestCluster, data, hash};
 use shardfs_client::{ClientConfig, PutOptions, read_all};
+use shardfs_tests::{Cluster, data, hash};
 
 const CHUNK: usize = 1 << 20;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_put_survives_the_leader_being_killed_mid_put() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = TestCluster::start(dir.path(), 3).await;
+    let mut cluster = Cluster::start(dir.path(), 3).await;
     let client = cluster
         .client(ClientConfig {
             chunk_size: CHUNK as u64,
@@ -71,8 +69,7 @@ fn put_finished_before_kill(stats: &shardfs_client::PutStats, len: usize) -> boo
 async fn a_new_leader_finishes_the_repair_the_old_one_started() {
     let dir = tempfile::tempdir().unwrap();
     // Slow repair (1 MB/s per server): the old leader cannot finish it.
-    let mut cluster =
-        TestCluster::start_with(dir.path(), 4, &["--repair-mb-per-s", "1"], &[]).await;
+    let mut cluster = Cluster::start_with(dir.path(), 4, &["--repair-mb-per-s", "1"], &[]).await;
     let client = cluster
         .client(ClientConfig {
             chunk_size: CHUNK as u64,

@@ -8,14 +8,12 @@
 //! the leader re-sent it forever and the group never served again. Raft
 //! entries are now binary and batches bounded in bytes.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{CpuLoad, TestCluster, data, hash};
 use futures::StreamExt;
 use shardfs_client::{Client, ClientConfig, PutOptions};
+use shardfs_tests::{Cluster, CpuLoad, data, hash};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 const FILES: usize = 2_000;
@@ -45,7 +43,7 @@ async fn put_and_get(client: &Client, path: &str, limit: Duration) -> Result<(),
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_restart_under_cpu_load_serves_within_10s_and_keeps_its_leader() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = TestCluster::start(dir.path(), 3).await;
+    let mut cluster = Cluster::start(dir.path(), 3).await;
     let client = cluster.client(ClientConfig::default()).await;
 
     let phase = Instant::now();

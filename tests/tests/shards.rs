@@ -2,12 +2,10 @@
 //! resuming yields exactly the rest (also with another world size), and a
 //! chunk server dying mid-stream costs nothing.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 
-use common::{TestCluster, chunked, data, hash};
 use shardfs_client::{Cursor, PutOptions};
+use shardfs_tests::{Cluster, chunked, data, hash};
 
 const CHUNK: usize = 1 << 20;
 
@@ -32,7 +30,7 @@ async fn drain(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ranks_resume_and_survive_a_dead_chunk_server() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = TestCluster::start(dir.path(), 4).await;
+    let mut cluster = Cluster::start(dir.path(), 4).await;
     let client = cluster.client(chunked(CHUNK)).await;
     let mut source = BTreeMap::new();
     for i in 0..10 {
@@ -222,7 +220,7 @@ async fn ranks_resume_and_survive_a_dead_chunk_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_stream_command_keeps_cursors_and_resumes_from_them() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = TestCluster::start(dir.path(), 3).await;
+    let cluster = Cluster::start(dir.path(), 3).await;
     let client = cluster.client(chunked(CHUNK)).await;
     let mut source = BTreeMap::new();
     for i in 0..6 {

@@ -2,23 +2,12 @@
 //! prints on standard output and error, and what it leaves in the cluster
 //! (issue 16). Every check runs the binary, as a user would.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{TestCluster, cli_at, data, hash, ok, stderr, stdout, tree_hashes};
-
-fn shardfs(meta: &str) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_shardfs"));
-    command
-        .args(["--meta", meta])
-        .env_remove("SHARDFS_META")
-        .env_remove("SHARDFS_LOG")
-        .stdin(Stdio::null());
-    command
-}
+use shardfs_tests::cli::shardfs;
+use shardfs_tests::{Cluster, cli_at, data, hash, ok, stderr, stdout, tree_hashes};
 
 /// Runs `shardfs ARGS` with standard output a pipe whose reader has
 /// already gone (as `| head` leaves it once head has read enough).
@@ -49,7 +38,7 @@ fn write_tree(root: &Path, files: usize, len: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cli_output_help_and_bad_arguments() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = TestCluster::start(dir.path(), 3).await;
+    let cluster = Cluster::start(dir.path(), 3).await;
     let meta = cluster.meta_addrs.join(",");
     let local = dir.path().join("ds");
     write_tree(&local, 30, 1000);
@@ -222,7 +211,7 @@ fn items_without_help(help: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cli_put_and_get_as_users_retry_them() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = TestCluster::start(dir.path(), 3).await;
+    let cluster = Cluster::start(dir.path(), 3).await;
     let meta = cluster.meta_addrs.join(",");
     let local = dir.path().join("ds");
     write_tree(&local, 24, 300_000);
@@ -348,7 +337,8 @@ async fn cli_put_and_get_as_users_retry_them() {
     let out = ok(cluster.cli(&["stream", "/ml/big"]));
     assert!(!stderr(&out).contains("[="), "{}", stderr(&out));
     if Path::new("/usr/bin/script").exists() {
-        let shardfs = env!("CARGO_BIN_EXE_shardfs");
+        let shardfs = shardfs_tests::bins::binary("shardfs");
+        let shardfs = shardfs.display();
         let line = format!(
             "{shardfs} --meta {meta} stream /ml/big --prefetch 4MiB > /dev/null; \
              {shardfs} --meta {meta} bench --files 2 --size-mib 8 --read-rounds 1 > /dev/null"
@@ -372,7 +362,7 @@ async fn cli_put_and_get_as_users_retry_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cli_errors_blame_the_real_cause_once_and_quietly() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = TestCluster::start(dir.path(), 3).await;
+    let mut cluster = Cluster::start(dir.path(), 3).await;
     let file = dir.path().join("data.bin");
     let bytes = data(3 << 20, "blame");
     std::fs::write(&file, &bytes).unwrap();

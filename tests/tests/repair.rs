@@ -2,13 +2,11 @@
 //! back to its replication factor on the others; it comes back and the
 //! extra copies are trimmed. The data reads back identical throughout.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{TestCluster, chunked, data, hash, put_all};
 use shardfs_client::{Client, PutOptions, read_all};
+use shardfs_tests::{Cluster, chunked, data, hash, put_all};
 
 const CHUNK: usize = 1 << 20;
 
@@ -32,7 +30,7 @@ async fn wait_for(what: &str, timeout: Duration, mut check: impl AsyncFnMut() ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn lost_replicas_are_copied_back_and_extra_ones_trimmed() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = TestCluster::start(dir.path(), 4).await;
+    let mut cluster = Cluster::start(dir.path(), 4).await;
     let client = cluster.client(chunked(CHUNK)).await;
     let files = put_all(
         &client,
@@ -157,7 +155,7 @@ async fn lost_replicas_are_copied_back_and_extra_ones_trimmed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn scrub_finds_a_flipped_byte_and_repair_restores_the_copy() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = TestCluster::start_with(dir.path(), 3, &[], &["--scrub-mb-per-s", "500"]).await;
+    let cluster = Cluster::start_with(dir.path(), 3, &[], &["--scrub-mb-per-s", "500"]).await;
     let client = cluster.client(chunked(CHUNK)).await;
     let source = data(4 * CHUNK, "scrub");
     client
@@ -209,7 +207,7 @@ async fn scrub_finds_a_flipped_byte_and_repair_restores_the_copy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_drained_chunk_server_can_be_removed_without_losing_a_replica() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = TestCluster::start(dir.path(), 4).await;
+    let mut cluster = Cluster::start(dir.path(), 4).await;
     let client = cluster.client(chunked(CHUNK)).await;
     let mut files = put_all(
         &client,

@@ -1,12 +1,10 @@
 //! The client and the `shardfs` CLI against a real multi-process cluster:
 //! three metaservers and three or four chunk servers on loopback.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{TestCluster, cli_at, data, hash, ok, stderr, stdout, tree_hashes};
 use shardfs_client::{ClientConfig, ClientError, PutOptions, read_all};
+use shardfs_tests::{Cluster, cli_at, data, hash, ok, stderr, stdout, tree_hashes};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 const CHUNK: usize = 1 << 20;
@@ -42,7 +40,7 @@ fn make_tree(root: &std::path::Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cli_tree_round_trip_is_byte_identical() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = TestCluster::start(dir.path(), 3).await;
+    let cluster = Cluster::start(dir.path(), 3).await;
     let src = dir.path().join("src");
     make_tree(&src);
 
@@ -130,7 +128,7 @@ async fn cli_tree_round_trip_is_byte_identical() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reader_seeks_and_reads_match_the_source() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = TestCluster::start(dir.path(), 3).await;
+    let cluster = Cluster::start(dir.path(), 3).await;
     let client = cluster.client(small_chunks()).await;
     let source = data(7 * CHUNK + 777, "seek");
     client
@@ -173,7 +171,7 @@ async fn reader_seeks_and_reads_match_the_source() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_file_reads_back_after_a_chunk_server_is_killed() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = TestCluster::start(dir.path(), 3).await;
+    let mut cluster = Cluster::start(dir.path(), 3).await;
     let client = cluster.client(small_chunks()).await;
     let mut files = Vec::new();
     for i in 0..6 {
@@ -208,7 +206,7 @@ async fn every_file_reads_back_after_a_chunk_server_is_killed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stalled_chunk_server_is_hedged_around() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = TestCluster::start(dir.path(), 3).await;
+    let cluster = Cluster::start(dir.path(), 3).await;
     // A minute per request: without hedging, a read that starts at the
     // stalled server would wait that long before trying another.
     let client = cluster
@@ -252,7 +250,7 @@ async fn a_stalled_chunk_server_is_hedged_around() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_corrupt_replica_is_skipped_and_reported() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = TestCluster::start(dir.path(), 3).await;
+    let cluster = Cluster::start(dir.path(), 3).await;
     let client = cluster.client(small_chunks()).await;
     let source = data(3 * CHUNK, "corrupt");
     client
@@ -313,7 +311,7 @@ async fn a_corrupt_replica_is_skipped_and_reported() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_second_put_of_the_same_data_sends_no_chunk_bytes() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = TestCluster::start(dir.path(), 3).await;
+    let cluster = Cluster::start(dir.path(), 3).await;
     let client = cluster.client(small_chunks()).await;
     let source = data(5 * CHUNK + 99, "dedup");
     let first = client
@@ -340,7 +338,7 @@ async fn a_second_put_of_the_same_data_sends_no_chunk_bytes() {
 }
 
 /// Chunks stored on each chunk server, as the servers themselves count.
-async fn stored_chunks(cluster: &TestCluster) -> Vec<u64> {
+async fn stored_chunks(cluster: &Cluster) -> Vec<u64> {
     let mut counts = Vec::new();
     for process in cluster.chunks.values() {
         let client = shardfs_proto::chunk_client::ChunkClient::new(&process.addr).unwrap();
@@ -352,7 +350,7 @@ async fn stored_chunks(cluster: &TestCluster) -> Vec<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failed_put_leaves_no_file_and_errors_say_what_is_wrong() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = TestCluster::start(dir.path(), 3).await;
+    let cluster = Cluster::start(dir.path(), 3).await;
     let client = cluster.client(small_chunks()).await;
 
     // More replicas than chunk servers: refused, nothing visible.
@@ -415,7 +413,7 @@ async fn a_failed_put_leaves_no_file_and_errors_say_what_is_wrong() {
         "{}",
         stderr(&too_big)
     );
-    let port = common::free_ports(1)[0];
+    let port = shardfs_proto::process::free_ports(1).unwrap()[0];
     let down = cli_at(&format!("127.0.0.1:{port}"), &["ls", "/"]);
     assert_eq!(down.status.code(), Some(1));
     let words = stderr(&down);
@@ -460,7 +458,7 @@ impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FailingReader<R> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_put_retries_a_dead_chunk_server_elsewhere() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = TestCluster::start(dir.path(), 4).await;
+    let mut cluster = Cluster::start(dir.path(), 4).await;
     let client = cluster.client(small_chunks()).await;
     let dead_addr = cluster.chunks[&2].addr.clone();
     cluster.kill_chunk(2);
@@ -490,7 +488,7 @@ async fn a_put_retries_a_dead_chunk_server_elsewhere() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reads_survive_a_chunk_server_restart_on_the_same_address() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = TestCluster::start(dir.path(), 3).await;
+    let mut cluster = Cluster::start(dir.path(), 3).await;
     let client = cluster.client(small_chunks()).await;
     // One replica only: the restarted server is the only place to read from.
     let options = PutOptions {
@@ -546,7 +544,7 @@ async fn reads_survive_a_chunk_server_restart_on_the_same_address() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cli_moves_into_directories_and_names_bad_local_paths() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = TestCluster::start(dir.path(), 3).await;
+    let cluster = Cluster::start(dir.path(), 3).await;
     let local = dir.path().join("one.bin");
     std::fs::write(&local, data(3000, "mv")).unwrap();
     let local_arg = local.to_str().unwrap();

@@ -3,14 +3,12 @@
 //! writes fail with EROFS; pages stay cached; `shardfs umount` and Ctrl-C
 //! unmount and leave no process behind.
 
-mod common;
-
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{TestCluster, data, hash, ok, tree_hashes};
+use shardfs_tests::{Cluster, data, hash, ok, tree_hashes};
 
 const MIB: usize = 1 << 20;
 
@@ -145,7 +143,7 @@ fn mount_point(dir: &Path) -> (PathBuf, MountGuard) {
 /// with `shardfs mount`: the source, the mount point, its guard and what
 /// the mount command printed.
 fn put_source_and_mount(
-    cluster: &TestCluster,
+    cluster: &Cluster,
     dir: &Path,
 ) -> (PathBuf, PathBuf, MountGuard, std::process::Output) {
     let source = dir.join("source");
@@ -210,7 +208,7 @@ async fn mount_reads_match_the_source_and_unmount_leaves_nothing() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = TestCluster::start(dir.path(), 3).await;
+    let mut cluster = Cluster::start(dir.path(), 3).await;
     let (source, mnt, _guard, out) = put_source_and_mount(&cluster, dir.path());
     assert!(String::from_utf8_lossy(&out.stdout).contains("mounted /data at"));
     assert!(mounted(&mnt), "the mount is in /proc/self/mounts");
@@ -366,7 +364,7 @@ async fn foreground_mount_unmounts_on_ctrl_c_and_bad_mounts_say_why() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = TestCluster::start(dir.path(), 3).await;
+    let mut cluster = Cluster::start(dir.path(), 3).await;
     let bytes = data(2 * MIB + 5, "fg");
     let local = dir.path().join("fg.bin");
     std::fs::write(&local, &bytes).unwrap();
@@ -395,7 +393,8 @@ async fn foreground_mount_unmounts_on_ctrl_c_and_bad_mounts_say_why() {
 
     // Where /dev/fuse is missing (here: hidden by an empty /dev in a mount
     // namespace of its own), mounting says so plainly.
-    let shardfs = env!("CARGO_BIN_EXE_shardfs");
+    let shardfs = shardfs_tests::bins::binary("shardfs");
+    let shardfs = shardfs.display();
     let script = format!(
         "mount -t tmpfs tmpfs /dev && exec {shardfs} --meta {} mount /fg {} --foreground",
         cluster.meta_addrs.join(","),
@@ -411,7 +410,7 @@ async fn foreground_mount_unmounts_on_ctrl_c_and_bad_mounts_say_why() {
     assert!(stderr.contains("/dev/fuse is missing"), "{stderr}");
     assert!(!mounted(&mnt));
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_shardfs"))
+    let mut child = Command::new(shardfs_tests::bins::binary("shardfs"))
         .args(["--meta", &cluster.meta_addrs.join(",")])
         .args(["mount", "/fg", mnt.to_str().unwrap(), "--foreground"])
         .stdin(Stdio::null())
@@ -485,7 +484,7 @@ async fn a_second_mount_is_refused_and_without_metaservers_the_cache_is_served()
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let cluster = TestCluster::start(dir.path(), 3).await;
+    let cluster = Cluster::start(dir.path(), 3).await;
     let (source, mnt, _guard, _) = put_source_and_mount(&cluster, dir.path());
 
     // A second mount on the same place is refused, naming the first.

@@ -2,20 +2,18 @@
 //! are deleted from the chunk servers after the grace period, and never
 //! before; chunks still referenced by another file stay.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{TestCluster, data, hash};
 use shardfs_client::{ClientConfig, PutOptions, read_all};
 use shardfs_proto::ChunkId;
 use shardfs_proto::chunk_client::ChunkClient;
+use shardfs_tests::{Cluster, data, hash};
 
 const CHUNK: usize = 1 << 20;
 
 /// How many chunk servers store each chunk.
-async fn stored(cluster: &TestCluster) -> BTreeMap<ChunkId, usize> {
+async fn stored(cluster: &Cluster) -> BTreeMap<ChunkId, usize> {
     let mut stored = BTreeMap::new();
     for process in cluster.chunks.values() {
         let client = ChunkClient::new(&process.addr).unwrap();
@@ -31,7 +29,7 @@ async fn stored(cluster: &TestCluster) -> BTreeMap<ChunkId, usize> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unreferenced_chunks_are_collected_after_the_grace_period() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = TestCluster::start_with(dir.path(), 3, &["--gc-grace-secs", "4"], &[]).await;
+    let cluster = Cluster::start_with(dir.path(), 3, &["--gc-grace-secs", "4"], &[]).await;
     let client = cluster
         .client(ClientConfig {
             chunk_size: CHUNK as u64,
