@@ -146,10 +146,8 @@ pub(crate) struct Inner {
     pub bulk: crate::bulk::BulkPool,
     /// Receive buffers, reused (see `buffers`).
     pub buffers: Arc<crate::buffers::BufferPool>,
-    /// Recent chunk fetch times, which decide when to hedge.
-    pub fetch_times: Mutex<crate::read::FetchTimes>,
-    /// Starts as `config.bulk_reads`; benchmarks switch it.
-    pub bulk_reads: std::sync::atomic::AtomicBool,
+    /// The read path's own state (fetch times, protocol).
+    pub reads: crate::read::ReadState,
 }
 
 impl Client {
@@ -191,8 +189,7 @@ impl Client {
                 put_latencies: Mutex::new(None),
                 bulk: Default::default(),
                 buffers: crate::buffers::BufferPool::new(IDLE_BUFFER_BYTES),
-                fetch_times: Mutex::new(Default::default()),
-                bulk_reads: std::sync::atomic::AtomicBool::new(bulk_reads),
+                reads: crate::read::ReadState::new(bulk_reads),
             }),
         })
     }
@@ -222,7 +219,7 @@ impl Client {
 
     /// Reads with the bulk protocol (true) or gRPC `GetChunk` (false).
     pub fn set_bulk_reads(&self, on: bool) {
-        self.inner.bulk_reads.store(on, Ordering::Relaxed);
+        self.inner.reads.set_bulk_reads(on);
     }
 
     /// Starts (or stops) recording how long each chunk put takes.

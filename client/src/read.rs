@@ -12,8 +12,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
@@ -281,11 +281,7 @@ impl Client {
                     match result {
                         Ok(data) => {
                             tracing::trace!(chunk = %span.id, %addr, ?took, "fetched");
-                            self.inner
-                                .fetch_times
-                                .lock()
-                                .expect("fetch times")
-                                .record(span.length, took);
+                            self.inner.reads.record_fetch(span.length, took);
                             if hedge {
                                 counters.hedge_wins.fetch_add(1, Ordering::Relaxed);
                             }
@@ -316,14 +312,9 @@ impl Client {
 
     /// How long a fetch of `length` bytes may run before it is hedged.
     fn hedge_after(&self, length: u64) -> Duration {
-        let floor = self.config().hedge_floor;
         self.inner
-            .fetch_times
-            .lock()
-            .expect("fetch times")
-            .p95(length)
-            .unwrap_or_else(|| Duration::from_secs_f64(length as f64 / COLD_HEDGE_BYTES_PER_SEC))
-            .max(floor)
+            .reads
+            .hedge_after(length, self.config().hedge_floor)
     }
 
     /// One attempt at one replica: bytes, verified.
@@ -331,7 +322,7 @@ impl Client {
         let timeout = self.config().timeout_for(span.length);
         let started = Instant::now();
         let mut bulk_failure = None;
-        if self.inner.bulk_reads.load(Ordering::Relaxed) {
+        if self.inner.reads.bulk_reads() {
             let read = self
                 .inner
                 .bulk
@@ -462,6 +453,51 @@ const COLD_HEDGE_BYTES_PER_SEC: f64 = 50e6;
 /// Fetch times kept, and how many of similar size a percentile needs.
 const FETCH_TIMES_KEPT: usize = 512;
 const FETCH_TIMES_NEEDED: usize = 16;
+
+/// What the read path of one client keeps between reads: recent fetch
+/// times, which decide when to hedge, and which protocol reads use.
+pub struct ReadState {
+    fetch_times: Mutex<FetchTimes>,
+    /// Starts as `ClientConfig::bulk_reads`; benchmarks switch it.
+    bulk_reads: AtomicBool,
+}
+
+impl ReadState {
+    pub fn new(bulk_reads: bool) -> Self {
+        Self {
+            fetch_times: Mutex::default(),
+            bulk_reads: AtomicBool::new(bulk_reads),
+        }
+    }
+
+    fn record_fetch(&self, length: u64, took: Duration) {
+        self.fetch_times
+            .lock()
+            .expect("fetch times")
+            .record(length, took);
+    }
+
+    /// How long a fetch of `length` bytes may run before it is hedged: the
+    /// 95th percentile of similar recent fetches (a cold rate before there
+    /// are enough), never less than `floor`.
+    fn hedge_after(&self, length: u64, floor: Duration) -> Duration {
+        self.fetch_times
+            .lock()
+            .expect("fetch times")
+            .p95(length)
+            .unwrap_or_else(|| Duration::from_secs_f64(length as f64 / COLD_HEDGE_BYTES_PER_SEC))
+            .max(floor)
+    }
+
+    /// Reads with the bulk protocol (true) or gRPC `GetChunk` (false).
+    pub fn set_bulk_reads(&self, on: bool) {
+        self.bulk_reads.store(on, Ordering::Relaxed);
+    }
+
+    fn bulk_reads(&self) -> bool {
+        self.bulk_reads.load(Ordering::Relaxed)
+    }
+}
 
 /// Recent successful chunk fetches: (bytes, time taken).
 #[derive(Default)]
