@@ -14,6 +14,10 @@
 //!   `--meta`): usage and the chunks stored or removed since the last beat.
 //! - [`error`]: [`ChunkError`], one variant per failure a caller can act on.
 //! - [`bench`]: the put/get throughput benchmark (`shardfs-chunk bench`).
+//! - [`bulk`]: the server side of the bulk read protocol: chunk reads on
+//!   the same port, one thread each, data sent by `sendfile(2)`.
+//! - [`scrub`]: continuous re-hashing of every stored chunk at a bounded
+//!   rate; a corrupt copy is quarantined and reported.
 
 pub mod bench;
 pub mod bulk;

@@ -25,6 +25,10 @@
 //! - [`buffers`]: pooled receive buffers (fresh pages cost the kernel a
 //!   zeroing each).
 //! - [`mount`]: the read-only FUSE file system behind `shardfs mount`.
+//! - [`bulk`]: the client side of the bulk read protocol: a few idle
+//!   connections per chunk server, data read straight into pooled buffers.
+//! - [`bench`]: `shardfs bench`, writing and reading files against the
+//!   running cluster and reporting MB/s.
 //! - [`error`]: errors in plain words.
 
 pub mod bench;

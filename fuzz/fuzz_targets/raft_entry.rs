@@ -7,8 +7,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use shardfs_meta::codec;
-use shardfs_meta::namespace::Journal;
-use shardfs_meta::state::State;
+use shardfs_meta::state::{Journal, State};
 use shardfs_meta::types::{Command, TypeConfig};
 
 type Entry = openraft::Entry<TypeConfig>;

@@ -7,7 +7,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
-use shardfs_meta::namespace::Journal;
+use shardfs_meta::state::Journal;
 use shardfs_meta::requests;
 use shardfs_meta::state::State;
 use shardfs_meta::store::sm::{decode_snapshot, encode_snapshot};

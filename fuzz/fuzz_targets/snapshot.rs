@@ -4,8 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use shardfs_meta::namespace::{Inode, Journal, Namespace};
-use shardfs_meta::state::State;
+use shardfs_meta::namespace::{Inode, Namespace};
+use shardfs_meta::state::{Journal, State};
 use shardfs_meta::store::sm::{decode_snapshot, encode_snapshot};
 use shardfs_meta::types::Command;
 use shardfs_proto::DfsPath;

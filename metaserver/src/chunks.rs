@@ -1,18 +1,24 @@
-//! The metaserver's dealings with chunk servers: registration, heartbeats
-//! and their chunk reports, allocation of new replicas, the replica check
-//! before a commit, and the cluster view for status.
+//! [`ChunkManager`]: the leader's dealings with chunk servers, and the
+//! state they need: registration, heartbeats and their chunk reports
+//! (liveness, usage, scrub reports), allocation of new replicas (recent
+//! placements, allocation clocks that keep a put's chunks from garbage
+//! collection), bad replicas readers report, the replica check before a
+//! commit, the cluster view for status, and one cached client per chunk
+//! server (which repair and garbage collection use too).
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use shardfs_proto::ChunkId;
 use shardfs_proto::chunk::v1::ChunkVerdict;
+use shardfs_proto::chunk_client::ChunkClient;
 use tracing::warn;
 
 use crate::cluster::{Candidate, ChunkServerInfo, ServerId, place};
 use crate::error::MetaError;
-use crate::liveness::{ScrubReport, Usage};
+use crate::liveness::{Liveness, ScrubReport, Usage};
 use crate::namespace::FileMeta;
 use crate::node::MetaNode;
 use crate::types::{Command, Outcome};
@@ -27,7 +33,7 @@ const VERIFY_TIMEOUT: Duration = Duration::from_secs(10);
 const RECENT_PLACEMENTS_WINDOW: Duration = Duration::from_secs(2);
 
 /// Bytes placed on each server recently, and since when (leader soft state).
-pub type RecentPlacements = (std::time::Instant, HashMap<ServerId, u64>);
+type RecentPlacements = (Instant, HashMap<ServerId, u64>);
 
 /// Bad replicas reported by readers to this node while it led.
 #[derive(Debug, Default)]
@@ -66,6 +72,51 @@ pub struct ServerView {
     pub scrub: Option<ScrubReport>,
 }
 
+/// When chunks were last allocated to a writer: garbage collection leaves
+/// a chunk allocated within its grace period alone, so a put in flight
+/// keeps its chunks (leader soft state).
+#[derive(Debug, Default)]
+pub struct Allocations {
+    at: Mutex<HashMap<ChunkId, Instant>>,
+}
+
+impl Allocations {
+    /// Restarts the clocks of chunks just allocated to a writer.
+    pub fn touch(&self, ids: impl IntoIterator<Item = ChunkId>) {
+        let now = Instant::now();
+        let mut at = self.at.lock().expect("allocation clocks");
+        for id in ids {
+            at.insert(id, now);
+        }
+    }
+
+    /// True if `id` was allocated less than `within` ago.
+    pub fn within(&self, id: &ChunkId, within: Duration) -> bool {
+        let at = self.at.lock().expect("allocation clocks");
+        at.get(id).is_some_and(|at| at.elapsed() < within)
+    }
+
+    /// Forgets allocations older than `age`.
+    pub fn forget_older_than(&self, age: Duration) {
+        let mut at = self.at.lock().expect("allocation clocks");
+        at.retain(|_, at| at.elapsed() < age);
+    }
+}
+
+/// The leader's dealings with chunk servers (see the module docs).
+pub struct ChunkManager {
+    node: MetaNode,
+    /// Chunk server liveness (meaningful on the leader).
+    pub liveness: Liveness,
+    /// Bad replicas readers reported here.
+    pub bad_replicas: BadReplicaCounts,
+    /// Placements not yet reflected in heartbeats (see `allocate`).
+    recent_placements: Mutex<RecentPlacements>,
+    pub allocations: Allocations,
+    /// One cached client per chunk server, by id (address, client).
+    clients: Mutex<HashMap<ServerId, (String, ChunkClient)>>,
+}
+
 /// A commit that gives `chunk` another length than it has (`by` says who
 /// knows better).
 fn length_mismatch(chunk: &ChunkId, claimed: u64, actual: u64, by: &str) -> MetaError {
@@ -74,7 +125,55 @@ fn length_mismatch(chunk: &ChunkId, claimed: u64, actual: u64, by: &str) -> Meta
     ))
 }
 
-impl MetaNode {
+impl ChunkManager {
+    /// The chunk server dealings of `node`; a chunk server unheard of for
+    /// `dead_after` is dead.
+    pub fn new(node: MetaNode, dead_after: Duration) -> Self {
+        Self {
+            node,
+            liveness: Liveness::new(dead_after),
+            bad_replicas: BadReplicaCounts::default(),
+            recent_placements: Mutex::new((Instant::now(), HashMap::new())),
+            allocations: Allocations::default(),
+            clients: Mutex::default(),
+        }
+    }
+
+    pub fn node(&self) -> &MetaNode {
+        &self.node
+    }
+
+    /// Fails with NotLeader unless this node leads; a new term starts a
+    /// fresh liveness grace period (a new leader cannot yet tell dead
+    /// chunk servers from live ones).
+    pub fn ensure_leader(&self) -> Result<(), MetaError> {
+        self.liveness.observe_term(self.node.current_term());
+        self.node.ensure_leader()
+    }
+
+    async fn write(&self, command: Command) -> Result<Outcome, MetaError> {
+        self.node.write(command).await
+    }
+
+    fn read_local<T>(&self, read: impl FnOnce(&crate::state::State) -> T) -> T {
+        self.node.read_local(read)
+    }
+
+    /// A cached client for chunk server `id` at `addr`.
+    pub fn chunk_client(&self, id: ServerId, addr: &str) -> Result<ChunkClient, MetaError> {
+        let mut clients = self.clients.lock().expect("chunk clients");
+        if let Some((cached, client)) = clients.get(&id)
+            && cached == addr
+        {
+            return Ok(client.clone());
+        }
+        let client = ChunkClient::new(addr).map_err(|e| {
+            MetaError::InvalidArgument(format!("chunk server {id} has a bad address {addr:?}: {e}"))
+        })?;
+        clients.insert(id, (addr.to_string(), client.clone()));
+        Ok(client)
+    }
+
     pub async fn register_chunk_server(
         &self,
         id: ServerId,
@@ -156,7 +255,7 @@ impl MetaNode {
     ) -> Result<Vec<Placement>, MetaError> {
         self.ensure_leader()?;
         // The writer's chunks must outlive its put: restart their clocks.
-        self.gc.touch(chunks.iter().map(|(id, _)| *id));
+        self.allocations.touch(chunks.iter().map(|(id, _)| *id));
         let r = replication as usize;
         let mut candidates = self.live_candidates();
         let excluded = self.read_local(|s| {
@@ -195,7 +294,7 @@ impl MetaNode {
         // concurrent single-chunk allocations spread out too.
         let mut recent = self.recent_placements.lock().expect("recent placements");
         if recent.0.elapsed() > RECENT_PLACEMENTS_WINDOW {
-            *recent = (std::time::Instant::now(), HashMap::new());
+            *recent = (Instant::now(), HashMap::new());
         }
         let mut planned = recent.1.clone();
         let mut placements = Vec::with_capacity(chunks.len());
@@ -576,5 +675,141 @@ impl MetaNode {
             }
             (views, under)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::time::Duration;
+
+    use crate::metaserver::LeaderSettings;
+    use crate::metaserver::testing::{addr, beat, chunk, chunk_server, commit, lone_leader};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn allocation_spreads_over_zones_and_says_why_it_cannot() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = lone_leader(dir.path(), &LeaderSettings::default()).await;
+        for (id, zone) in [(1, "a"), (2, "a"), (3, "b"), (4, "c")] {
+            chunk_server(&m, id, zone, 0, &[]).await;
+        }
+        let placements = m.chunks.allocate(&[(chunk("x"), 1 << 20)], 3, &[]).unwrap();
+        let targets = &placements[0].targets;
+        assert_eq!(targets.len(), 3, "{targets:?}");
+        let zones: BTreeSet<&str> = targets
+            .iter()
+            .map(|t| match t.as_str() {
+                t if t == addr(1) || t == addr(2) => "a",
+                t if t == addr(3) => "b",
+                _ => "c",
+            })
+            .collect();
+        assert_eq!(zones.len(), 3, "one replica per zone: {targets:?}");
+
+        // Left out by the writer: never a target.
+        let placements = m
+            .chunks
+            .allocate(&[(chunk("y"), 1 << 20)], 3, &[addr(3)])
+            .unwrap();
+        assert!(!placements[0].targets.contains(&addr(3)));
+
+        let err = m
+            .chunks
+            .allocate(&[(chunk("z"), 1 << 20)], 5, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("cannot place 5 replicas: 4 chunk server(s) can take them"),
+            "{err}"
+        );
+        assert!(err.contains(&format!("1 at {} alive", addr(1))), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn heartbeats_report_locations_and_silence_kills() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = LeaderSettings {
+            dead_after: Duration::from_millis(600),
+            ..LeaderSettings::default()
+        };
+        let m = lone_leader(dir.path(), &settings).await;
+        let (a, b) = (chunk("a"), chunk("b"));
+        chunk_server(&m, 1, "z1", 0, &[a]).await;
+        chunk_server(&m, 2, "z2", 0, &[a, b]).await;
+        let found = m.chunks.locate(&[a, b]).unwrap();
+        assert_eq!(found[0].len(), 2);
+        assert_eq!(found[1], vec![addr(2)]);
+
+        // An unknown server is told to register.
+        let unknown = crate::chunks::Beat {
+            server: 9,
+            usage: crate::liveness::Usage {
+                used_bytes: 0,
+                free_bytes: 1,
+                capacity_bytes: 1,
+            },
+            added: vec![],
+            removed: vec![],
+            full_inventory: false,
+            full_inventory_first: false,
+            scrub: Default::default(),
+        };
+        assert!(!m.chunks.heartbeat(unknown).await.unwrap());
+
+        // Server 2 goes silent: once dead, it is no location any more.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            beat(&m, 1, 0, &[]).await;
+            if m.chunks.locate(&[b]).unwrap()[0].is_empty() {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "server 2 never died");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(m.chunks.locate(&[a]).unwrap()[0], vec![addr(1)]);
+        let (views, under) = m.chunks.chunk_server_view();
+        assert_eq!(views.iter().filter(|v| v.alive).count(), 1);
+        assert_eq!(under, 0, "no committed file uses them");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_server_holding_needed_replicas_is_removed_only_when_safe() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = LeaderSettings {
+            dead_after: Duration::from_millis(500),
+            ..LeaderSettings::default()
+        };
+        let m = lone_leader(dir.path(), &settings).await;
+        let c = chunk("needed");
+        for id in 1..=3 {
+            chunk_server(&m, id, &format!("z{id}"), 0, &[c]).await;
+        }
+        chunk_server(&m, 4, "z4", 0, &[]).await;
+        commit(&m, "/f", &[c], 3).await;
+        // A new leader refuses until it can tell the living from the dead.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while m.chunks.liveness.in_grace() {
+            assert!(std::time::Instant::now() < deadline, "grace never ended");
+            for id in 1..=4 {
+                beat(&m, id, 0, &[]).await;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let err = m
+            .chunks
+            .remove_chunk_server(1)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("drain it first"), "{err}");
+        // Server 4 holds nothing: it goes.
+        m.chunks.remove_chunk_server(4).await.unwrap();
+        let err = m
+            .chunks
+            .remove_chunk_server(4)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no chunk server 4 is registered"), "{err}");
     }
 }

@@ -2,9 +2,10 @@
 //! references (files deleted or replaced, puts abandoned) are deleted from
 //! the chunk servers once they have been unreferenced for a grace period.
 //!
-//! The leader notes when it first saw each chunk unreferenced; allocating a
-//! chunk for a put restarts its clock, so a put in flight keeps its chunks
-//! for at least the grace period (a put slower than that fails its commit
+//! The leader notes when it first saw each chunk unreferenced; a chunk
+//! allocated for a put ([`crate::chunks::Allocations`]) is left alone for
+//! the grace period after its allocation too, so a put in flight keeps its
+//! chunks for at least the grace period (a put slower than that fails its commit
 //! check instead of committing a file with missing chunks). The clocks are
 //! soft state: a new leader starts them afresh, which only delays
 //! collection. The decision goes through Raft (`Command::Collect`), which
@@ -12,13 +13,14 @@
 //! its chunks and one that loses it fails cleanly.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use shardfs_proto::ChunkId;
 use tracing::{info, warn};
 
+use crate::chunks::ChunkManager;
 use crate::node::MetaNode;
 use crate::types::{Command, Outcome};
 
@@ -27,70 +29,108 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(3600);
 /// Chunks collected by one Raft entry at most.
 const BATCH: usize = 10_000;
 
-#[derive(Debug, Default)]
-pub struct GcState {
-    /// When each unreferenced (or freshly allocated) chunk was first seen so.
+/// How garbage collection paces itself.
+#[derive(Debug, Clone)]
+pub struct GcConfig {
+    /// How long a chunk stays unreferenced (or allocated and not yet
+    /// committed) before it is collected.
+    pub grace: Duration,
+    /// How often a round runs.
+    pub interval: Duration,
+}
+
+impl GcConfig {
+    /// Rounds four times per grace period, between every 200 ms and every
+    /// 10 s.
+    pub fn with_grace(grace: Duration) -> Self {
+        Self {
+            grace,
+            interval: (grace / 4).clamp(Duration::from_millis(200), Duration::from_secs(10)),
+        }
+    }
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        Self::with_grace(DEFAULT_GRACE)
+    }
+}
+
+/// The leader's garbage collection: its clocks and counters (soft state),
+/// over the chunk servers of a [`ChunkManager`].
+pub struct GcManager {
+    chunks: Arc<ChunkManager>,
+    config: GcConfig,
+    /// When each unreferenced chunk was first seen so.
     since: Mutex<HashMap<ChunkId, Instant>>,
     pub collected: AtomicU64,
     /// Unreferenced chunks waiting out their grace period (last round).
     pub pending: AtomicU64,
 }
 
-impl GcState {
-    /// Restarts the grace period of chunks just allocated to a writer.
-    pub fn touch(&self, ids: impl IntoIterator<Item = ChunkId>) {
-        let now = Instant::now();
-        let mut since = self.since.lock().expect("gc clocks");
-        for id in ids {
-            since.insert(id, now);
+impl GcManager {
+    pub fn new(chunks: Arc<ChunkManager>, config: GcConfig) -> Self {
+        Self {
+            chunks,
+            config,
+            since: Mutex::default(),
+            collected: AtomicU64::new(0),
+            pending: AtomicU64::new(0),
         }
     }
-}
 
-/// Runs collection rounds every `interval` until the process ends.
-pub fn spawn(node: MetaNode, grace: Duration, interval: Duration) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(interval).await;
-            if node.ensure_leader().is_err() {
-                continue;
+    fn node(&self) -> &MetaNode {
+        self.chunks.node()
+    }
+
+    /// Runs collection rounds while this node leads, until the task is
+    /// aborted.
+    pub fn spawn_workers(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let gc = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(gc.config.interval).await;
+                if gc.chunks.ensure_leader().is_err() {
+                    continue;
+                }
+                gc.round().await;
             }
-            node.gc_round(grace).await;
-        }
-    })
-}
+        })
+    }
 
-impl MetaNode {
     /// One round: update the clocks, collect what is due.
-    pub async fn gc_round(&self, grace: Duration) {
-        let unreferenced: Vec<ChunkId> = self.read_local(|s| {
+    pub async fn round(&self) {
+        let grace = self.config.grace;
+        let unreferenced: Vec<ChunkId> = self.node().read_local(|s| {
             s.cluster
                 .chunks()
                 .filter(|c| !s.namespace.is_referenced(c))
                 .copied()
                 .collect()
         });
+        let allocations = &self.chunks.allocations;
+        allocations.forget_older_than(grace);
         let due: Vec<ChunkId> = {
             let now = Instant::now();
-            let mut since = self.gc.since.lock().expect("gc clocks");
+            let mut since = self.since.lock().expect("gc clocks");
             let current: HashSet<ChunkId> = unreferenced.iter().copied().collect();
-            // Forget chunks referenced again or gone, except fresh
-            // allocations whose chunks have not been reported yet.
-            since.retain(|id, at| current.contains(id) || now.duration_since(*at) < grace);
+            // Forget chunks referenced again or gone.
+            since.retain(|id, _| current.contains(id));
             for id in &unreferenced {
                 since.entry(*id).or_insert(now);
             }
-            self.gc
-                .pending
+            self.pending
                 .store(unreferenced.len() as u64, Ordering::Relaxed);
             unreferenced
                 .iter()
                 .filter(|id| now.duration_since(since[*id]) >= grace)
+                .filter(|id| !allocations.within(id, grace))
                 .copied()
                 .collect()
         };
         for batch in due.chunks(BATCH) {
             let outcome = self
+                .node()
                 .write(Command::Collect {
                     chunks: batch.to_vec(),
                 })
@@ -104,7 +144,7 @@ impl MetaNode {
                 }
             };
             {
-                let mut since = self.gc.since.lock().expect("gc clocks");
+                let mut since = self.since.lock().expect("gc clocks");
                 for (id, _) in &collected {
                     since.remove(id);
                 }
@@ -123,7 +163,7 @@ impl MetaNode {
                 by_server.entry(*holder).or_default().push(*id);
             }
         }
-        let addrs: HashMap<u64, String> = self.read_local(|s| {
+        let addrs: HashMap<u64, String> = self.node().read_local(|s| {
             s.cluster
                 .servers
                 .iter()
@@ -134,7 +174,7 @@ impl MetaNode {
             let Some(addr) = addrs.get(&server) else {
                 continue;
             };
-            let deleted = match self.chunk_client(server, addr) {
+            let deleted = match self.chunks.chunk_client(server, addr) {
                 Ok(client) => {
                     tokio::time::timeout(Duration::from_secs(30), client.delete(&ids)).await
                 }
@@ -145,7 +185,7 @@ impl MetaNode {
             };
             match deleted {
                 Ok(Ok(n)) => {
-                    self.gc.collected.fetch_add(n, Ordering::Relaxed);
+                    self.collected.fetch_add(n, Ordering::Relaxed);
                     info!(
                         server,
                         chunks = n,
@@ -162,5 +202,46 @@ impl MetaNode {
                 Err(_) => warn!(server, "garbage collection: delete timed out"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::metaserver::LeaderSettings;
+    use crate::metaserver::testing::{chunk, chunk_server, commit, lone_leader};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unreferenced_chunks_wait_out_the_grace_and_allocations_restart_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let grace = Duration::from_millis(400);
+        let settings = LeaderSettings {
+            gc: GcConfig::with_grace(grace),
+            ..LeaderSettings::default()
+        };
+        let m = lone_leader(dir.path(), &settings).await;
+        let (kept, dropped, allocated) = (chunk("kept"), chunk("dropped"), chunk("allocated"));
+        chunk_server(&m, 1, "z", 0, &[kept, dropped, allocated]).await;
+        commit(&m, "/f", &[kept], 1).await;
+        let held = |id: ChunkId| m.node.read_local(|s| s.cluster.holders(&id).count());
+
+        m.gc.round().await;
+        assert_eq!(m.gc.pending.load(Ordering::Relaxed), 2);
+        tokio::time::sleep(grace / 2).await;
+        // A writer is given `allocated` now: its clock starts again.
+        m.chunks.allocate(&[(allocated, 1 << 20)], 1, &[]).unwrap();
+        tokio::time::sleep(grace / 2 + Duration::from_millis(100)).await;
+        m.gc.round().await;
+        assert_eq!(held(dropped), 0, "due: collected");
+        assert_eq!(held(allocated), 1, "allocated within the grace period");
+        assert_eq!(held(kept), 1, "referenced");
+
+        tokio::time::sleep(grace).await;
+        m.gc.round().await;
+        assert_eq!(held(allocated), 0);
+        assert_eq!(held(kept), 1);
+        assert_eq!(m.gc.pending.load(Ordering::Relaxed), 1);
     }
 }

@@ -16,7 +16,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
 use shardfs_meta::config::{Config, FileConfig};
-use shardfs_meta::node::MetaNode;
+use shardfs_meta::metaserver::{LeaderSettings, Metaserver};
 use shardfs_meta::server;
 use shardfs_proto::span::Span;
 use shardfs_proto::{errln, outln};
@@ -150,8 +150,25 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
-    let dead_after = std::time::Duration::from_secs(cli.dead_after_secs);
-    let node = MetaNode::start(config.id, &config.data_dir, &config.tuning, dead_after).await?;
+    let grace = std::time::Duration::from_secs(cli.gc_grace_secs);
+    let settings = LeaderSettings {
+        dead_after: std::time::Duration::from_secs(cli.dead_after_secs),
+        repair: shardfs_meta::repair::RepairConfig {
+            mb_per_s: cli.repair_mb_per_s,
+            full_scan_every: std::time::Duration::from_secs(cli.repair_full_scan_secs.max(1)),
+            ..Default::default()
+        },
+        gc: shardfs_meta::gc::GcConfig::with_grace(grace),
+    };
+    let metaserver = Metaserver::start(
+        config.id,
+        &config.data_dir,
+        &config.tuning,
+        &settings,
+        Default::default(),
+    )
+    .await?;
+    let node = metaserver.node.clone();
     let addr = listener.local_addr()?;
     info!(id = config.id, %addr, data_dir = %config.data_dir.display(), "metaserver listening");
     outln!("{}", shardfs_proto::process::listening_line(addr));
@@ -165,29 +182,15 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
             }
         })
     };
-    let repair = shardfs_meta::repair::spawn(
-        node.clone(),
-        shardfs_meta::repair::RepairConfig {
-            mb_per_s: cli.repair_mb_per_s,
-            full_scan_every: std::time::Duration::from_secs(cli.repair_full_scan_secs.max(1)),
-            ..Default::default()
-        },
-    );
-    let grace = std::time::Duration::from_secs(cli.gc_grace_secs);
-    let gc_interval = (grace / 4).clamp(
-        std::time::Duration::from_millis(200),
-        std::time::Duration::from_secs(10),
-    );
-    let gc = shardfs_meta::gc::spawn(node.clone(), grace, gc_interval);
+    let workers = metaserver.spawn_workers();
     server::run(
         listener,
-        node,
+        metaserver,
         connections,
         shardfs_proto::transport::shutdown_signal(),
     )
     .await?;
-    gc.abort();
-    repair.abort();
+    drop(workers);
     bootstrap.abort();
     info!("metaserver stopped");
     Ok(())

@@ -54,7 +54,7 @@ impl FileMeta {
     /// 1..=MAX_REPLICATION. (The leader checks what clients send; this
     /// checks again what arrives in a log entry or a snapshot.)
     pub fn check_shape(&self) -> Result<(), String> {
-        use crate::convert::{MAX_CHUNKS_PER_FILE, MAX_REPLICATION};
+        use shardfs_proto::{MAX_CHUNKS_PER_FILE, MAX_REPLICATION};
         if self.chunks.len() > MAX_CHUNKS_PER_FILE {
             return Err(format!(
                 "{} chunks; at most {MAX_CHUNKS_PER_FILE}",
@@ -160,14 +160,11 @@ impl ChunkUse {
     }
 }
 
-/// The changes made by the commands applied since it was last drained.
+/// The namespace's part of a [`crate::state::Journal`]: its changes, and
+/// the chunks whose need changed, since it was last drained.
 #[derive(Debug, Default)]
 pub struct Journal {
     pub changes: Vec<Change>,
-    /// Changes to the chunk server registry and chunk locations.
-    pub cluster: Vec<crate::cluster::ClusterChange>,
-    /// Changes to the retry cache.
-    pub retries: Vec<crate::retries::RetryChange>,
     /// Chunks whose need changed (a file using them came or went).
     pub touched: Vec<ChunkId>,
 }

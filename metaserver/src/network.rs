@@ -37,6 +37,13 @@ use crate::codec;
 use crate::filter::{Filters, RaftRpc, Verdict};
 use crate::types::{NodeId, TypeConfig};
 
+/// Largest Raft message accepted between metaservers. Batches of entries
+/// stay under [`APPEND_BATCH_BYTES`] and snapshot pieces are 3 MiB;
+/// the largest single entry, a commit of `MAX_CHUNKS_PER_FILE` chunks with
+/// every replica confirmed, is about 9 MB. Anything larger is refused
+/// before it is buffered.
+pub const MAX_RAFT_MESSAGE_BYTES: usize = 64 << 20;
+
 /// Most bytes of entries in one AppendEntries (a single larger entry still
 /// goes alone). About 25 ms of decoding in a debug build.
 pub const APPEND_BATCH_BYTES: usize = 4 << 20;
@@ -99,8 +106,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             .channel(target, &node.addr)
             .map(|channel| {
                 RaftServiceClient::new(channel)
-                    .max_decoding_message_size(crate::server::MAX_RAFT_MESSAGE_BYTES)
-                    .max_encoding_message_size(crate::server::MAX_RAFT_MESSAGE_BYTES)
+                    .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)
             })
             .map_err(|e| format!("bad address {:?} for metaserver {target}: {e}", node.addr));
         PeerClient {

@@ -1,5 +1,8 @@
-//! One metaserver: the Raft node, its stores, and the operations the
-//! services call (replicated writes, linearizable reads, membership).
+//! The Raft node of one metaserver: its stores, replicated writes,
+//! linearizable reads (read lease and read index), membership, and
+//! bootstrap of a new group. What the leader does with chunk servers is
+//! owned elsewhere ([`crate::chunks`], [`crate::repair`], [`crate::gc`]),
+//! on top of this.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -10,16 +13,11 @@ use openraft::error::{ClientWriteError, ForwardToLeader, InitializeError, RaftEr
 use openraft::{BasicNode, ChangeMembers, Config, Raft, ServerState, SnapshotPolicy};
 use tracing::{info, warn};
 
-use shardfs_proto::chunk_client::ChunkClient;
-
-use crate::chunks::{BadReplicaCounts, RecentPlacements};
 use crate::error::MetaError;
 use crate::filter::Filters;
-use crate::gc::GcState;
-use crate::liveness::Liveness;
 use crate::network::Network;
-use crate::repair::RepairCounters;
 use crate::state::State;
+use crate::touched::Touched;
 use crate::types::{Command, NodeId, Outcome, TypeConfig};
 
 /// Raft timing and log retention.
@@ -72,8 +70,6 @@ pub struct MetaNode {
     pub id: NodeId,
     pub raft: Raft<TypeConfig>,
     state: Arc<RwLock<State>>,
-    /// Chunk server liveness (meaningful on the leader).
-    pub liveness: Arc<Liveness>,
     /// Reads are served locally while a quorum acknowledged this leader
     /// less than this long ago (see `holds_read_lease`).
     read_lease_ms: u64,
@@ -84,29 +80,14 @@ pub struct MetaNode {
     epoch: std::time::Instant,
     /// Shares one leadership check among all reads waiting at once.
     read_barrier: Arc<std::sync::Mutex<ReadBarrier>>,
-    /// One cached client per chunk server, by id (address, client).
-    chunk_clients: Arc<std::sync::Mutex<std::collections::HashMap<u64, (String, ChunkClient)>>>,
-    /// Bad replicas readers reported here (leader soft state).
-    pub bad_replicas: Arc<BadReplicaCounts>,
-    /// Placements not yet reflected in heartbeats (see `allocate`).
-    pub recent_placements: Arc<std::sync::Mutex<RecentPlacements>>,
-    /// What repair did while this node led (soft state).
-    pub repair: Arc<RepairCounters>,
     /// What applied entries changed since repair last looked.
-    pub(crate) touched: Arc<std::sync::Mutex<crate::repair::Touched>>,
-    /// Garbage collection clocks and counters (soft state).
-    pub gc: Arc<GcState>,
+    touched: Arc<std::sync::Mutex<Touched>>,
 }
 
 impl MetaNode {
     /// Opens the stores under `data_dir` and starts the Raft node.
-    pub async fn start(
-        id: NodeId,
-        data_dir: &Path,
-        tuning: &RaftTuning,
-        dead_after: Duration,
-    ) -> anyhow::Result<Self> {
-        Self::start_with_filters(id, data_dir, tuning, dead_after, Filters::default()).await
+    pub async fn start(id: NodeId, data_dir: &Path, tuning: &RaftTuning) -> anyhow::Result<Self> {
+        Self::start_with_filters(id, data_dir, tuning, Filters::default()).await
     }
 
     /// Like [`MetaNode::start`], with `filters` on every Raft message this
@@ -115,7 +96,6 @@ impl MetaNode {
         id: NodeId,
         data_dir: &Path,
         tuning: &RaftTuning,
-        dead_after: Duration,
         filters: Filters,
     ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(data_dir)?;
@@ -169,18 +149,9 @@ impl MetaNode {
             id,
             raft,
             state,
-            liveness: Arc::new(Liveness::new(dead_after)),
             read_barrier: Arc::default(),
             read_lease_ms: tuning.election_timeout_max.as_millis() as u64 / 4,
-            chunk_clients: Arc::default(),
-            bad_replicas: Arc::default(),
-            repair: Arc::default(),
             touched,
-            gc: Arc::default(),
-            recent_placements: Arc::new(std::sync::Mutex::new((
-                std::time::Instant::now(),
-                Default::default(),
-            ))),
         })
     }
 
@@ -441,7 +412,6 @@ impl MetaNode {
     pub fn ensure_leader(&self) -> Result<(), MetaError> {
         let receiver = self.raft.metrics();
         let metrics = receiver.borrow();
-        self.liveness.observe_term(metrics.current_term);
         if metrics.current_leader == Some(self.id) {
             return Ok(());
         }
@@ -459,19 +429,15 @@ impl MetaNode {
         })
     }
 
-    /// A cached client for chunk server `id` at `addr`.
-    pub fn chunk_client(&self, id: u64, addr: &str) -> Result<ChunkClient, MetaError> {
-        let mut clients = self.chunk_clients.lock().expect("chunk clients");
-        if let Some((cached, client)) = clients.get(&id)
-            && cached == addr
-        {
-            return Ok(client.clone());
-        }
-        let client = ChunkClient::new(addr).map_err(|e| {
-            MetaError::InvalidArgument(format!("chunk server {id} has a bad address {addr:?}: {e}"))
-        })?;
-        clients.insert(id, (addr.to_string(), client.clone()));
-        Ok(client)
+    /// The Raft term this node is in.
+    pub fn current_term(&self) -> u64 {
+        self.raft.metrics().borrow().current_term
+    }
+
+    /// What applied entries changed since it was last drained (by the
+    /// leader's repair).
+    pub fn touched(&self) -> Arc<std::sync::Mutex<Touched>> {
+        self.touched.clone()
     }
 
     pub async fn shutdown(&self) {

@@ -16,23 +16,25 @@
 //! the replicated state, so a new leader simply continues.
 //!
 //! A round looks only at chunks that may have changed: those whose files
-//! or locations applied log entries touched ([`Touched`]), every chunk of a
+//! or locations applied log entries touched ([`crate::touched::Touched`]), every chunk of a
 //! server that died, came back or changed its registration, and chunks an
 //! earlier round could not finish with. A new leader's first round, and
 //! one round every `full_scan_every` (default [`FULL_SCAN_EVERY`]), look at
 //! every chunk.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use shardfs_proto::ChunkId;
 use tracing::{info, warn};
 
-use crate::cluster::{ClusterChange, ServerId, place};
+use crate::chunks::ChunkManager;
+use crate::cluster::{ServerId, place};
 use crate::namespace::ChunkNeed;
 use crate::node::MetaNode;
+use crate::touched::Touched;
 use crate::types::Command;
 
 /// How repair paces itself.
@@ -66,6 +68,16 @@ pub struct RepairCounters {
     pub examined: AtomicU64,
     /// Rounds that looked at every chunk.
     pub full_rounds: AtomicU64,
+}
+
+/// The leader's repair: its pacing, counters and work in progress, over
+/// the chunk servers of a [`ChunkManager`].
+pub struct RepairManager {
+    chunks: Arc<ChunkManager>,
+    config: RepairConfig,
+    /// What applied entries changed since the last round (the node's).
+    touched: Arc<Mutex<Touched>>,
+    pub counters: RepairCounters,
     /// Chunks with a copy or trim under way: never planned twice.
     in_flight: Mutex<HashSet<ChunkId>>,
     /// Chunks the next round must look at again (work not started or
@@ -78,61 +90,10 @@ pub struct RepairCounters {
 
 /// By default, a round at this interval looks at every chunk.
 pub const FULL_SCAN_EVERY: Duration = Duration::from_secs(30);
-/// Most touched chunks kept; past it the next round looks at everything.
-const TOUCHED_MAX: usize = 100_000;
-
-/// What applied log entries changed since repair last looked: chunks whose
-/// files or locations changed, and chunk servers whose registration did.
-/// Every metaserver records it; the leader's repair drains it. Past a bound
-/// (on a follower, say, which nobody drains) it becomes "everything".
-#[derive(Debug, Default)]
-pub struct Touched {
-    chunks: HashSet<ChunkId>,
-    servers: BTreeSet<ServerId>,
-    everything: bool,
-}
-
-impl Touched {
-    /// Records what one batch of applied entries changed.
-    pub fn record(&mut self, chunks: &[ChunkId], cluster: &[ClusterChange]) {
-        if self.everything {
-            return;
-        }
-        self.chunks.extend(chunks.iter().copied());
-        for change in cluster {
-            match change {
-                ClusterChange::Server(id, _) => {
-                    self.servers.insert(*id);
-                }
-                ClusterChange::Locations(chunk, _) => {
-                    self.chunks.insert(*chunk);
-                }
-            }
-        }
-        if self.chunks.len() > TOUCHED_MAX {
-            self.everything();
-        }
-    }
-
-    /// Everything may have changed (a snapshot replaced the state).
-    pub fn everything(&mut self) {
-        *self = Self {
-            everything: true,
-            ..Self::default()
-        };
-    }
-}
-
 /// The chunks one round looks at.
 enum Scope {
     All,
     Some(HashSet<ChunkId>),
-}
-
-impl RepairCounters {
-    pub fn in_flight(&self) -> u64 {
-        self.in_flight.lock().expect("repair in flight").len() as u64
-    }
 }
 
 /// A holder must have been heard from this recently for a copy elsewhere
@@ -152,32 +113,56 @@ struct Need {
     counted: BTreeSet<ServerId>,
 }
 
-/// Runs repair rounds until the process ends.
-pub fn spawn(node: MetaNode, config: RepairConfig) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        // A new leader's first round looks at everything: work the last
-        // leader left for later lived only in its memory. The term tells a
-        // new leadership even when no round saw this node not leading.
-        let mut last_term = None;
-        loop {
-            tokio::time::sleep(config.interval).await;
-            if node.ensure_leader().is_err() || node.liveness.in_grace() {
-                last_term = None;
-                continue;
-            }
-            let term = node.raft.metrics().borrow().current_term;
-            let first = last_term != Some(term);
-            last_term = Some(term);
-            node.repair_round(&config, first).await;
+impl RepairManager {
+    pub fn new(chunks: Arc<ChunkManager>, config: RepairConfig) -> Self {
+        let touched = chunks.node().touched();
+        Self {
+            chunks,
+            config,
+            touched,
+            counters: RepairCounters::default(),
+            in_flight: Mutex::default(),
+            again: Mutex::default(),
+            last_round: Mutex::default(),
         }
-    })
-}
+    }
 
-impl MetaNode {
+    fn node(&self) -> &MetaNode {
+        self.chunks.node()
+    }
+
+    /// Chunks with a copy or trim under way.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.lock().expect("repair in flight").len() as u64
+    }
+
+    /// Runs repair rounds while this node leads, until the task is
+    /// aborted.
+    pub fn spawn_workers(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let repair = self.clone();
+        tokio::spawn(async move {
+            // A new leader's first round looks at everything: work the last
+            // leader left for later lived only in its memory. The term tells
+            // a new leadership even when no round saw this node not leading.
+            let mut last_term = None;
+            loop {
+                tokio::time::sleep(repair.config.interval).await;
+                if repair.chunks.ensure_leader().is_err() || repair.chunks.liveness.in_grace() {
+                    last_term = None;
+                    continue;
+                }
+                let term = repair.node().current_term();
+                let first = last_term != Some(term);
+                last_term = Some(term);
+                repair.round(first).await;
+            }
+        })
+    }
     /// Plans and starts one round of copies and trims (they run on);
     /// `everything` looks at every chunk rather than those that may have
     /// changed.
-    pub async fn repair_round(&self, config: &RepairConfig, everything: bool) {
+    pub async fn round(self: &Arc<Self>, everything: bool) {
+        let config = &self.config;
         let (scope, alive) = self.repair_scope(everything, config.full_scan_every);
         let (under, over) = self.repair_needs(&scope, &alive);
         if under.is_empty() && over.is_empty() {
@@ -187,9 +172,9 @@ impl MetaNode {
             config.mb_per_s.max(1) * (1 << 20) * config.interval.as_millis() as u64 / 1000;
         let mut sent: HashMap<ServerId, u64> = HashMap::new();
         let mut received: HashMap<ServerId, u64> = HashMap::new();
-        let candidates = self.live_candidates();
-        let (addrs, zones): (HashMap<ServerId, String>, HashMap<ServerId, String>) = self
-            .read_local(|s| {
+        let candidates = self.chunks.live_candidates();
+        let (addrs, zones): (HashMap<ServerId, String>, HashMap<ServerId, String>) =
+            self.node().read_local(|s| {
                 (
                     s.cluster
                         .servers
@@ -205,8 +190,8 @@ impl MetaNode {
             });
         let mut planned = HashMap::new();
         for need in under {
-            if !self.repair.claim(need.id) {
-                self.repair.look_again(need.id);
+            if !self.claim(need.id) {
+                self.look_again(need.id);
                 continue;
             }
             // The least busy live holder sends.
@@ -217,7 +202,7 @@ impl MetaNode {
                 .filter(|s| sent.get(s).copied().unwrap_or(0) < budget_bytes)
                 .min_by_key(|s| sent.get(s).copied().unwrap_or(0))
             else {
-                self.repair.release(need.id);
+                self.release(need.id);
                 continue;
             };
             let used_zones: BTreeSet<String> = need
@@ -239,7 +224,7 @@ impl MetaNode {
                 &mut planned,
             );
             let Some(target) = targets.first().copied() else {
-                self.repair.release(need.id);
+                self.release(need.id);
                 continue;
             };
             *sent.entry(source).or_insert(0) += need.length;
@@ -248,26 +233,27 @@ impl MetaNode {
             let (Some(source_addr), Some(target_addr)) =
                 (addrs.get(&source).cloned(), addrs.get(&target).cloned())
             else {
-                self.repair.release(need.id);
+                self.release(need.id);
                 continue;
             };
-            let node = self.clone();
+            let repair = self.clone();
             tokio::spawn(async move {
-                node.copy_chunk(need, target, &source_addr, &target_addr)
+                repair
+                    .copy_chunk(need, target, &source_addr, &target_addr)
                     .await;
             });
         }
         for (need, extra) in over {
-            if !self.repair.claim(need.id) {
-                self.repair.look_again(need.id);
+            if !self.claim(need.id) {
+                self.look_again(need.id);
                 continue;
             }
             let Some(addr) = addrs.get(&extra).cloned() else {
-                self.repair.release(need.id);
+                self.release(need.id);
                 continue;
             };
-            let node = self.clone();
-            tokio::spawn(async move { node.trim_chunk(need.id, extra, &addr).await });
+            let repair = self.clone();
+            tokio::spawn(async move { repair.trim_chunk(need.id, extra, &addr).await });
         }
     }
 
@@ -278,14 +264,15 @@ impl MetaNode {
         full_scan_every: Duration,
     ) -> (Scope, BTreeSet<ServerId>) {
         let touched = std::mem::take(&mut *self.touched.lock().expect("touched"));
-        let registered: Vec<ServerId> =
-            self.read_local(|s| s.cluster.servers.keys().copied().collect());
+        let registered: Vec<ServerId> = self
+            .node()
+            .read_local(|s| s.cluster.servers.keys().copied().collect());
         let alive: BTreeSet<ServerId> = registered
             .into_iter()
-            .filter(|id| self.liveness.is_alive(*id))
+            .filter(|id| self.chunks.liveness.is_alive(*id))
             .collect();
-        let again = std::mem::take(&mut *self.repair.again.lock().expect("repair again"));
-        let mut last = self.repair.last_round.lock().expect("repair last round");
+        let again = std::mem::take(&mut *self.again.lock().expect("repair again"));
+        let mut last = self.last_round.lock().expect("repair last round");
         let (last_alive, last_full) = &mut *last;
         let changed: BTreeSet<ServerId> = last_alive
             .symmetric_difference(&alive)
@@ -298,13 +285,14 @@ impl MetaNode {
             || last_full.is_none_or(|at| at.elapsed() >= full_scan_every)
         {
             *last_full = Some(Instant::now());
-            self.repair.full_rounds.fetch_add(1, Ordering::Relaxed);
+            self.counters.full_rounds.fetch_add(1, Ordering::Relaxed);
             return (Scope::All, alive);
         }
         let mut chunks = touched.chunks;
         chunks.extend(again);
         if !changed.is_empty() {
-            self.read_local(|s| chunks.extend(s.cluster.chunks_of_any(&changed)));
+            self.node()
+                .read_local(|s| chunks.extend(s.cluster.chunks_of_any(&changed)));
         }
         (Scope::Some(chunks), alive)
     }
@@ -317,21 +305,17 @@ impl MetaNode {
         scope: &Scope,
         alive: &BTreeSet<ServerId>,
     ) -> (Vec<Need>, Vec<(Need, ServerId)>) {
-        let in_flight = self
-            .repair
-            .in_flight
-            .lock()
-            .expect("repair in flight")
-            .clone();
+        let in_flight = self.in_flight.lock().expect("repair in flight").clone();
         let usage = |s: ServerId| {
-            self.liveness
+            self.chunks
+                .liveness
                 .usage(s)
                 .map(|u| u.used_bytes as f64 / u.capacity_bytes.max(1) as f64)
                 .unwrap_or(0.0)
         };
         let mut again = Vec::new();
         let mut examined = 0u64;
-        let (mut under, over) = self.read_local(|state| {
+        let (mut under, over) = self.node().read_local(|state| {
             let mut under = Vec::new();
             let mut over = Vec::new();
             let mut visit = |id: ChunkId, need: ChunkNeed| {
@@ -377,7 +361,7 @@ impl MetaNode {
                 let fresh = need
                     .counted
                     .iter()
-                    .all(|h| self.liveness.seen_within(*h, TRIM_FRESHNESS));
+                    .all(|h| self.chunks.liveness.seen_within(*h, TRIM_FRESHNESS));
                 if need.counted.len() < r {
                     under.push(need);
                 } else if !fresh {
@@ -434,25 +418,23 @@ impl MetaNode {
             }
             (under, over)
         });
-        self.repair.examined.fetch_add(examined, Ordering::Relaxed);
-        self.repair
-            .again
-            .lock()
-            .expect("repair again")
-            .extend(again);
+        self.counters
+            .examined
+            .fetch_add(examined, Ordering::Relaxed);
+        self.again.lock().expect("repair again").extend(again);
         under.sort_by_key(|n| (n.counted.len(), n.wanted, n.id));
         (under, over)
     }
 
     async fn copy_chunk(&self, need: Need, target: ServerId, source: &str, target_addr: &str) {
         let id = need.id;
-        let result = match self.chunk_client(target, target_addr) {
+        let result = match self.chunks.chunk_client(target, target_addr) {
             Ok(client) => {
                 tokio::time::timeout(COPY_TIMEOUT, client.replicate(id, need.length, source)).await
             }
             Err(e) => {
                 warn!(chunk = %id, target, "repair: {e}");
-                self.repair.release(id);
+                self.release(id);
                 return;
             }
         };
@@ -466,10 +448,10 @@ impl MetaNode {
                     removed: Vec::new(),
                     replace: false,
                 };
-                match self.write(report).await {
+                match self.node().write(report).await {
                     Ok(_) => {
-                        self.repair.copies.fetch_add(1, Ordering::Relaxed);
-                        self.repair
+                        self.counters.copies.fetch_add(1, Ordering::Relaxed);
+                        self.counters
                             .copied_bytes
                             .fetch_add(need.length, Ordering::Relaxed);
                         info!(chunk = %id, from = source, to = target_addr,
@@ -480,16 +462,16 @@ impl MetaNode {
                 }
             }
             Ok(Err(status)) => {
-                self.repair.copy_failures.fetch_add(1, Ordering::Relaxed);
+                self.counters.copy_failures.fetch_add(1, Ordering::Relaxed);
                 warn!(chunk = %id, from = source, to = target_addr,
                     "repair: copy failed: {}", status.message());
             }
             Err(_) => {
-                self.repair.copy_failures.fetch_add(1, Ordering::Relaxed);
+                self.counters.copy_failures.fetch_add(1, Ordering::Relaxed);
                 warn!(chunk = %id, from = source, to = target_addr, "repair: copy timed out");
             }
         }
-        self.repair.release(id);
+        self.release(id);
     }
 
     async fn trim_chunk(&self, id: ChunkId, server: ServerId, addr: &str) {
@@ -501,15 +483,15 @@ impl MetaNode {
             removed: vec![id],
             replace: false,
         };
-        if let Err(e) = self.write(report).await {
+        if let Err(e) = self.node().write(report).await {
             warn!(chunk = %id, server, "repair: recording a trim failed: {e}");
-            self.repair.release(id);
+            self.release(id);
             return;
         }
-        match self.chunk_client(server, addr) {
+        match self.chunks.chunk_client(server, addr) {
             Ok(client) => match client.delete(&[id]).await {
                 Ok(_) => {
-                    self.repair.trimmed.fetch_add(1, Ordering::Relaxed);
+                    self.counters.trimmed.fetch_add(1, Ordering::Relaxed);
                     info!(chunk = %id, server, "repair: trimmed an extra replica");
                 }
                 Err(status) => {
@@ -518,11 +500,11 @@ impl MetaNode {
             },
             Err(e) => warn!(chunk = %id, server, "repair: {e}"),
         }
-        self.repair.release(id);
+        self.release(id);
     }
 }
 
-impl RepairCounters {
+impl RepairManager {
     /// Marks `id` as being worked on; false when it already was.
     fn claim(&self, id: ChunkId) -> bool {
         self.in_flight.lock().expect("repair in flight").insert(id)
@@ -537,5 +519,83 @@ impl RepairCounters {
 
     fn look_again(&self, id: ChunkId) {
         self.again.lock().expect("repair again").insert(id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::metaserver::LeaderSettings;
+    use crate::metaserver::testing::{chunk, chunk_server, commit, lone_leader};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_round_finds_missing_and_extra_replicas_and_retries_failed_copies() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = lone_leader(dir.path(), &LeaderSettings::default()).await;
+        let (short, extra, fine) = (chunk("short"), chunk("extra"), chunk("fine"));
+        // Zones a, a, b, c; server 2 the fullest.
+        chunk_server(&m, 1, "a", 10, &[short, extra, fine]).await;
+        chunk_server(&m, 2, "a", 900, &[extra, fine]).await;
+        chunk_server(&m, 3, "b", 20, &[short, extra, fine]).await;
+        chunk_server(&m, 4, "c", 30, &[extra]).await;
+        commit(&m, "/f", &[short, extra, fine], 3).await;
+
+        let repair = &m.repair;
+        let alive: BTreeSet<ServerId> = (1..=4).collect();
+        let (under, over) = repair.repair_needs(&Scope::All, &alive);
+        let under: Vec<ChunkId> = under.iter().map(|n| n.id).collect();
+        assert_eq!(under, vec![short]);
+        // Four copies of `extra`: the one in the doubled zone on the
+        // fuller server goes.
+        let over: Vec<(ChunkId, ServerId)> = over.iter().map(|(n, s)| (n.id, *s)).collect();
+        assert_eq!(over, vec![(extra, 2)]);
+        assert_eq!(repair.counters.examined.load(Ordering::Relaxed), 3);
+
+        // A round starts the copy (to server 2 or 4, which nothing serves)
+        // and the trim; both fail, are counted, and come back next round.
+        repair.round(true).await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while repair.in_flight() > 0 {
+            assert!(Instant::now() < deadline, "repair work never ended");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(repair.counters.copy_failures.load(Ordering::Relaxed), 1);
+        assert_eq!(repair.counters.copies.load(Ordering::Relaxed), 0);
+        let again = repair.again.lock().unwrap().clone();
+        assert!(
+            again.contains(&short) && again.contains(&extra),
+            "{again:?}"
+        );
+        // The trim forgot the location first: 3 copies of `extra` remain.
+        let holders = m
+            .node
+            .read_local(|s| s.cluster.holders(&extra).collect::<BTreeSet<_>>());
+        assert_eq!(holders, [1, 3, 4].into_iter().collect());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn later_rounds_look_only_at_what_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = lone_leader(dir.path(), &LeaderSettings::default()).await;
+        let chunks: Vec<ChunkId> = (0..20).map(|i| chunk(&format!("c{i}"))).collect();
+        for id in 1..=3 {
+            chunk_server(&m, id, &format!("z{id}"), 0, &chunks).await;
+        }
+        commit(&m, "/all", &chunks, 3).await;
+        let repair = &m.repair;
+        let (scope, _) = repair.repair_scope(true, Duration::from_secs(3600));
+        assert!(matches!(scope, Scope::All));
+        // Nothing changed since: an empty scope.
+        let (scope, _) = repair.repair_scope(false, Duration::from_secs(3600));
+        assert!(matches!(&scope, Scope::Some(c) if c.is_empty()));
+        // A new file touches its chunks only.
+        let new = chunk("new");
+        crate::metaserver::testing::beat(&m, 1, 0, &[new]).await;
+        commit(&m, "/new", &[new], 3).await;
+        let (scope, _) = repair.repair_scope(false, Duration::from_secs(3600));
+        assert!(matches!(&scope, Scope::Some(c) if c.len() == 1 && c.contains(&new)));
     }
 }

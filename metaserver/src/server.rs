@@ -1,5 +1,5 @@
-//! Serving a metaserver (its API and the Raft transport on one port) on a
-//! bound listener until a shutdown future resolves.
+//! [`run`]: serving a [`Metaserver`] (its API and the Raft transport on one
+//! port) on a bound listener until a shutdown future resolves.
 
 use std::future::Future;
 use std::time::Duration;
@@ -9,8 +9,8 @@ use shardfs_proto::meta::v1::raft_service_server::RaftServiceServer;
 use shardfs_proto::transport;
 use tokio::net::TcpListener;
 
-use crate::network::RaftServer;
-use crate::node::MetaNode;
+use crate::metaserver::Metaserver;
+use crate::network::{MAX_RAFT_MESSAGE_BYTES, RaftServer};
 use crate::service::MetaServiceImpl;
 
 /// How long in-flight calls may run on after shutdown is asked for.
@@ -18,20 +18,17 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Largest client request accepted (a file of 262,144 chunks would be about
 /// 11 MiB on the wire).
 pub const MAX_REQUEST_BYTES: usize = 16 << 20;
-/// Largest Raft message accepted between metaservers. Batches of entries
-/// stay under `network::APPEND_BATCH_BYTES` and snapshot pieces are 3 MiB;
-/// the largest single entry, a commit of `MAX_CHUNKS_PER_FILE` chunks with
-/// every replica confirmed, is about 9 MB. Anything larger is refused
-/// before it is buffered.
-pub const MAX_RAFT_MESSAGE_BYTES: usize = 64 << 20;
 
+/// Serves `metaserver` on `listener` until `shutdown` resolves, then shuts
+/// its Raft node down.
 pub async fn run(
     listener: TcpListener,
-    node: MetaNode,
+    metaserver: Metaserver,
     limits: transport::ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let meta = MetaServiceServer::new(MetaServiceImpl::new(node.clone()))
+    let node = metaserver.node.clone();
+    let meta = MetaServiceServer::new(MetaServiceImpl::new(metaserver))
         .max_decoding_message_size(MAX_REQUEST_BYTES)
         .max_encoding_message_size(MAX_REQUEST_BYTES);
     let raft = RaftServiceServer::new(RaftServer::new(node.raft.clone()))

@@ -1,14 +1,18 @@
-//! The gRPC `MetaService`: thin adapters from requests to [`MetaNode`]
-//! calls. Writes go through Raft; reads are linearizable (read index).
+//! The gRPC `MetaService`: thin adapters from requests to calls on the
+//! metaserver's node (namespace writes through Raft, linearizable reads)
+//! and its owners (chunk servers, repair and GC counters).
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use shardfs_proto::meta::v1 as pb;
 use shardfs_proto::meta::v1::meta_service_server::MetaService;
 use tonic::{Request, Response, Status};
 
+use crate::chunks::ChunkManager;
 use crate::convert::{entry_to_wire, id_from_wire};
 use crate::error::MetaError;
+use crate::metaserver::Metaserver;
 use crate::namespace::NsError;
 use crate::node::MetaNode;
 use crate::requests;
@@ -20,11 +24,17 @@ const LIST_MAX_LIMIT: usize = 10_000;
 
 pub struct MetaServiceImpl {
     node: MetaNode,
+    chunks: Arc<ChunkManager>,
+    metaserver: Metaserver,
 }
 
 impl MetaServiceImpl {
-    pub fn new(node: MetaNode) -> Self {
-        Self { node }
+    pub fn new(metaserver: Metaserver) -> Self {
+        Self {
+            node: metaserver.node.clone(),
+            chunks: metaserver.chunks.clone(),
+            metaserver,
+        }
     }
 }
 
@@ -55,7 +65,7 @@ impl MetaService for MetaServiceImpl {
         let commit = requests::commit(&request, now)?;
         let content_id = commit.file.content_id.to_vec().into();
         let outcome = self
-            .node
+            .chunks
             .commit_file(
                 commit.path,
                 commit.file,
@@ -164,7 +174,7 @@ impl MetaService for MetaServiceImpl {
             })
             .collect();
         let (leader_id, leader_addr) = status.leader.clone().unwrap_or_default();
-        let (servers, under_replicated) = self.node.chunk_server_view();
+        let (servers, under_replicated) = self.chunks.chunk_server_view();
         let chunk_servers = servers
             .into_iter()
             .map(|v| pb::ChunkServerStatus {
@@ -195,17 +205,47 @@ impl MetaService for MetaServiceImpl {
             last_applied: status.last_applied,
             chunk_servers,
             under_replicated,
-            bad_replicas_reported: self.node.bad_replicas.reported.load(Ordering::Relaxed),
-            bad_replicas_confirmed: self.node.bad_replicas.confirmed.load(Ordering::Relaxed),
-            repair_copies: self.node.repair.copies.load(Ordering::Relaxed),
-            repair_bytes: self.node.repair.copied_bytes.load(Ordering::Relaxed),
-            repair_failures: self.node.repair.copy_failures.load(Ordering::Relaxed),
-            repair_trimmed: self.node.repair.trimmed.load(Ordering::Relaxed),
-            repair_in_flight: self.node.repair.in_flight(),
-            repair_examined: self.node.repair.examined.load(Ordering::Relaxed),
-            repair_full_rounds: self.node.repair.full_rounds.load(Ordering::Relaxed),
-            gc_collected: self.node.gc.collected.load(Ordering::Relaxed),
-            gc_pending: self.node.gc.pending.load(Ordering::Relaxed),
+            bad_replicas_reported: self.chunks.bad_replicas.reported.load(Ordering::Relaxed),
+            bad_replicas_confirmed: self.chunks.bad_replicas.confirmed.load(Ordering::Relaxed),
+            repair_copies: self
+                .metaserver
+                .repair
+                .counters
+                .copies
+                .load(Ordering::Relaxed),
+            repair_bytes: self
+                .metaserver
+                .repair
+                .counters
+                .copied_bytes
+                .load(Ordering::Relaxed),
+            repair_failures: self
+                .metaserver
+                .repair
+                .counters
+                .copy_failures
+                .load(Ordering::Relaxed),
+            repair_trimmed: self
+                .metaserver
+                .repair
+                .counters
+                .trimmed
+                .load(Ordering::Relaxed),
+            repair_in_flight: self.metaserver.repair.in_flight(),
+            repair_examined: self
+                .metaserver
+                .repair
+                .counters
+                .examined
+                .load(Ordering::Relaxed),
+            repair_full_rounds: self
+                .metaserver
+                .repair
+                .counters
+                .full_rounds
+                .load(Ordering::Relaxed),
+            gc_collected: self.metaserver.gc.collected.load(Ordering::Relaxed),
+            gc_pending: self.metaserver.gc.pending.load(Ordering::Relaxed),
         }))
     }
 
@@ -228,7 +268,7 @@ impl MetaService for MetaServiceImpl {
     ) -> Result<Response<pb::RegisterChunkServerResponse>, Status> {
         let request = request.into_inner();
         let info = requests::chunk_server(&request)?;
-        self.node.register_chunk_server(request.id, info).await?;
+        self.chunks.register_chunk_server(request.id, info).await?;
         Ok(Response::new(pb::RegisterChunkServerResponse {}))
     }
 
@@ -238,7 +278,7 @@ impl MetaService for MetaServiceImpl {
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let request = request.into_inner();
         let beat = requests::beat(&request)?;
-        let known = self.node.heartbeat(beat).await?;
+        let known = self.chunks.heartbeat(beat).await?;
         Ok(Response::new(pb::HeartbeatResponse { reregister: !known }))
     }
 
@@ -249,7 +289,7 @@ impl MetaService for MetaServiceImpl {
         let request = request.into_inner();
         let (chunks, replication) = requests::allocation(&request)?;
         let placements = self
-            .node
+            .chunks
             .allocate(&chunks, replication, &request.exclude)?
             .into_iter()
             .map(|p| pb::ChunkPlacement {
@@ -267,7 +307,7 @@ impl MetaService for MetaServiceImpl {
     ) -> Result<Response<pb::LocateChunksResponse>, Status> {
         let ids = requests::locate(&request.into_inner())?;
         let chunks = self
-            .node
+            .chunks
             .locate(&ids)?
             .into_iter()
             .zip(&ids)
@@ -286,7 +326,7 @@ impl MetaService for MetaServiceImpl {
         let request = request.into_inner();
         let id = id_from_wire(&request.id)?;
         let confirmed = self
-            .node
+            .chunks
             .report_bad_replica(id, &request.addr, &request.reason)
             .await?;
         Ok(Response::new(pb::ReportBadReplicaResponse { confirmed }))
@@ -311,7 +351,7 @@ impl MetaService for MetaServiceImpl {
         &self,
         request: Request<pb::RemoveChunkServerRequest>,
     ) -> Result<Response<pb::RemoveChunkServerResponse>, Status> {
-        self.node
+        self.chunks
             .remove_chunk_server(request.into_inner().id)
             .await?;
         Ok(Response::new(pb::RemoveChunkServerResponse {}))

@@ -6,11 +6,23 @@ use std::collections::BTreeMap;
 use shardfs_proto::{ChunkId, DfsPath};
 
 use crate::cluster::Cluster;
-use crate::namespace::{FileMeta, Journal, Namespace, NsError};
-use crate::retries::RetryCache;
+use crate::cluster::ClusterChange;
+use crate::namespace::{self, FileMeta, Namespace, NsError};
+use crate::retries::{RetryCache, RetryChange};
 use crate::types::{Command, CommandResult, Outcome};
 
 /// Everything the state machine replicates.
+/// What the commands applied since it was last drained changed, part by
+/// part, for the state machine to write through (and repair to look at).
+#[derive(Debug, Default)]
+pub struct Journal {
+    pub namespace: namespace::Journal,
+    /// Changes to the chunk server registry and chunk locations.
+    pub cluster: Vec<ClusterChange>,
+    /// Changes to the retry cache.
+    pub retries: Vec<RetryChange>,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct State {
     pub namespace: Namespace,
@@ -52,7 +64,7 @@ impl State {
                 parents,
                 mtime_ms,
             } => path(p).and_then(|p| {
-                ns.mkdir(&p, *parents, *mtime_ms, journal)
+                ns.mkdir(&p, *parents, *mtime_ms, &mut journal.namespace)
                     .map(Outcome::Created)
             }),
             Command::Commit {
@@ -73,14 +85,17 @@ impl State {
                 }
                 check_replicas(cluster, file, *min_replicas)?;
                 check_lengths(ns, file)?;
-                ns.commit(&p, file.clone(), *if_absent, journal)
+                ns.commit(&p, file.clone(), *if_absent, &mut journal.namespace)
                     .map(|replaced| Outcome::Replaced(replaced.is_some()))
             }),
             Command::Rename { from, to } => path(from)
                 .and_then(|from| Ok((from, path(to)?)))
-                .and_then(|(from, to)| ns.rename(&from, &to, journal).map(|()| Outcome::Done)),
+                .and_then(|(from, to)| {
+                    ns.rename(&from, &to, &mut journal.namespace)
+                        .map(|()| Outcome::Done)
+                }),
             Command::Delete { path: p, recursive } => path(p).and_then(|p| {
-                ns.delete(&p, *recursive, journal)
+                ns.delete(&p, *recursive, &mut journal.namespace)
                     .map(|files| Outcome::Deleted(files.len() as u64))
             }),
             Command::RegisterChunkServer { id, info } => {

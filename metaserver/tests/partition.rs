@@ -8,6 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use shardfs_meta::filter::{Delay, DropRate, Filters, Isolate, OneWay, Partition};
+use shardfs_meta::metaserver::{LeaderSettings, Metaserver};
 use shardfs_meta::namespace::Inode;
 use shardfs_meta::node::{MetaNode, RaftTuning};
 use shardfs_meta::server;
@@ -46,15 +47,15 @@ impl Group {
         let mut nodes = BTreeMap::new();
         for (id, listener) in listeners {
             let data = dir.join(format!("meta-{id}"));
-            let dead_after = Duration::from_secs(3);
-            let node =
-                MetaNode::start_with_filters(id, &data, &tuning, dead_after, filters.clone())
-                    .await
-                    .unwrap();
+            let settings = LeaderSettings::default();
+            let metaserver = Metaserver::start(id, &data, &tuning, &settings, filters.clone())
+                .await
+                .unwrap();
+            let node = metaserver.node.clone();
             let (stop, stopped) = oneshot::channel::<()>();
             let task = tokio::spawn(server::run(
                 listener,
-                node.clone(),
+                metaserver,
                 ConnectionLimits::default(),
                 async {
                     let _ = stopped.await;

@@ -7,6 +7,15 @@
 //! (see [`process::block`]), answers Ctrl-C, maps errors to the Python
 //! exceptions a user expects ([`errors`]), and works in a forked child: the
 //! runtime and the connections are rebuilt per process id.
+//!
+//! - [`process`]: one runtime per process, rebuilt after a fork, and the
+//!   blocking bridge every call goes through.
+//! - [`errors`]: client errors as Python exceptions, in the CLI's words.
+//! - [`reader`]: `Reader`, positioned verified reads of one file.
+//! - [`stream`]: `Shards`, a shard stream as a Python iterator, with its
+//!   cursor as JSON.
+//! - [`tar`]: the members of a tar shard as slices of its verified bytes
+//!   (WebDataset samples).
 
 mod errors;
 mod process;

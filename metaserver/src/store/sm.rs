@@ -24,10 +24,10 @@ use shardfs_proto::ChunkId;
 
 use crate::cluster::{ChunkServerInfo, Cluster, ClusterChange};
 use crate::codec;
-use crate::namespace::{Change, Inode, Journal, Namespace, NamespaceParts};
-use crate::repair::Touched;
+use crate::namespace::{Change, Inode, Namespace, NamespaceParts};
 use crate::retries::{Answer, RetryCache, RetryChange};
-use crate::state::State;
+use crate::state::{Journal, State};
+use crate::touched::Touched;
 use crate::types::{
     CommandResult, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
@@ -351,8 +351,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.touched
             .lock()
             .expect("touched")
-            .record(&journal.touched, &journal.cluster);
+            .record(&journal.namespace.touched, &journal.cluster);
         let mut batch: Batch = journal
+            .namespace
             .changes
             .into_iter()
             .map(|change| match change {
