@@ -136,7 +136,6 @@ pub async fn run_bench(
     let put_options = PutOptions {
         replication: Some(options.replication),
         chunk_size: Some(options.chunk_size),
-        no_parents: true,
         ..PutOptions::default()
     };
     client.record_latencies(true);

@@ -33,8 +33,6 @@ pub struct PutOptions {
     pub chunk_size: Option<u64>,
     /// Fail instead of replacing an existing file.
     pub if_absent: bool,
-    /// Do not create missing parent directories.
-    pub no_parents: bool,
     /// Tree puts: leave files already stored with the same content (and
     /// replication) as they are.
     pub skip_unchanged: bool,
@@ -120,8 +118,21 @@ enum Source {
 
 /// Retries of a failed replica on other chunk servers.
 const REPLICA_RETRIES: usize = 3;
-/// Chunks of one put in flight at once (memory is bounded separately).
+/// Chunks of one put in flight at once (memory is bounded separately);
+/// also the most chunks placed by one `AllocateChunks` call.
 const CHUNKS_IN_FLIGHT: usize = 32;
+/// Chunks hashed at once, ahead of their placement.
+const HASHES_IN_FLIGHT: usize = 8;
+/// Placement calls of one put in flight at once (the next batch is placed
+/// while the last one is stored).
+const ALLOCATIONS_IN_FLIGHT: usize = 2;
+
+/// A chunk read and hashed, holding its share of the put memory.
+struct Hashed {
+    id: ChunkId,
+    data: Bytes,
+    permit: OwnedSemaphorePermit,
+}
 
 impl Client {
     /// Uploads the local file at `local` to `remote`.
@@ -202,22 +213,55 @@ impl Client {
             Source::Reader(_) => {}
         }
 
-        let (tx, rx) = mpsc::channel::<Result<(Bytes, OwnedSemaphorePermit)>>(2);
+        // The pipeline: read (its own task, bounded by put memory) -> hash
+        // (off the runtime) -> place every chunk hashed so far in one
+        // AllocateChunks call -> store each on its servers. Order is kept
+        // throughout: the commit lists the chunks as read.
+        let (tx, rx) = mpsc::channel::<Result<(Bytes, OwnedSemaphorePermit)>>(CHUNKS_IN_FLIGHT);
         let memory = self.inner.put_memory.clone();
         let reader = tokio::spawn(read_chunks(source, chunk_size, memory, tx));
 
         let path_text = path.to_string();
-        let chunks = tokio_stream_from(rx)
+        let hashed = tokio_stream_from(rx)
+            .map(|item| async move {
+                let (data, permit) = item?;
+                let id = {
+                    let data = data.clone();
+                    tokio::task::spawn_blocking(move || ChunkId::of(&data))
+                        .await
+                        .expect("hash task")
+                };
+                Ok(Hashed { id, data, permit })
+            })
+            .buffered(HASHES_IN_FLIGHT);
+        let placed = hashed
+            .ready_chunks(CHUNKS_IN_FLIGHT)
+            .map(|batch: Vec<Result<Hashed>>| {
+                let client = self.clone();
+                let path = path_text.clone();
+                async move { client.place_batch(&path, batch, replication).await }
+            })
+            .buffered(ALLOCATIONS_IN_FLIGHT)
+            .flat_map(|placed| {
+                let items: Vec<Result<(Hashed, pb::ChunkPlacement)>> = match placed {
+                    Ok(placed) => placed.into_iter().map(Ok).collect(),
+                    Err(e) => vec![Err(e)],
+                };
+                futures::stream::iter(items)
+            });
+        let chunks = placed
             .map(|item| {
                 let client = self.clone();
                 let path = path_text.clone();
                 let progress = progress.clone();
                 async move {
-                    let (data, permit) = item?;
+                    let (chunk, placement) = item?;
                     let started = std::time::Instant::now();
-                    let stored = client.store_chunk(&path, data, replication).await;
+                    let stored = client
+                        .store_chunk(&path, chunk.id, chunk.data, placement, replication)
+                        .await;
                     client.note_put_latency(started.elapsed());
-                    drop(permit);
+                    drop(chunk.permit);
                     if let (Ok(s), Some(progress)) = (&stored, &progress) {
                         progress(s.0.length);
                     }
@@ -241,12 +285,8 @@ impl Client {
             .await
             .map_err(|e| ClientError::InvalidArgument(format!("reading the input failed: {e}")))?;
 
-        if !options.no_parents
-            && let Some(parent) = path.parent()
-            && !parent.is_root()
-        {
-            self.mkdir(parent.as_str(), true).await?;
-        }
+        // The commit creates missing parent directories itself: one Raft
+        // write for the whole file.
         let file = pb::FileInfo {
             size: stats.bytes,
             chunks: refs,
@@ -264,22 +304,54 @@ impl Client {
         Ok(stats)
     }
 
-    /// Stores one chunk on `replication` servers (or as many as can be had,
-    /// at least two, when servers fail). Returns its reference, the bytes
-    /// sent, and whether nothing had to be sent.
+    /// Places a batch of hashed chunks with one `AllocateChunks` call;
+    /// returns each with its placement, in order. The first error in the
+    /// batch (a failed read or hash) ends the put.
+    async fn place_batch(
+        &self,
+        path: &str,
+        batch: Vec<Result<Hashed>>,
+        replication: u32,
+    ) -> Result<Vec<(Hashed, pb::ChunkPlacement)>> {
+        let chunks: Vec<Hashed> = batch.into_iter().collect::<Result<_>>()?;
+        let wanted: Vec<(ChunkId, u64)> =
+            chunks.iter().map(|c| (c.id, c.data.len() as u64)).collect();
+        let first = chunks.first().map(|c| c.id.to_hex()).unwrap_or_default();
+        let unwritable = |detail: String| ClientError::Unwritable {
+            path: path.to_string(),
+            chunk: first.clone(),
+            detail,
+        };
+        tracing::debug!(chunks = wanted.len(), "placing a batch");
+        let placements = self
+            .inner
+            .meta
+            .allocate(&wanted, replication, &[])
+            .await
+            .map_err(|s| unwritable(status_cause(&s)))?;
+        if placements.len() != chunks.len() {
+            return Err(unwritable(format!(
+                "the metaserver placed {} of {} chunks",
+                placements.len(),
+                chunks.len()
+            )));
+        }
+        Ok(chunks.into_iter().zip(placements).collect())
+    }
+
+    /// Stores one chunk on `replication` servers, starting with the
+    /// servers of `placement` (or as many as can be had, at least two,
+    /// when servers fail). Returns its reference, the bytes sent, and
+    /// whether nothing had to be sent.
     async fn store_chunk(
         &self,
         path: &str,
+        id: ChunkId,
         data: Bytes,
+        placement: pb::ChunkPlacement,
         replication: u32,
     ) -> Result<(pb::ChunkRef, u64, bool)> {
         let length = data.len() as u64;
-        let id = {
-            let data = data.clone();
-            tokio::task::spawn_blocking(move || ChunkId::of(&data))
-                .await
-                .expect("hash task")
-        };
         let chunk_ref = pb::ChunkRef {
             id: id.to_vec().into(),
             length,
@@ -289,14 +361,6 @@ impl Client {
             chunk: id.to_hex(),
             detail,
         };
-        let placement = self
-            .inner
-            .meta
-            .allocate(&[(id, length)], replication, &[])
-            .await
-            .map_err(|s| unwritable(status_cause(&s)))?
-            .pop()
-            .ok_or_else(|| unwritable("the metaserver returned no placement".into()))?;
         let mut stored: BTreeSet<String> = placement.stored_at.into_iter().collect();
         if placement.targets.is_empty() {
             self.inner

@@ -252,10 +252,7 @@ impl Client {
             self.mkdir(path.as_str(), true).await?;
         }
         let replication = options.replication.unwrap_or(self.config().replication);
-        let options = Arc::new(PutOptions {
-            no_parents: true,
-            ..options.clone()
-        });
+        let options = Arc::new(PutOptions { ..options.clone() });
         let existing = &existing;
         let puts = futures::stream::iter(tree.files.iter().cloned())
             .map(|(relative, path, size)| {

@@ -290,8 +290,9 @@ impl ChunkManager {
                 .collect();
             (addrs, holders)
         });
-        // Bytes placed since the servers last reported their usage, so that
-        // concurrent single-chunk allocations spread out too.
+        // Bytes placed since the servers last reported their usage: a
+        // batch spreads by itself (`planned`), and this spreads the batches
+        // of concurrent writers too.
         let mut recent = self.recent_placements.lock().expect("recent placements");
         if recent.0.elapsed() > RECENT_PLACEMENTS_WINDOW {
             *recent = (Instant::now(), HashMap::new());
