@@ -38,7 +38,7 @@ pub fn id_from_wire(bytes: &[u8]) -> Result<ChunkId, ChunkError> {
 }
 
 pub fn ids_from_wire(ids: &[bytes::Bytes]) -> Result<Vec<ChunkId>, ChunkError> {
-    ids.iter().map(|id| id_from_wire(id)).collect()
+    Ok(ChunkId::many_from_slices(ids)?)
 }
 
 pub fn chunk_info(id: &ChunkId, entry: &IndexEntry) -> ChunkInfo {

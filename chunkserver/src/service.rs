@@ -15,7 +15,7 @@ use shardfs_proto::chunk::v1::{
     PutChunkResponse, ReplicateChunkRequest, ReplicateChunkResponse, StatsRequest, StatsResponse,
     VerifyChunksRequest, VerifyChunksResponse, put_chunk_request,
 };
-use shardfs_proto::chunk_client::ChunkClient;
+use shardfs_proto::chunk_client::{ChunkClient, ChunkClientPool};
 use shardfs_proto::{ChunkId, MAX_CHUNK_BYTES, MAX_DATA_MESSAGE_BYTES};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -41,7 +41,7 @@ pub struct ChunkServiceImpl {
     put_memory: Arc<Semaphore>,
     put: PutLimits,
     /// Other chunk servers this one copies from (repair), by address.
-    peers: std::sync::Mutex<std::collections::HashMap<String, ChunkClient>>,
+    peers: ChunkClientPool,
 }
 
 impl ChunkServiceImpl {
@@ -75,14 +75,9 @@ impl ChunkServiceImpl {
 
     /// A cached client for the chunk server at `addr`.
     fn peer(&self, addr: &str) -> Result<ChunkClient, Status> {
-        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(client) = peers.get(addr) {
-            return Ok(client.clone());
-        }
-        let client = ChunkClient::new(addr)
-            .map_err(|e| Status::invalid_argument(format!("bad source address {addr:?}: {e}")))?;
-        peers.insert(addr.to_string(), client.clone());
-        Ok(client)
+        self.peers
+            .get(addr)
+            .map_err(|e| Status::invalid_argument(format!("bad source address {addr:?}: {e}")))
     }
 }
 

@@ -27,9 +27,10 @@ use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use bytes::Bytes;
+use shardfs_proto::now_ms;
 use shardfs_proto::{ChunkId, MAX_CHUNK_BYTES};
 use tracing::{info, warn};
 
@@ -1075,13 +1076,6 @@ fn fs_space(path: &Path) -> Result<(u64, u64)> {
     }
     let frsize = stat.f_frsize as u64;
     Ok((stat.f_blocks as u64 * frsize, stat.f_bavail as u64 * frsize))
-}
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Deletes its temp file when dropped, unless the file was renamed into

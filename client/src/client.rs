@@ -2,12 +2,11 @@
 //! discovery and redirects) and one cached [`ChunkClient`] per chunk
 //! server, shared by every put, get and reader made from it.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use shardfs_proto::chunk_client::ChunkClient;
+use shardfs_proto::chunk_client::{ChunkClient, ChunkClientPool};
 use shardfs_proto::meta::v1 as pb;
 use shardfs_proto::meta_client::MetaClient;
 use shardfs_proto::{ChunkId, DEFAULT_CHUNK_BYTES, DfsPath, MAX_CHUNK_BYTES, MAX_REPLICATION};
@@ -137,7 +136,7 @@ pub struct Client {
 pub(crate) struct Inner {
     pub meta: MetaClient,
     pub config: ClientConfig,
-    chunk_servers: Mutex<HashMap<String, ChunkClient>>,
+    chunk_servers: ChunkClientPool,
     /// Put data in memory, in KiB (a semaphore counts in u32).
     pub put_memory: Arc<Semaphore>,
     pub counters: Counters,
@@ -183,7 +182,7 @@ impl Client {
             inner: Arc::new(Inner {
                 meta,
                 config,
-                chunk_servers: Mutex::new(HashMap::new()),
+                chunk_servers: ChunkClientPool::default(),
                 put_memory: Arc::new(Semaphore::new(permits as usize)),
                 counters: Counters::default(),
                 put_latencies: Mutex::new(None),
@@ -243,15 +242,9 @@ impl Client {
 
     /// The cached client for the chunk server at `addr`.
     pub(crate) fn chunk_server(&self, addr: &str) -> Result<ChunkClient> {
-        let mut servers = self.inner.chunk_servers.lock().expect("chunk server cache");
-        if let Some(client) = servers.get(addr) {
-            return Ok(client.clone());
-        }
-        let client = ChunkClient::new(addr).map_err(|e| {
+        self.inner.chunk_servers.get(addr).map_err(|e| {
             ClientError::InvalidArgument(format!("bad chunk server address {addr:?}: {e}"))
-        })?;
-        servers.insert(addr.to_string(), client.clone());
-        Ok(client)
+        })
     }
 
     /// Deletes chunks from one chunk server directly, bypassing the

@@ -182,13 +182,20 @@ fn file_of(n: usize) -> pb::FileInfo {
 
 /// A file made of the pool chunks at `indices`, in order.
 fn file_of_pool(indices: impl Iterator<Item = usize>) -> pb::FileInfo {
-    let chunks: Vec<pb::ChunkRef> = indices
-        .map(|i| {
-            let (id, data) = pool_chunk(i);
-            pb::ChunkRef {
-                id: id.to_vec().into(),
-                length: data.len() as u64,
-            }
+    file_info_of(indices.map(|i| {
+        let (id, data) = pool_chunk(i);
+        (id, data.len() as u64)
+    }))
+}
+
+/// A file description for a commit, of `chunks` (id, length) in order, at
+/// R = 3 (the benchmark's and the tests' files).
+pub fn file_info_of(chunks: impl IntoIterator<Item = (ChunkId, u64)>) -> pb::FileInfo {
+    let chunks: Vec<pb::ChunkRef> = chunks
+        .into_iter()
+        .map(|(id, length)| pb::ChunkRef {
+            id: id.to_vec().into(),
+            length,
         })
         .collect();
     pb::FileInfo {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use shardfs_proto::ChunkId;
 use shardfs_proto::chunk::v1::ChunkVerdict;
-use shardfs_proto::chunk_client::ChunkClient;
+use shardfs_proto::chunk_client::{ChunkClient, ChunkClientPool};
 use tracing::warn;
 
 use crate::cluster::{Candidate, ChunkServerInfo, ServerId, place};
@@ -113,8 +113,8 @@ pub struct ChunkManager {
     /// Placements not yet reflected in heartbeats (see `allocate`).
     recent_placements: Mutex<RecentPlacements>,
     pub allocations: Allocations,
-    /// One cached client per chunk server, by id (address, client).
-    clients: Mutex<HashMap<ServerId, (String, ChunkClient)>>,
+    /// One cached client per chunk server address.
+    clients: ChunkClientPool,
 }
 
 /// A commit that gives `chunk` another length than it has (`by` says who
@@ -135,7 +135,7 @@ impl ChunkManager {
             bad_replicas: BadReplicaCounts::default(),
             recent_placements: Mutex::new((Instant::now(), HashMap::new())),
             allocations: Allocations::default(),
-            clients: Mutex::default(),
+            clients: ChunkClientPool::default(),
         }
     }
 
@@ -161,17 +161,9 @@ impl ChunkManager {
 
     /// A cached client for chunk server `id` at `addr`.
     pub fn chunk_client(&self, id: ServerId, addr: &str) -> Result<ChunkClient, MetaError> {
-        let mut clients = self.clients.lock().expect("chunk clients");
-        if let Some((cached, client)) = clients.get(&id)
-            && cached == addr
-        {
-            return Ok(client.clone());
-        }
-        let client = ChunkClient::new(addr).map_err(|e| {
+        self.clients.get(addr).map_err(|e| {
             MetaError::InvalidArgument(format!("chunk server {id} has a bad address {addr:?}: {e}"))
-        })?;
-        clients.insert(id, (addr.to_string(), client.clone()));
-        Ok(client)
+        })
     }
 
     pub async fn register_chunk_server(

@@ -27,6 +27,7 @@ impl From<MetaError> for Status {
             },
             MetaError::NotLeader { .. } | MetaError::Unavailable(_) => Code::Unavailable,
             MetaError::Membership(_) | MetaError::FailedPrecondition(_) => Code::FailedPrecondition,
+            MetaError::Server(_) => Code::Internal,
         };
         let mut status = Status::new(code, err.to_string());
         if let MetaError::NotLeader {
@@ -130,5 +131,5 @@ pub fn id_from_wire(bytes: &[u8]) -> Result<ChunkId, MetaError> {
 }
 
 pub fn ids_from_wire(ids: &[bytes::Bytes]) -> Result<Vec<ChunkId>, MetaError> {
-    ids.iter().map(|id| id_from_wire(id)).collect()
+    ChunkId::many_from_slices(ids).map_err(|e| MetaError::InvalidArgument(e.to_string()))
 }

@@ -36,4 +36,9 @@ pub enum MetaError {
     /// Raft could not complete the request (quorum lost, shutting down).
     #[error("metaserver unavailable: {0}")]
     Unavailable(String),
+
+    /// This metaserver could not start or serve: its store, its Raft node,
+    /// its listener.
+    #[error("{0}")]
+    Server(String),
 }

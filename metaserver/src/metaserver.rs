@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::chunks::ChunkManager;
+use crate::error::MetaError;
 use crate::filter::Filters;
 use crate::gc::{GcConfig, GcManager};
 use crate::node::{MetaNode, RaftTuning};
@@ -65,7 +66,7 @@ impl Metaserver {
         tuning: &RaftTuning,
         settings: &LeaderSettings,
         filters: Filters,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, MetaError> {
         let node = MetaNode::start_with_filters(id, data_dir, tuning, filters).await?;
         Ok(Self::on(node, settings))
     }

@@ -86,7 +86,11 @@ pub struct MetaNode {
 
 impl MetaNode {
     /// Opens the stores under `data_dir` and starts the Raft node.
-    pub async fn start(id: NodeId, data_dir: &Path, tuning: &RaftTuning) -> anyhow::Result<Self> {
+    pub async fn start(
+        id: NodeId,
+        data_dir: &Path,
+        tuning: &RaftTuning,
+    ) -> Result<Self, MetaError> {
         Self::start_with_filters(id, data_dir, tuning, Filters::default()).await
     }
 
@@ -97,14 +101,21 @@ impl MetaNode {
         data_dir: &Path,
         tuning: &RaftTuning,
         filters: Filters,
-    ) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(data_dir)?;
+    ) -> Result<Self, MetaError> {
+        let server = |e: String| MetaError::Server(e);
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            server(format!(
+                "cannot create data directory {}: {e}",
+                data_dir.display()
+            ))
+        })?;
         let path = data_dir.join("raft");
         let (log_store, state_machine) = tokio::task::spawn_blocking(move || {
-            crate::store::open(&path)
-                .map_err(|e| anyhow::anyhow!("cannot open metaserver store: {e}"))
+            crate::store::open(&path).map_err(|e| format!("cannot open metaserver store: {e}"))
         })
-        .await??;
+        .await
+        .map_err(|e| server(format!("opening the store: {e}")))?
+        .map_err(server)?;
         let state = state_machine.state();
         let touched = state_machine.touched();
         let config = Config {
@@ -119,7 +130,8 @@ impl MetaNode {
             max_payload_entries: 1_000,
             ..Config::default()
         }
-        .validate()?;
+        .validate()
+        .map_err(|e| server(format!("bad Raft settings: {e}")))?;
         let raft = Raft::new(
             id,
             Arc::new(config),
@@ -128,7 +140,7 @@ impl MetaNode {
             state_machine,
         )
         .await
-        .map_err(|e| anyhow::anyhow!("cannot start raft: {e}"))?;
+        .map_err(|e| server(format!("cannot start raft: {e}")))?;
         let epoch = std::time::Instant::now();
         let metrics_published_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
         {
@@ -158,11 +170,12 @@ impl MetaNode {
     /// Initializes a brand-new group with `peers` as voters, exactly once:
     /// only the lowest id does it, only on a fresh store, and not when a
     /// peer already belongs to an initialized group.
-    pub async fn bootstrap(&self, peers: &BTreeMap<NodeId, String>) -> anyhow::Result<()> {
+    pub async fn bootstrap(&self, peers: &BTreeMap<NodeId, String>) -> Result<(), MetaError> {
         if peers.keys().next() != Some(&self.id) {
             return Ok(());
         }
-        if self.raft.is_initialized().await? {
+        let initialized = self.raft.is_initialized().await;
+        if initialized.map_err(|e| MetaError::Server(format!("cannot read the Raft state: {e}")))? {
             return Ok(());
         }
         for (peer, addr) in peers {
@@ -184,7 +197,11 @@ impl MetaNode {
                 info!(voters = ?peers.keys().collect::<Vec<_>>(), "initialized a new metaserver group")
             }
             Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
-            Err(e) => return Err(anyhow::anyhow!("cannot initialize the group: {e}")),
+            Err(e) => {
+                return Err(MetaError::Server(format!(
+                    "cannot initialize the group: {e}"
+                )));
+            }
         }
         Ok(())
     }

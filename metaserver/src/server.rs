@@ -9,6 +9,7 @@ use shardfs_proto::meta::v1::raft_service_server::RaftServiceServer;
 use shardfs_proto::transport;
 use tokio::net::TcpListener;
 
+use crate::error::MetaError;
 use crate::metaserver::Metaserver;
 use crate::network::{MAX_RAFT_MESSAGE_BYTES, RaftServer};
 use crate::service::MetaServiceImpl;
@@ -26,7 +27,7 @@ pub async fn run(
     metaserver: Metaserver,
     limits: transport::ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send,
-) -> anyhow::Result<()> {
+) -> Result<(), MetaError> {
     let node = metaserver.node.clone();
     let meta = MetaServiceServer::new(MetaServiceImpl::new(metaserver))
         .max_decoding_message_size(MAX_REQUEST_BYTES)
@@ -35,7 +36,9 @@ pub async fn run(
         .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);
     let router = transport::server().add_service(meta).add_service(raft);
-    transport::serve_with_grace(router, listener, limits, shutdown, SHUTDOWN_GRACE).await?;
+    transport::serve_with_grace(router, listener, limits, shutdown, SHUTDOWN_GRACE)
+        .await
+        .map_err(|e| MetaError::Server(format!("serving: {e}")))?;
     node.shutdown().await;
     Ok(())
 }

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 
 use shardfs_proto::meta::v1 as pb;
 use shardfs_proto::meta::v1::meta_service_server::MetaService;
+use shardfs_proto::now_ms;
 use tonic::{Request, Response, Status};
 
 use crate::chunks::ChunkManager;
@@ -36,13 +37,6 @@ impl MetaServiceImpl {
             metaserver,
         }
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 #[tonic::async_trait]

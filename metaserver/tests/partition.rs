@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use shardfs_meta::error::MetaError;
 use shardfs_meta::filter::{Delay, DropRate, Filters, Isolate, OneWay, Partition};
 use shardfs_meta::metaserver::{LeaderSettings, Metaserver};
 use shardfs_meta::namespace::Inode;
@@ -19,7 +20,7 @@ use tokio::sync::oneshot;
 struct Node {
     node: MetaNode,
     stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    task: tokio::task::JoinHandle<Result<(), MetaError>>,
 }
 
 /// Three nodes of one new group sharing `filters`.

@@ -279,3 +279,25 @@ impl ChunkClient {
         Ok(self.rpc().stats(StatsRequest {}).await?.into_inner())
     }
 }
+
+/// One cached [`ChunkClient`] per chunk server address, made on first use
+/// and shared by every caller (the servers' peers, the client library's
+/// chunk servers). Cheap to share; clients are clones over the same
+/// channels.
+#[derive(Default)]
+pub struct ChunkClientPool {
+    clients: std::sync::Mutex<std::collections::HashMap<String, ChunkClient>>,
+}
+
+impl ChunkClientPool {
+    /// The client for the chunk server at `addr`.
+    pub fn get(&self, addr: &str) -> Result<ChunkClient, tonic::transport::Error> {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(client) = clients.get(addr) {
+            return Ok(client.clone());
+        }
+        let client = ChunkClient::new(addr)?;
+        clients.insert(addr.to_string(), client.clone());
+        Ok(client)
+    }
+}

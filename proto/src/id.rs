@@ -34,6 +34,11 @@ impl ChunkId {
     }
 
     /// Parses the wire form (32 raw bytes).
+    /// Ids as they travel in a repeated `bytes` field.
+    pub fn many_from_slices(ids: &[bytes::Bytes]) -> Result<Vec<Self>, IdError> {
+        ids.iter().map(|id| Self::from_slice(id)).collect()
+    }
+
     pub fn from_slice(bytes: &[u8]) -> Result<Self, IdError> {
         let array: [u8; 32] = bytes
             .try_into()

@@ -22,12 +22,15 @@
 //! - [`bulk`]: the bulk read protocol, chunk reads without gRPC on the chunk
 //!   server's own port.
 //! - [`alloc`]: allocator tuning shared by every binary.
+//! - [`config`]: reading a server's TOML file, and the error a bad
+//!   configuration gives.
 //! - [`span`]: [`span::Span`], a duration as operators write it (`5s`,
 //!   `250ms`, `2m`).
 
 pub mod alloc;
 pub mod bulk;
 pub mod chunk_client;
+pub mod config;
 pub mod id;
 pub mod meta_client;
 pub mod output;
@@ -51,6 +54,14 @@ pub mod chunk {
     pub mod v1 {
         tonic::include_proto!("shardfs.chunk.v1");
     }
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// The most data bytes a single streaming message carries. Chunks travel as a

@@ -192,10 +192,15 @@ impl Cluster {
         if let Some(peers) = peers {
             command.args(["--peers", peers]);
         }
-        let log = self.dir.join(format!("meta-{id}.log"));
-        let server = ServerChild::spawn(command, &format!("metaserver {id}"), &log)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let server = self.spawn(command, &format!("metaserver {id}"), &format!("meta-{id}"));
         self.metas.insert(id, server);
+    }
+
+    /// Starts `command`, logging to `NAME.log` in the test's directory,
+    /// and waits for its listening line (`what` names it if it fails).
+    fn spawn(&self, command: Command, what: &str, name: &str) -> ServerChild {
+        let log = self.dir.join(format!("{name}.log"));
+        ServerChild::spawn(command, what, &log).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// kill -9 metaserver `id` (and reap it).
@@ -301,9 +306,11 @@ impl Cluster {
             .arg(self.chunk_dir(id))
             .args(&self.chunk_args)
             .env("RUST_LOG", "info");
-        let log = self.dir.join(format!("chunk-{id}.log"));
-        let server = ServerChild::spawn(command, &format!("chunk server {id}"), &log)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let server = self.spawn(
+            command,
+            &format!("chunk server {id}"),
+            &format!("chunk-{id}"),
+        );
         self.chunks.insert(id, server);
     }
 

@@ -85,21 +85,9 @@ pub fn pool_chunk(i: usize) -> (ChunkId, bytes::Bytes) {
 /// A file description for a commit: `chunks` chunks of the pool, chosen
 /// by `seed`.
 pub fn file_info(seed: u64, chunks: usize) -> pb::FileInfo {
-    let refs: Vec<pb::ChunkRef> = (0..chunks)
-        .map(|j| {
-            let i = (seed as usize).wrapping_mul(7).wrapping_add(j * 13) % POOL_SIZE;
-            let (id, data) = pool_chunk(i);
-            pb::ChunkRef {
-                id: id.to_vec().into(),
-                length: data.len() as u64,
-            }
-        })
-        .collect();
-    pb::FileInfo {
-        size: refs.iter().map(|c| c.length).sum(),
-        chunks: refs,
-        replication: 3,
-        content_id: Default::default(),
-        mtime_ms: 0,
-    }
+    shardfs_meta::bench::file_info_of((0..chunks).map(|j| {
+        let i = (seed as usize).wrapping_mul(7).wrapping_add(j * 13) % POOL_SIZE;
+        let (id, data) = pool_chunk(i);
+        (id, data.len() as u64)
+    }))
 }
