@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use shardfs_proto::config::{ConfigError, load_toml};
 use shardfs_proto::span::Span;
 use shardfs_proto::transport::{CONNECTIONS_PER_PEER, ConnectionLimits, FIRST_BYTES_TIMEOUT};
 
@@ -165,11 +166,8 @@ impl Limits {
 }
 
 impl FileConfig {
-    pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
-        toml::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("config file {} is not valid: {e}", path.display()))
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        load_toml(path)
     }
 }
 
@@ -198,17 +196,19 @@ pub struct Config {
 
 impl Config {
     /// Flags and environment win over the file, the file over defaults.
-    pub fn resolve(overrides: Overrides, file: FileConfig) -> anyhow::Result<Self> {
+    pub fn resolve(overrides: Overrides, file: FileConfig) -> Result<Self, ConfigError> {
         let listen_text = overrides
             .listen
             .or(file.listen)
             .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
         let listen = listen_text.parse().map_err(|e| {
-            anyhow::anyhow!("listen address {listen_text:?} is not host:port ({e})")
+            ConfigError(format!(
+                "listen address {listen_text:?} is not host:port ({e})"
+            ))
         })?;
         let data_dir = overrides.data_dir.or(file.data_dir).ok_or_else(|| {
-            anyhow::anyhow!(
-                "no data directory: pass --data-dir DIR, set SHARDFS_CHUNK_DATA_DIR, or set data_dir in the config file"
+            ConfigError::new(
+                "no data directory: pass --data-dir DIR, set SHARDFS_CHUNK_DATA_DIR, or set data_dir in the config file",
             )
         })?;
         Ok(Self {

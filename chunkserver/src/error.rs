@@ -60,6 +60,10 @@ pub enum ChunkError {
 
     #[error("chunk index: {0}")]
     Index(#[from] IndexError),
+
+    /// The server could not serve (its listener, its transport).
+    #[error("serving: {0}")]
+    Serving(String),
 }
 
 impl ChunkError {

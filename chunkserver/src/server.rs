@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 
 use crate::bulk::Connections;
 use crate::config::Limits;
+use crate::error::ChunkError;
 use crate::service::ChunkServiceImpl;
 use crate::store::ChunkStore;
 
@@ -32,7 +33,7 @@ pub async fn run(
     store: ChunkStore,
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send,
-) -> anyhow::Result<()> {
+) -> Result<(), ChunkError> {
     let service = ChunkServiceServer::new(ChunkServiceImpl::new(store.clone(), limits.put))
         .max_decoding_message_size(transport::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(transport::MAX_MESSAGE_BYTES);
@@ -62,7 +63,7 @@ pub async fn run(
     accepting.abort();
     recovering.abort();
     bulk_connections.close_all();
-    served?;
+    served.map_err(|e| ChunkError::Serving(e.to_string()))?;
     store.flush().await?;
     Ok(())
 }

@@ -102,7 +102,7 @@ pub struct InProcessServer {
     pub client: ChunkClient,
     pub store: ChunkStore,
     shutdown: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    task: Option<tokio::task::JoinHandle<Result<(), shardfs_chunk::ChunkError>>>,
 }
 
 impl InProcessServer {
