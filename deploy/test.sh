@@ -2,7 +2,8 @@
 # Every test: the Rust workspace (real processes, sockets, disks, FUSE),
 # the README tour on a fresh local cluster, the Python package against a
 # real cluster it starts (torch, webdataset, pyarrow, pandas, fsspec), then
-# a short run of every fuzz target over its kept corpus.
+# a short run of every fuzz target over its kept corpus. First, that the
+# metaserver's modules import no cycle (deploy/module-cycles.py).
 #
 # Everything is built once, with the release profile: the same build
 # `deploy/local-cluster.sh up` makes, so after it the tests compile only
@@ -14,6 +15,9 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 started=$SECONDS
+echo "test: no import cycle among the metaserver's modules"
+python3 deploy/module-cycles.py metaserver/src > /dev/null || python3 deploy/module-cycles.py metaserver/src
+
 echo "test: cargo test --workspace --release"
 cargo test --workspace --release --locked
 
