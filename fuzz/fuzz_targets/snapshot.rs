@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use shardfs_meta::namespace::{Inode, Namespace};
-use shardfs_meta::state::{Journal, State};
+use shardfs_meta::state::Journal;
 use shardfs_meta::store::sm::{decode_snapshot, encode_snapshot};
 use shardfs_meta::types::Command;
 use shardfs_proto::DfsPath;

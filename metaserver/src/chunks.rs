@@ -200,12 +200,21 @@ impl ChunkManager {
         }
         self.liveness.heartbeat(beat.server, beat.usage);
         self.liveness.record_scrub(beat.server, beat.scrub);
-        if !beat.added.is_empty() || !beat.removed.is_empty() || beat.full_inventory_first {
+        let replace = beat.full_inventory && beat.full_inventory_first;
+        // Each location enters the state once: the chunks a commit already
+        // confirmed with this server (or an earlier beat reported) are not
+        // written again. A whole inventory replaces what is recorded.
+        let (added, removed) = if replace {
+            (beat.added, beat.removed)
+        } else {
+            self.read_local(|s| s.cluster.news(beat.server, beat.added, beat.removed))
+        };
+        if replace || !added.is_empty() || !removed.is_empty() {
             self.write(Command::ChunkReport {
                 server: beat.server,
-                added: beat.added,
-                removed: beat.removed,
-                replace: beat.full_inventory && beat.full_inventory_first,
+                added,
+                removed,
+                replace,
             })
             .await?;
         }
@@ -763,6 +772,34 @@ mod tests {
         let (views, under) = m.chunks.chunk_server_view();
         assert_eq!(views.iter().filter(|v| v.alive).count(), 1);
         assert_eq!(under, 0, "no committed file uses them");
+    }
+
+    /// A location enters the replicated state once: a heartbeat repeating
+    /// what is recorded (a commit confirmed it, or an earlier beat) costs
+    /// no Raft entry; news does.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn heartbeats_write_only_what_is_new() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = lone_leader(dir.path(), &LeaderSettings::default()).await;
+        let (a, b) = (chunk("a"), chunk("b"));
+        chunk_server(&m, 1, "z", 0, &[a]).await;
+        // (Raft's metrics follow the applies a moment later.)
+        let applied = || m.node.status().last_applied;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let before = applied();
+        beat(&m, 1, 0, &[a]).await;
+        beat(&m, 1, 0, &[]).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(applied(), before, "nothing new: no entry");
+        beat(&m, 1, 0, &[a, b]).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(applied(), before + 1, "b is new: one entry");
+        assert_eq!(m.chunks.locate(&[b]).unwrap()[0], vec![addr(1)]);
+        // A removal of a chunk not recorded there changes nothing either.
+        let (added, removed) = m
+            .node
+            .read_local(|s| s.cluster.news(1, vec![a, b], vec![chunk("never")]));
+        assert!(added.is_empty() && removed.is_empty());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

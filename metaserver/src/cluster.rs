@@ -129,6 +129,22 @@ impl Cluster {
         self.locations.get(chunk).into_iter().flatten().copied()
     }
 
+    /// Of a report from `server`, what would change the recorded
+    /// locations: the chunks `added` not recorded there yet, and those
+    /// `removed` that still are.
+    pub fn news(
+        &self,
+        server: ServerId,
+        added: Vec<ChunkId>,
+        removed: Vec<ChunkId>,
+    ) -> (Vec<ChunkId>, Vec<ChunkId>) {
+        let holds = |c: &ChunkId| self.locations.get(c).is_some_and(|h| h.contains(&server));
+        (
+            added.into_iter().filter(|c| !holds(c)).collect(),
+            removed.into_iter().filter(|c| holds(c)).collect(),
+        )
+    }
+
     /// Starts or stops draining a registered server; false if unknown.
     pub fn set_draining(
         &mut self,
