@@ -21,12 +21,6 @@ use crate::node::RaftTuning;
 use crate::repair::RepairConfig;
 use crate::types::NodeId;
 
-/// Defaults of the settings that have one.
-pub const DEFAULT_DEAD_AFTER_SECS: u64 = 10;
-pub const DEFAULT_REPAIR_MB_PER_S: u64 = 100;
-pub const DEFAULT_REPAIR_FULL_SCAN_SECS: u64 = 30;
-pub const DEFAULT_GC_GRACE_SECS: u64 = 3600;
-
 /// The TOML file's contents; every key is optional, and each is the flag's
 /// name with `_` for `-`.
 #[derive(Debug, Default, Clone, Deserialize, PartialEq, Eq)]
@@ -191,32 +185,34 @@ impl Config {
             tuning.snapshot_every = n.max(1);
             tuning.keep_logs = (n / 10).max(1);
         }
-        let secs = |flag: Option<u64>, key: Option<u64>, default: u64| {
-            Duration::from_secs(flag.or(key).unwrap_or(default))
+        // Unset ones keep the defaults of `LeaderSettings`.
+        let defaults = LeaderSettings::default();
+        let secs = |flag: Option<u64>, key: Option<u64>, default: Duration| {
+            flag.or(key).map_or(default, Duration::from_secs)
         };
         let leader = LeaderSettings {
             dead_after: secs(
                 overrides.dead_after_secs,
                 file.dead_after_secs,
-                DEFAULT_DEAD_AFTER_SECS,
+                defaults.dead_after,
             ),
             repair: RepairConfig {
                 mb_per_s: overrides
                     .repair_mb_per_s
                     .or(file.repair_mb_per_s)
-                    .unwrap_or(DEFAULT_REPAIR_MB_PER_S),
+                    .unwrap_or(defaults.repair.mb_per_s),
                 full_scan_every: secs(
                     overrides.repair_full_scan_secs,
                     file.repair_full_scan_secs,
-                    DEFAULT_REPAIR_FULL_SCAN_SECS,
+                    defaults.repair.full_scan_every,
                 )
                 .max(Duration::from_secs(1)),
-                ..RepairConfig::default()
+                ..defaults.repair
             },
             gc: GcConfig::with_grace(secs(
                 overrides.gc_grace_secs,
                 file.gc_grace_secs,
-                DEFAULT_GC_GRACE_SECS,
+                defaults.gc.grace,
             )),
         };
         let defaults = ConnectionLimits::default();
@@ -314,14 +310,8 @@ mod tests {
         let minimal: FileConfig =
             toml::from_str("id = 1\nlisten = \"127.0.0.1:7101\"\ndata_dir = \"/d\"").unwrap();
         let config = Config::resolve(Overrides::default(), minimal).unwrap();
-        assert_eq!(
-            config.leader.dead_after,
-            Duration::from_secs(DEFAULT_DEAD_AFTER_SECS)
-        );
-        assert_eq!(
-            config.leader.gc.grace,
-            Duration::from_secs(DEFAULT_GC_GRACE_SECS)
-        );
+        assert_eq!(config.leader.dead_after, Duration::from_secs(10));
+        assert_eq!(config.leader.gc.grace, Duration::from_secs(3600));
 
         let err = toml::from_str::<FileConfig>("gc_grace = 1").unwrap_err();
         assert!(err.to_string().contains("gc_grace"), "{err}");

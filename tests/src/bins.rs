@@ -25,14 +25,6 @@ pub fn binary(name: &str) -> PathBuf {
     }
 }
 
-/// The directory holding every binary.
-pub fn bin_dir() -> PathBuf {
-    binary(BINARIES[0])
-        .parent()
-        .expect("a binary has a directory")
-        .to_path_buf()
-}
-
 fn locate() -> Result<PathBuf, String> {
     if let Some(dir) = std::env::var_os("SHARDFS_BIN_DIR") {
         let dir = PathBuf::from(dir);

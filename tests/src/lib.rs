@@ -29,4 +29,4 @@ pub use cli::{cli_at, ok, stderr, stdout};
 pub use cluster::Cluster;
 pub use data::{chunked, data, file_info, hash, pool_chunk, put_all, tree_hashes};
 pub use load::CpuLoad;
-pub use wait::{wait_until, wait_until_async};
+pub use wait::wait_until;

@@ -1,6 +1,5 @@
 //! Polling a condition until it holds or a deadline passes.
 
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 /// How often conditions are polled.
@@ -17,20 +16,4 @@ pub async fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> b
         tokio::time::sleep(POLL).await;
     }
     check()
-}
-
-/// Like [`wait_until`], for a condition that needs async calls.
-pub async fn wait_until_async<F, Fut>(timeout: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(POLL).await;
-    }
-    check().await
 }
