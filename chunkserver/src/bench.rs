@@ -17,6 +17,7 @@ use clap::Args;
 use shardfs_proto::ChunkId;
 use shardfs_proto::chunk_client::ChunkClient;
 use shardfs_proto::process::ServerChild;
+use shardfs_proto::security::Security;
 use shardfs_proto::{errln, outln};
 
 #[derive(Args, Debug, Clone)]
@@ -125,7 +126,7 @@ async fn run_in(args: &BenchArgs, base: &Path) -> anyhow::Result<()> {
 
     progress("starting a chunk server");
     let server = spawn_server(&base.join("server")).await?;
-    let client = ChunkClient::new(&server.addr)?;
+    let client = ChunkClient::new(&server.addr, &Security::Insecure)?;
     let outcome = async {
         for &streams in &args.streams {
             progress(&format!("put, {streams} stream(s)"));
@@ -371,7 +372,7 @@ async fn spawn_server(data_dir: &Path) -> anyhow::Result<ServerChild> {
     let log = data_dir.with_extension("log");
     let mut command = std::process::Command::new(exe);
     command
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .args(["--insecure", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
         .env("RUST_LOG", "warn");
     let server =
@@ -387,7 +388,7 @@ async fn stop_server(mut server: ServerChild) {
 
 /// Round-trips one fresh chunk through the server at `addr` and reports.
 pub async fn probe(addr: &str, json: bool) -> anyhow::Result<()> {
-    let client = ChunkClient::new(addr)?;
+    let client = ChunkClient::new(addr, &Security::Insecure)?;
     let start = Instant::now();
     let seed = format!(
         "probe {} {:?}",

@@ -1,7 +1,8 @@
 //! The chunk server's side of the bulk read protocol
 //! (`shardfs_proto::bulk`): connections that start with the protocol's magic
-//! are served here, one thread each, with the data sent by `sendfile(2)`
-//! straight from the chunk file to the socket.
+//! (or, over TLS, agreed on its ALPN name) are served here, one thread
+//! each. Plaintext data goes by `sendfile(2)` straight from the chunk file
+//! to the socket; TLS data is read from the file and encrypted on the way.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -18,6 +19,82 @@ use tracing::{debug, warn};
 use crate::config::BulkLimits;
 use crate::error::ChunkError;
 use crate::store::ChunkStore;
+
+/// A bulk read connection: plaintext or TLS, blocking.
+pub enum BulkConn {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ServerConnection, TcpStream>>),
+}
+
+/// How much of a chunk file a TLS connection reads before encrypting it.
+const TLS_READ_BYTES: usize = 256 << 10;
+
+impl BulkConn {
+    /// A TLS connection after its handshake (`session` holds what it
+    /// already received).
+    pub fn tls(stream: TcpStream, session: rustls::ServerConnection) -> Self {
+        Self::Tls(Box::new(rustls::StreamOwned::new(session, stream)))
+    }
+
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Self::Plain(s) => s,
+            Self::Tls(s) => &s.sock,
+        }
+    }
+
+    /// Sends `length` bytes of `file` from `offset`. A file that ends
+    /// early is an error: the connection must then be dropped, as the
+    /// client was promised `length` bytes.
+    fn send_file(&mut self, file: &std::fs::File, offset: u64, length: u64) -> io::Result<()> {
+        match self {
+            Self::Plain(stream) => send_file(stream, file, offset, length),
+            Self::Tls(stream) => {
+                use std::os::unix::fs::FileExt;
+                let mut buffer = vec![0u8; TLS_READ_BYTES.min(length as usize)];
+                let mut done = 0u64;
+                while done < length {
+                    let want = (length - done).min(buffer.len() as u64) as usize;
+                    let n = file.read_at(&mut buffer[..want], offset + done)?;
+                    if n == 0 {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "chunk file ended before its indexed length",
+                        ));
+                    }
+                    stream.write_all(&buffer[..n])?;
+                    done += n as u64;
+                }
+                stream.flush()
+            }
+        }
+    }
+}
+
+impl Read for BulkConn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Self::Plain(s) => s.read(buf),
+            Self::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for BulkConn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Self::Plain(s) => s.write(buf),
+            Self::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Self::Plain(s) => s.flush(),
+            Self::Tls(s) => s.flush(),
+        }
+    }
+}
 
 /// One open connection: a handle to close it, and whether it is serving a
 /// request or waiting for one (since when, in ms since `Connections::epoch`).
@@ -64,7 +141,7 @@ impl Connections {
     /// Serves `stream` on a thread of its own. When every slot is taken,
     /// the longest-idle connection is closed for it; when none is idle,
     /// `stream` is refused.
-    pub fn spawn(&self, stream: TcpStream, slot: PeerSlot, store: ChunkStore) {
+    pub fn spawn(&self, stream: BulkConn, slot: PeerSlot, store: ChunkStore) {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let activity = Arc::new(Activity::default());
         activity
@@ -97,7 +174,7 @@ impl Connections {
                     }
                 }
             }
-            match stream.try_clone() {
+            match stream.tcp().try_clone() {
                 Ok(handle) => open.insert(
                     id,
                     Slot {
@@ -153,9 +230,9 @@ impl Connections {
 }
 
 /// Answers a connection that cannot be served with an error response.
-fn refuse(mut stream: TcpStream, why: &str) {
-    let _ = stream.set_nonblocking(false);
-    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+fn refuse(mut stream: BulkConn, why: &str) {
+    let _ = stream.tcp().set_nonblocking(false);
+    let _ = stream.tcp().set_write_timeout(Some(Duration::from_secs(1)));
     let header = ResponseHeader {
         status: Status::Error,
         chunk_length: 0,
@@ -163,20 +240,22 @@ fn refuse(mut stream: TcpStream, why: &str) {
     };
     let _ = stream.write_all(&header.encode());
     let _ = stream.write_all(why.as_bytes());
+    let _ = stream.flush();
 }
 
 /// Answers requests on one connection until the client closes it; `mark`
 /// hears when a request starts (true) and when its answer is sent (false).
 fn serve(
-    mut stream: TcpStream,
+    mut stream: BulkConn,
     store: &ChunkStore,
     limits: &BulkLimits,
     mark: impl Fn(bool),
 ) -> io::Result<()> {
-    stream.set_nonblocking(false)?;
-    stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(limits.idle_timeout))?;
-    stream.set_write_timeout(Some(limits.write_timeout))?;
+    let tcp = stream.tcp();
+    tcp.set_nonblocking(false)?;
+    tcp.set_nodelay(true)?;
+    tcp.set_read_timeout(Some(limits.idle_timeout))?;
+    tcp.set_write_timeout(Some(limits.write_timeout))?;
     let mut request = [0u8; bulk::REQUEST_BYTES];
     loop {
         match stream.read_exact(&mut request) {
@@ -207,7 +286,7 @@ fn serve(
                     n: range.length,
                 };
                 stream.write_all(&header.encode())?;
-                send_file(&stream, &range.file, range.offset, range.length)?;
+                stream.send_file(&range.file, range.offset, range.length)?;
             }
             Err(e) => {
                 let status = match &e {
@@ -224,15 +303,14 @@ fn serve(
                 };
                 stream.write_all(&header.encode())?;
                 stream.write_all(&message)?;
+                stream.flush()?;
             }
         }
         mark(false);
     }
 }
 
-/// Sends `length` bytes of `file` from `offset` with sendfile(2). A file
-/// that ends early is an error: the connection must then be dropped, as
-/// the client was promised `length` bytes.
+/// Sends `length` bytes of `file` from `offset` with sendfile(2).
 fn send_file(stream: &TcpStream, file: &std::fs::File, offset: u64, length: u64) -> io::Result<()> {
     let mut position = offset as libc::off_t;
     let mut remaining = length;

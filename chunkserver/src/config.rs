@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use shardfs_proto::config::{ConfigError, load_toml};
+use shardfs_proto::security::{self, TlsFiles};
 use shardfs_proto::span::Span;
 use shardfs_proto::transport::{CONNECTIONS_PER_PEER, ConnectionLimits, FIRST_BYTES_TIMEOUT};
 
@@ -24,6 +25,10 @@ pub struct FileConfig {
     pub capacity_bytes: Option<u64>,
     pub put_memory_bytes: Option<u64>,
     pub scrub_mb_per_s: Option<u64>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_ca: Option<PathBuf>,
+    pub insecure: Option<bool>,
     /// The `[limits]` table.
     #[serde(default)]
     pub limits: LimitSettings,
@@ -180,6 +185,11 @@ pub struct Overrides {
     pub capacity_bytes: Option<u64>,
     pub put_memory_bytes: Option<u64>,
     pub scrub_mb_per_s: Option<u64>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_ca: Option<PathBuf>,
+    /// Plaintext, no member checks (false: not asked for here).
+    pub insecure: bool,
     pub limits: LimitSettings,
 }
 
@@ -192,6 +202,8 @@ pub struct Config {
     pub limits: Limits,
     /// Re-hashing rate of the scrubber (0: no scrub).
     pub scrub_mb_per_s: u64,
+    /// The TLS material (None: `--insecure`, plaintext).
+    pub tls: Option<TlsFiles>,
 }
 
 impl Config {
@@ -211,9 +223,17 @@ impl Config {
                 "no data directory: pass --data-dir DIR, set SHARDFS_CHUNK_DATA_DIR, or set data_dir in the config file",
             )
         })?;
+        let tls = security::server_files(
+            overrides.tls_cert.or(file.tls_cert),
+            overrides.tls_key.or(file.tls_key),
+            overrides.tls_ca.or(file.tls_ca),
+            overrides.insecure || file.insecure.unwrap_or(false),
+        )
+        .map_err(ConfigError)?;
         Ok(Self {
             listen,
             data_dir,
+            tls,
             capacity_bytes: overrides.capacity_bytes.or(file.capacity_bytes),
             limits: Limits::resolve(
                 overrides.put_memory_bytes.or(file.put_memory_bytes),
@@ -238,6 +258,7 @@ mod tests {
                 .unwrap();
         let overrides = Overrides {
             data_dir: Some("/flag".into()),
+            insecure: true,
             ..Overrides::default()
         };
         let config = Config::resolve(overrides, file).unwrap();
@@ -251,7 +272,7 @@ mod tests {
     #[test]
     fn limits_come_from_flags_then_the_file() {
         let file: FileConfig = toml::from_str(
-            "data_dir = \"/d\"\n[limits]\nput_idle_timeout = \"2s\"\nbulk_connections = 10\nconnections_per_peer = 3\nfirst_bytes_timeout = 1",
+            "data_dir = \"/d\"\ninsecure = true\n[limits]\nput_idle_timeout = \"2s\"\nbulk_connections = 10\nconnections_per_peer = 3\nfirst_bytes_timeout = 1",
         )
         .unwrap();
         let overrides = Overrides {
@@ -288,5 +309,35 @@ mod tests {
         let err = Config::resolve(overrides, FileConfig::default()).unwrap_err();
         assert!(err.to_string().contains("nonsense"), "{err}");
         assert!(toml::from_str::<FileConfig>("colour = 1").is_err());
+    }
+
+    #[test]
+    fn tls_is_asked_for_in_full_or_turned_off_explicitly() {
+        let base = || Overrides {
+            data_dir: Some("/d".into()),
+            ..Overrides::default()
+        };
+        let err = Config::resolve(base(), FileConfig::default()).unwrap_err();
+        assert!(err.to_string().contains("--insecure"), "{err}");
+        let file: FileConfig =
+            toml::from_str("tls_cert = \"/c.pem\"\ntls_ca = \"/ca.pem\"").unwrap();
+        let err = Config::resolve(base(), file.clone()).unwrap_err();
+        assert!(err.to_string().contains("missing: --tls-key"), "{err}");
+        let overrides = Overrides {
+            tls_key: Some("/k.pem".into()),
+            ..base()
+        };
+        let tls = Config::resolve(overrides, file.clone()).unwrap().tls.unwrap();
+        assert_eq!(tls.ca, PathBuf::from("/ca.pem"));
+        assert_eq!(
+            tls.identity,
+            Some((PathBuf::from("/c.pem"), PathBuf::from("/k.pem")))
+        );
+        let overrides = Overrides {
+            insecure: true,
+            ..base()
+        };
+        let err = Config::resolve(overrides, file).unwrap_err();
+        assert!(err.to_string().contains("choose one"), "{err}");
     }
 }

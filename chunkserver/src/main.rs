@@ -21,9 +21,10 @@ use shardfs_chunk::bench::{self, BenchArgs};
 use shardfs_chunk::config::{Config, FileConfig, LimitSettings, Overrides};
 use shardfs_chunk::{ChunkStore, StoreConfig, heartbeat, server};
 use shardfs_proto::meta_client::MetaClient;
+use shardfs_proto::security::Security;
 use shardfs_proto::{errln, outln};
 use tokio::net::TcpListener;
-use tracing::info;
+use tracing::{info, warn};
 
 #[derive(Parser)]
 #[command(name = "shardfs-chunk", version, about = "shardfs chunk server")]
@@ -92,6 +93,20 @@ struct ServeArgs {
     /// Address to register with the metaservers (default: the listen address).
     #[arg(long, env = "SHARDFS_CHUNK_ADVERTISE")]
     advertise: Option<String>,
+    /// This server's certificate (PEM), issued by the cluster CA for
+    /// chunk server --id (`shardfs cluster issue-cert --chunk ID`).
+    #[arg(long, env = "SHARDFS_CHUNK_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "SHARDFS_CHUNK_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// The cluster CA's certificate (PEM): peers must present one it signed.
+    #[arg(long, env = "SHARDFS_CHUNK_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// Plaintext without TLS: any peer that reaches the port is trusted
+    /// as a cluster member. For benchmarks and trusted test networks only.
+    #[arg(long, env = "SHARDFS_CHUNK_INSECURE")]
+    insecure: bool,
     #[command(flatten)]
     limits: LimitSettings,
 }
@@ -134,9 +149,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         capacity_bytes: args.capacity_bytes,
         put_memory_bytes: args.put_memory_bytes,
         scrub_mb_per_s: args.scrub_mb_per_s,
+        tls_cert: args.tls_cert.clone(),
+        tls_key: args.tls_key.clone(),
+        tls_ca: args.tls_ca.clone(),
+        insecure: args.insecure,
         limits: args.limits.clone(),
     };
     let config = Config::resolve(overrides, file)?;
+    let security = match &config.tls {
+        Some(files) => Security::load(files)?,
+        None => {
+            warn!("running without TLS (--insecure): any process that reaches this port can read, write and delete chunks");
+            Security::Insecure
+        }
+    };
     let store_config = StoreConfig {
         data_dir: config.data_dir.clone(),
         capacity_bytes: config.capacity_bytes,
@@ -161,7 +187,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .id
             .filter(|id| *id > 0)
             .context("--meta needs --id N (N > 0): this chunk server's id in the cluster")?;
-        let meta = MetaClient::new(&args.meta).map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+        let meta = MetaClient::new(&args.meta, &security).map_err(|e| anyhow::anyhow!("{}", e.message()))?;
         let me = heartbeat::Identity {
             id,
             addr: args.advertise.clone().unwrap_or_else(|| addr.to_string()),
@@ -174,6 +200,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         listener,
         store,
         config.limits,
+        security,
         shardfs_proto::transport::shutdown_signal(),
     )
     .await?;

@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use shardfs_proto::bulk;
 use shardfs_proto::chunk::v1::chunk_service_server::ChunkServiceServer;
+use shardfs_proto::security::{self, Conn, Security};
 use shardfs_proto::transport::{self, Admitted, PeerLimit};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use crate::bulk::Connections;
+use crate::bulk::{BulkConn, Connections};
 use crate::config::Limits;
 use crate::error::ChunkError;
 use crate::service::ChunkServiceImpl;
@@ -32,9 +33,14 @@ pub async fn run(
     listener: TcpListener,
     store: ChunkStore,
     limits: Limits,
+    security: Security,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ChunkError> {
-    let service = ChunkServiceServer::new(ChunkServiceImpl::new(store.clone(), limits.put))
+    let service = ChunkServiceServer::new(ChunkServiceImpl::new(
+        store.clone(),
+        limits.put,
+        security.clone(),
+    ))
         .max_decoding_message_size(transport::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(transport::MAX_MESSAGE_BYTES);
     // Smaller receive windows than the shared ones: HTTP/2 buffers up to a
@@ -45,13 +51,14 @@ pub async fn run(
         .initial_stream_window_size(PUT_STREAM_WINDOW_BYTES)
         .initial_connection_window_size(PUT_CONNECTION_WINDOW_BYTES)
         .add_service(service);
-    let (grpc_tx, grpc_rx) = mpsc::channel::<std::io::Result<Admitted>>(64);
+    let (grpc_tx, grpc_rx) = mpsc::channel::<std::io::Result<Conn>>(64);
     let bulk_connections = Connections::new(limits.bulk);
     let accepting = tokio::spawn(sort_connections(
         listener,
         store.clone(),
         bulk_connections.clone(),
         limits,
+        security.acceptor(),
         grpc_tx,
     ));
     let recovering = tokio::spawn(recover_index(store.clone()));
@@ -91,15 +98,17 @@ enum Opening {
 }
 
 /// Accepts connections (at most `limits.connections.per_peer` from one
-/// address) and sorts them by their first bytes: bulk reads
-/// (`shardfs_proto::bulk::MAGIC`) to their own threads, everything else
-/// (HTTP/2) to gRPC.
+/// address) and sorts them: bulk reads to their own threads, everything
+/// else (HTTP/2) to gRPC. Plaintext connections are sorted by their first
+/// bytes (`shardfs_proto::bulk::MAGIC`), TLS ones by the protocol their
+/// handshake agreed on ([`security::BULK_ALPN`]).
 async fn sort_connections(
     listener: TcpListener,
     store: ChunkStore,
     bulk_connections: Connections,
     limits: Limits,
-    grpc: mpsc::Sender<std::io::Result<Admitted>>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    grpc: mpsc::Sender<std::io::Result<Conn>>,
 ) {
     let peers = PeerLimit::new(limits.connections.per_peer);
     let timeout = limits.connections.first_bytes_timeout;
@@ -122,21 +131,49 @@ async fn sort_connections(
         let grpc = grpc.clone();
         let store = store.clone();
         let bulk_connections = bulk_connections.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             match opening(stream.stream(), timeout).await {
-                Opening::Bulk => {
-                    let (stream, slot) = stream.into_parts();
-                    match stream.into_std() {
-                        Ok(stream) => bulk_connections.spawn(stream, slot, store),
-                        Err(e) => tracing::warn!("bulk read connection unusable: {e}"),
-                    }
-                }
-                Opening::Grpc => {
-                    let _ = grpc.send(Ok(stream)).await;
-                }
                 Opening::Silent => {
                     tracing::debug!("closing a connection that sent nothing");
                 }
+                Opening::Bulk if tls.is_some() => {
+                    tracing::info!("refusing a plaintext bulk read: this server speaks TLS");
+                }
+                Opening::Bulk => {
+                    let (stream, slot) = stream.into_parts();
+                    match stream.into_std() {
+                        Ok(stream) => bulk_connections.spawn(BulkConn::Plain(stream), slot, store),
+                        Err(e) => tracing::warn!("bulk read connection unusable: {e}"),
+                    }
+                }
+                Opening::Grpc => match tls {
+                    None => {
+                        let _ = grpc.send(Ok(Conn::plain(stream))).await;
+                    }
+                    Some(tls) => {
+                        let Some(conn) = transport::handshake(&tls, stream, timeout).await else {
+                            return;
+                        };
+                        if conn.alpn() == Some(security::BULK_ALPN) {
+                            match conn.into_tls_parts() {
+                                Some((stream, session, slot)) => match stream.into_std() {
+                                    Ok(stream) => bulk_connections.spawn(
+                                        BulkConn::tls(stream, session),
+                                        slot,
+                                        store,
+                                    ),
+                                    Err(e) => {
+                                        tracing::warn!("bulk read connection unusable: {e}")
+                                    }
+                                },
+                                None => tracing::warn!("a TLS connection without its session"),
+                            }
+                        } else {
+                            let _ = grpc.send(Ok(conn)).await;
+                        }
+                    }
+                },
             }
         });
     }

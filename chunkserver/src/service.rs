@@ -16,6 +16,7 @@ use shardfs_proto::chunk::v1::{
     VerifyChunksRequest, VerifyChunksResponse, put_chunk_request,
 };
 use shardfs_proto::chunk_client::{ChunkClient, ChunkClientPool};
+use shardfs_proto::security::{META_NAME, Security, require_member};
 use shardfs_proto::{ChunkId, MAX_CHUNK_BYTES, MAX_DATA_MESSAGE_BYTES};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -45,13 +46,15 @@ pub struct ChunkServiceImpl {
 }
 
 impl ChunkServiceImpl {
-    pub fn new(store: ChunkStore, put: PutLimits) -> Self {
+    /// Serves `store`; copies from other chunk servers are dialed with
+    /// `security`.
+    pub fn new(store: ChunkStore, put: PutLimits, security: Security) -> Self {
         let permits = put.memory_bytes.clamp(MAX_CHUNK_BYTES, u32::MAX as u64) as usize;
         Self {
             store,
             put_memory: Arc::new(Semaphore::new(permits)),
             put,
-            peers: Default::default(),
+            peers: ChunkClientPool::new(security),
         }
     }
 
@@ -139,6 +142,7 @@ impl ChunkService for ChunkServiceImpl {
         &self,
         request: Request<DeleteChunksRequest>,
     ) -> Result<Response<DeleteChunksResponse>, Status> {
+        require_member(&request, META_NAME, "DeleteChunks")?;
         let ids = ids_from_wire(&check_id_count(request.into_inner().ids)?)?;
         let deleted = self.store.delete(ids).await?;
         Ok(Response::new(DeleteChunksResponse { deleted }))
@@ -148,6 +152,7 @@ impl ChunkService for ChunkServiceImpl {
         &self,
         request: Request<ListChunksRequest>,
     ) -> Result<Response<ListChunksResponse>, Status> {
+        require_member(&request, META_NAME, "ListChunks")?;
         let request = request.into_inner();
         let after = match request.after.is_empty() {
             true => None,
@@ -171,6 +176,7 @@ impl ChunkService for ChunkServiceImpl {
         &self,
         request: Request<ReplicateChunkRequest>,
     ) -> Result<Response<ReplicateChunkResponse>, Status> {
+        require_member(&request, META_NAME, "ReplicateChunk")?;
         let request = request.into_inner();
         let id = id_from_wire(&request.id)?;
         if request.length > MAX_CHUNK_BYTES {
@@ -211,6 +217,7 @@ impl ChunkService for ChunkServiceImpl {
         &self,
         request: Request<VerifyChunksRequest>,
     ) -> Result<Response<VerifyChunksResponse>, Status> {
+        require_member(&request, META_NAME, "VerifyChunks")?;
         let ids = request.into_inner().ids;
         if ids.len() > MAX_VERIFY_PER_CALL {
             return Err(Status::invalid_argument(format!(

@@ -240,6 +240,7 @@ async fn a_repair_source_sending_more_than_the_chunk_is_cut_off() {
         router,
         listener,
         transport::ConnectionLimits::default(),
+        &shardfs_proto::security::Security::Insecure,
         async {
             let _ = stopped.await;
         },

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use shardfs_proto::ChunkId;
 use shardfs_proto::bulk::{self, Request, ResponseHeader, Status};
+use shardfs_proto::security::{BulkStream, Security};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -30,12 +31,20 @@ pub enum BulkError {
     Transport(String),
 }
 
-#[derive(Default)]
 pub struct BulkPool {
-    idle: Mutex<HashMap<String, Vec<(TcpStream, Instant)>>>,
+    security: Security,
+    idle: Mutex<HashMap<String, Vec<(BulkStream, Instant)>>>,
 }
 
 impl BulkPool {
+    /// An empty pool whose connections are opened with `security`.
+    pub fn new(security: Security) -> Self {
+        Self {
+            security,
+            idle: Mutex::default(),
+        }
+    }
+
     /// Reads the whole chunk `id` (expected to be `length` bytes) from the
     /// chunk server at `addr`. The bytes are not verified here.
     pub async fn read_chunk(
@@ -60,6 +69,11 @@ impl BulkPool {
         stream
             .set_nodelay(true)
             .map_err(|e| BulkError::Transport(io_words(&e)))?;
+        let stream = self
+            .security
+            .bulk_stream(stream)
+            .await
+            .map_err(|e| BulkError::Transport(format!("TLS: {}", io_words(&e))))?;
         self.request(stream, addr, id, length, buffers)
             .await
             .map_err(|e| match e {
@@ -69,7 +83,7 @@ impl BulkPool {
 
     async fn request(
         &self,
-        mut stream: TcpStream,
+        mut stream: BulkStream,
         addr: &str,
         id: ChunkId,
         length: u64,
@@ -81,10 +95,11 @@ impl BulkPool {
             length: None,
         };
         // Nothing came back at all: the connection was dead before we used it.
-        stream
-            .write_all(&request.encode())
-            .await
-            .map_err(|e| Attempt::Stale(transport(e)))?;
+        let sent = async {
+            stream.write_all(&request.encode()).await?;
+            stream.flush().await
+        };
+        sent.await.map_err(|e| Attempt::Stale(transport(e)))?;
         match response(&mut stream, length, buffers).await {
             Ok(data) => {
                 self.give_back(addr, stream);
@@ -98,7 +113,7 @@ impl BulkPool {
         }
     }
 
-    fn take(&self, addr: &str) -> Option<TcpStream> {
+    fn take(&self, addr: &str) -> Option<BulkStream> {
         let mut idle = self.idle.lock().expect("bulk pool");
         let streams = idle.get_mut(addr)?;
         while let Some((stream, since)) = streams.pop() {
@@ -109,7 +124,7 @@ impl BulkPool {
         None
     }
 
-    fn give_back(&self, addr: &str, stream: TcpStream) {
+    fn give_back(&self, addr: &str, stream: BulkStream) {
         let mut idle = self.idle.lock().expect("bulk pool");
         let streams = idle.entry(addr.to_string()).or_default();
         streams.retain(|(_, since)| since.elapsed() < IDLE_FOR);

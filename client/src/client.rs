@@ -9,6 +9,7 @@ use std::time::Duration;
 use shardfs_proto::chunk_client::{ChunkClient, ChunkClientPool};
 use shardfs_proto::meta::v1 as pb;
 use shardfs_proto::meta_client::MetaClient;
+use shardfs_proto::security::{self, Security};
 use shardfs_proto::{ChunkId, DEFAULT_CHUNK_BYTES, DfsPath, MAX_CHUNK_BYTES, MAX_REPLICATION};
 use tokio::sync::Semaphore;
 
@@ -45,6 +46,26 @@ pub struct ClientConfig {
     /// How long a metaserver call keeps looking for a leader before it
     /// fails (a mount answers sooner from what it has cached).
     pub meta_deadline: Duration,
+    /// How to reach the cluster; None: from the environment
+    /// ([`security_from_env`]).
+    pub security: Option<Security>,
+}
+
+/// The cluster CA's certificate (PEM), to verify servers with.
+pub const CA_ENV: &str = "SHARDFS_CA";
+/// Set (to 1) to talk plaintext to a cluster started with `--insecure`.
+pub const INSECURE_ENV: &str = "SHARDFS_INSECURE";
+
+/// TLS with the CA named by `SHARDFS_CA`, or plaintext when
+/// `SHARDFS_INSECURE` is set (1, true, yes); an error saying what to set
+/// when neither is.
+pub fn security_from_env() -> Result<Security> {
+    let ca = std::env::var_os(CA_ENV)
+        .filter(|v| !v.is_empty())
+        .map(std::path::PathBuf::from);
+    let insecure = std::env::var(INSECURE_ENV)
+        .is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"));
+    security::client(ca, insecure).map_err(|e| ClientError::InvalidArgument(e.to_string()))
 }
 
 impl Default for ClientConfig {
@@ -60,6 +81,7 @@ impl Default for ClientConfig {
             hedge_reads: true,
             hedge_floor: Duration::from_millis(50),
             meta_deadline: shardfs_proto::meta_client::DEFAULT_DEADLINE,
+            security: None,
         }
     }
 }
@@ -172,7 +194,11 @@ impl Client {
                     .into(),
             ));
         }
-        let meta = MetaClient::new(&addrs)
+        let security = match &config.security {
+            Some(security) => security.clone(),
+            None => security_from_env()?,
+        };
+        let meta = MetaClient::new(&addrs, &security)
             .map_err(|s| ClientError::meta("metaservers", s))?
             .with_deadline(config.meta_deadline);
         probe(&meta, &addrs).await?;
@@ -182,11 +208,11 @@ impl Client {
             inner: Arc::new(Inner {
                 meta,
                 config,
-                chunk_servers: ChunkClientPool::default(),
+                chunk_servers: ChunkClientPool::new(security.clone()),
                 put_memory: Arc::new(Semaphore::new(permits as usize)),
                 counters: Counters::default(),
                 put_latencies: Mutex::new(None),
-                bulk: Default::default(),
+                bulk: crate::bulk::BulkPool::new(security),
                 buffers: crate::buffers::BufferPool::new(IDLE_BUFFER_BYTES),
                 reads: crate::read::ReadState::new(bulk_reads),
             }),

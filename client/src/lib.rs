@@ -30,9 +30,12 @@
 //! - [`bench`]: `shardfs bench`, writing and reading files against the
 //!   running cluster and reporting MB/s.
 //! - [`error`]: errors in plain words.
+//! - [`certs`]: the cluster CA and the member certificates it issues
+//!   (`shardfs cluster init-ca`, `issue-cert`).
 
 pub mod bench;
 pub mod buffers;
+pub mod certs;
 pub mod bulk;
 pub mod client;
 pub mod error;
@@ -42,7 +45,7 @@ pub mod read;
 pub mod shards;
 pub mod transfer;
 
-pub use client::{Client, ClientConfig, CounterValues};
+pub use client::{CA_ENV, Client, ClientConfig, CounterValues, INSECURE_ENV, security_from_env};
 pub use error::{ClientError, Result};
 pub use put::{Progress, PutOptions, PutStats};
 pub use read::{FileLayout, FileReader, read_all};

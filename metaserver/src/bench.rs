@@ -19,6 +19,7 @@ use shardfs_proto::ChunkId;
 use shardfs_proto::chunk_client::ChunkClient;
 use shardfs_proto::meta::v1 as pb;
 use shardfs_proto::meta_client::MetaClient;
+use shardfs_proto::security::Security;
 use shardfs_proto::process::{ServerChild, free_ports};
 use shardfs_proto::{errln, outln};
 
@@ -73,8 +74,8 @@ struct ChunkJson {
     free_bytes: u64,
 }
 
-pub async fn status(meta: &[String], json: bool) -> anyhow::Result<()> {
-    let client = MetaClient::new(meta)
+pub async fn status(meta: &[String], security: &Security, json: bool) -> anyhow::Result<()> {
+    let client = MetaClient::new(meta, security)
         .map_err(|e| anyhow::anyhow!("{}", e.message()))?
         .with_deadline(Duration::from_secs(5));
     let status = client.cluster_status().await.map_err(|e| {
@@ -249,6 +250,7 @@ async fn run_in(args: &BenchArgs, base: &Path) -> anyhow::Result<()> {
     let mut procs = Vec::new();
     for (id, addr) in &peers {
         let args = vec![
+            "--insecure".into(),
             "--id".into(),
             id.to_string(),
             "--listen".into(),
@@ -265,6 +267,7 @@ async fn run_in(args: &BenchArgs, base: &Path) -> anyhow::Result<()> {
     let mut chunk_addrs = Vec::new();
     for id in 1..=3u64 {
         let args = vec![
+            "--insecure".into(),
             "--listen".into(),
             "127.0.0.1:0".into(),
             "--id".into(),
@@ -280,7 +283,7 @@ async fn run_in(args: &BenchArgs, base: &Path) -> anyhow::Result<()> {
         procs.push(server);
     }
     let addrs: Vec<String> = peers.values().cloned().collect();
-    let client = MetaClient::new(&addrs).map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+    let client = MetaClient::new(&addrs, &Security::Insecure).map_err(|e| anyhow::anyhow!("{}", e.message()))?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(status) = client.cluster_status().await
@@ -298,7 +301,7 @@ async fn run_in(args: &BenchArgs, base: &Path) -> anyhow::Result<()> {
     }
     say("storing the chunk pool");
     for addr in &chunk_addrs {
-        let chunks = ChunkClient::new(addr)?;
+        let chunks = ChunkClient::new(addr, &Security::Insecure)?;
         for i in 0..POOL {
             let (id, data) = pool_chunk(i);
             chunks.put(id, data).await?;

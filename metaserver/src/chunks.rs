@@ -130,12 +130,12 @@ impl ChunkManager {
     /// `dead_after` is dead.
     pub fn new(node: MetaNode, dead_after: Duration) -> Self {
         Self {
+            clients: ChunkClientPool::new(node.security.clone()),
             node,
             liveness: Liveness::new(dead_after),
             bad_replicas: BadReplicaCounts::default(),
             recent_placements: Mutex::new((Instant::now(), HashMap::new())),
             allocations: Allocations::default(),
-            clients: ChunkClientPool::default(),
         }
     }
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use shardfs_proto::config::{ConfigError, load_toml};
+use shardfs_proto::security::{self, TlsFiles};
 use shardfs_proto::span::Span;
 use shardfs_proto::transport::ConnectionLimits;
 
@@ -40,6 +41,10 @@ pub struct FileConfig {
     pub gc_grace_secs: Option<u64>,
     pub first_bytes_timeout: Option<Span>,
     pub connections_per_peer: Option<usize>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_ca: Option<PathBuf>,
+    pub insecure: Option<bool>,
 }
 
 impl FileConfig {
@@ -97,6 +102,20 @@ pub struct Overrides {
     /// Connections one IP address may hold open (default 512).
     #[arg(long, env = "SHARDFS_META_CONNECTIONS_PER_PEER")]
     pub connections_per_peer: Option<usize>,
+    /// This metaserver's certificate (PEM), issued by the cluster CA for
+    /// metaserver --id (`shardfs cluster issue-cert --meta ID`).
+    #[arg(long, env = "SHARDFS_META_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "SHARDFS_META_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// The cluster CA's certificate (PEM): peers must present one it signed.
+    #[arg(long, env = "SHARDFS_META_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Plaintext without TLS: any peer that reaches the port is trusted as
+    /// a cluster member. For benchmarks and trusted test networks only.
+    #[arg(long, env = "SHARDFS_META_INSECURE")]
+    pub insecure: bool,
 }
 
 /// The resolved configuration.
@@ -111,6 +130,8 @@ pub struct Config {
     pub tuning: RaftTuning,
     pub leader: LeaderSettings,
     pub limits: ConnectionLimits,
+    /// The TLS material (None: `--insecure`, plaintext).
+    pub tls: Option<TlsFiles>,
 }
 
 /// Parses `1=host:port,2=host:port`.
@@ -227,6 +248,13 @@ impl Config {
                 .unwrap_or(defaults.per_peer)
                 .max(1),
         };
+        let tls = security::server_files(
+            overrides.tls_cert.or(file.tls_cert),
+            overrides.tls_key.or(file.tls_key),
+            overrides.tls_ca.or(file.tls_ca),
+            overrides.insecure || file.insecure.unwrap_or(false),
+        )
+        .map_err(ConfigError)?;
         Ok(Self {
             id,
             listen,
@@ -235,6 +263,7 @@ impl Config {
             tuning,
             leader,
             limits,
+            tls,
         })
     }
 }
@@ -261,7 +290,7 @@ mod tests {
     #[test]
     fn flags_win_and_listen_defaults_to_own_peer_address() {
         let file: FileConfig =
-            toml::from_str("id = 2\ndata_dir = \"/f\"\nheartbeat_ms = 50").unwrap();
+            toml::from_str("id = 2\ndata_dir = \"/f\"\nheartbeat_ms = 50\ninsecure = true").unwrap();
         let overrides = Overrides {
             data_dir: Some("/flag".into()),
             peers: Some("1=127.0.0.1:7101,2=127.0.0.1:7102".into()),
@@ -275,6 +304,7 @@ mod tests {
         let overrides = Overrides {
             id: Some(3),
             data_dir: Some("/d".into()),
+            insecure: true,
             peers: Some("1=127.0.0.1:7101".into()),
             ..Overrides::default()
         };
@@ -289,7 +319,8 @@ mod tests {
         let file: FileConfig = toml::from_str(
             "id = 1\nlisten = \"127.0.0.1:7101\"\ndata_dir = \"/d\"\n\
              dead_after_secs = 4\nrepair_mb_per_s = 7\nrepair_full_scan_secs = 60\n\
-             gc_grace_secs = 20\nfirst_bytes_timeout = \"2s\"\nconnections_per_peer = 9",
+             gc_grace_secs = 20\nfirst_bytes_timeout = \"2s\"\nconnections_per_peer = 9\n\
+             tls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"\ntls_ca = \"/ca.pem\"",
         )
         .unwrap();
         let overrides = Overrides {
@@ -306,10 +337,18 @@ mod tests {
         assert_eq!(config.leader.gc.grace, Duration::from_secs(20));
         assert_eq!(config.limits.first_bytes_timeout, Duration::from_secs(2));
         assert_eq!(config.limits.per_peer, 9);
+        assert_eq!(config.tls.unwrap().ca, PathBuf::from("/ca.pem"));
 
         let minimal: FileConfig =
             toml::from_str("id = 1\nlisten = \"127.0.0.1:7101\"\ndata_dir = \"/d\"").unwrap();
-        let config = Config::resolve(Overrides::default(), minimal).unwrap();
+        let err = Config::resolve(Overrides::default(), minimal.clone()).unwrap_err();
+        assert!(err.to_string().contains("--insecure"), "plaintext only when asked: {err}");
+        let insecure = Overrides {
+            insecure: true,
+            ..Overrides::default()
+        };
+        let config = Config::resolve(insecure, minimal).unwrap();
+        assert!(config.tls.is_none());
         assert_eq!(config.leader.dead_after, Duration::from_secs(10));
         assert_eq!(config.leader.gc.grace, Duration::from_secs(3600));
 

@@ -18,6 +18,7 @@ use clap::Parser;
 use shardfs_meta::config::{Config, FileConfig, Overrides};
 use shardfs_meta::metaserver::Metaserver;
 use shardfs_meta::server;
+use shardfs_proto::security::{self, Security};
 use shardfs_proto::{errln, outln};
 use tokio::net::TcpListener;
 use tracing::info;
@@ -39,6 +40,12 @@ enum Sub {
         /// Metaservers (host:port,...).
         #[arg(long, env = "SHARDFS_META", value_delimiter = ',', required = true)]
         meta: Vec<String>,
+        /// The cluster CA's certificate (PEM) to verify metaservers with.
+        #[arg(long, env = "SHARDFS_CA")]
+        ca: Option<PathBuf>,
+        /// Talk plaintext to a cluster started with --insecure.
+        #[arg(long, env = "SHARDFS_INSECURE")]
+        insecure: bool,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -72,7 +79,15 @@ fn main() -> std::process::ExitCode {
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let result = runtime.block_on(async {
         match top.command {
-            Some(Sub::Status { meta, json }) => shardfs_meta::bench::status(&meta, json).await,
+            Some(Sub::Status {
+                meta,
+                ca,
+                insecure,
+                json,
+            }) => match security::client(ca, insecure) {
+                Ok(security) => shardfs_meta::bench::status(&meta, &security, json).await,
+                Err(e) => Err(anyhow::anyhow!("{e}")),
+            },
             Some(Sub::Bench(args)) => shardfs_meta::bench::run(args).await,
             None => serve(top.serve).await,
         }
@@ -92,6 +107,15 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         None => FileConfig::default(),
     };
     let config = Config::resolve(cli.overrides, file)?;
+    let security = match &config.tls {
+        Some(files) => Security::load(files)?,
+        None => {
+            tracing::warn!(
+                "running without TLS (--insecure): any process that reaches this port can act as a cluster member"
+            );
+            Security::Insecure
+        }
+    };
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
@@ -101,6 +125,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         &config.tuning,
         &config.leader,
         Default::default(),
+        security,
     )
     .await?;
     let node = metaserver.node.clone();

@@ -6,6 +6,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use shardfs_proto::security::Security;
+
 use crate::chunks::ChunkManager;
 use crate::error::MetaError;
 use crate::filter::Filters;
@@ -58,16 +60,18 @@ impl Drop for Workers {
 
 impl Metaserver {
     /// Opens the stores under `data_dir`, starts the Raft node (its
-    /// messages passing `filters`) and builds the owners on it. The
-    /// workers are not started (see [`Metaserver::spawn_workers`]).
+    /// messages passing `filters`, every connection dialed and accepted
+    /// with `security`) and builds the owners on it. The workers are not
+    /// started (see [`Metaserver::spawn_workers`]).
     pub async fn start(
         id: NodeId,
         data_dir: &Path,
         tuning: &RaftTuning,
         settings: &LeaderSettings,
         filters: Filters,
+        security: Security,
     ) -> Result<Self, MetaError> {
-        let node = MetaNode::start_with_filters(id, data_dir, tuning, filters).await?;
+        let node = MetaNode::start_with_filters(id, data_dir, tuning, filters, security).await?;
         Ok(Self::on(node, settings))
     }
 
@@ -124,7 +128,14 @@ pub(crate) mod testing {
             election_timeout_max: Duration::from_millis(300),
             ..RaftTuning::default()
         };
-        let metaserver = Metaserver::start(1, dir, &tuning, settings, Filters::default())
+        let metaserver = Metaserver::start(
+            1,
+            dir,
+            &tuning,
+            settings,
+            Filters::default(),
+            shardfs_proto::security::Security::Insecure,
+        )
             .await
             .unwrap();
         let peers = BTreeMap::from([(1, "127.0.0.1:1".to_string())]);

@@ -29,7 +29,7 @@ use serde::de::DeserializeOwned;
 use shardfs_proto::meta::v1::RaftMessage;
 use shardfs_proto::meta::v1::raft_service_client::RaftServiceClient;
 use shardfs_proto::meta::v1::raft_service_server::RaftService;
-use shardfs_proto::transport;
+use shardfs_proto::security::{META_NAME, Security, ServerKind, require_member};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
@@ -72,16 +72,18 @@ pub struct Network {
     channels: Arc<Mutex<HashMap<NodeId, (String, Channel)>>>,
     /// Faults to inject (none in production).
     filters: Filters,
+    security: Security,
 }
 
 impl Network {
     /// The transport of node `from`, with `filters` deciding the fate of
-    /// every message it sends.
-    pub fn new(from: NodeId, filters: Filters) -> Self {
+    /// every message it sends, dialing with `security`.
+    pub fn new(from: NodeId, filters: Filters, security: Security) -> Self {
         Self {
             from,
             channels: Arc::default(),
             filters,
+            security,
         }
     }
 
@@ -92,7 +94,7 @@ impl Network {
         {
             return Ok(channel.clone());
         }
-        let channel = transport::lazy_channel(addr)?;
+        let channel = self.security.lazy_channel(addr, ServerKind::Meta)?;
         channels.insert(target, (addr.to_string(), channel.clone()));
         Ok(channel)
     }
@@ -225,7 +227,8 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     }
 }
 
-/// Receives Raft messages from peers and hands them to the local node.
+/// Receives Raft messages from peers and hands them to the local node:
+/// only from peers whose certificate names a metaserver.
 pub struct RaftServer {
     raft: Raft<TypeConfig>,
 }
@@ -266,10 +269,12 @@ impl RaftService for RaftServer {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
+        require_member(&request, META_NAME, "Raft AppendEntries")?;
         encode(&self.raft.append_entries(decode(request)?).await)
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        require_member(&request, META_NAME, "Raft Vote")?;
         encode(&self.raft.vote(decode(request)?).await)
     }
 
@@ -277,6 +282,7 @@ impl RaftService for RaftServer {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
+        require_member(&request, META_NAME, "Raft InstallSnapshot")?;
         encode(&self.raft.install_snapshot(decode(request)?).await)
     }
 }

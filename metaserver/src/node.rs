@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use openraft::error::{ClientWriteError, ForwardToLeader, InitializeError, RaftError};
 use openraft::{BasicNode, ChangeMembers, Config, Raft, ServerState, SnapshotPolicy};
+use shardfs_proto::security::{Security, ServerKind};
 use tracing::{info, warn};
 
 use crate::error::MetaError;
@@ -82,25 +83,31 @@ pub struct MetaNode {
     read_barrier: Arc<std::sync::Mutex<ReadBarrier>>,
     /// What applied entries changed since repair last looked.
     touched: Arc<std::sync::Mutex<Touched>>,
+    /// How this node dials its peers and chunk servers and accepts calls.
+    pub security: Security,
 }
 
 impl MetaNode {
-    /// Opens the stores under `data_dir` and starts the Raft node.
+    /// Opens the stores under `data_dir` and starts the Raft node, in
+    /// plaintext (in-process tests).
     pub async fn start(
         id: NodeId,
         data_dir: &Path,
         tuning: &RaftTuning,
     ) -> Result<Self, MetaError> {
-        Self::start_with_filters(id, data_dir, tuning, Filters::default()).await
+        Self::start_with_filters(id, data_dir, tuning, Filters::default(), Security::Insecure)
+            .await
     }
 
     /// Like [`MetaNode::start`], with `filters` on every Raft message this
-    /// node sends (fault injection for tests).
+    /// node sends (fault injection for tests) and `security` on every
+    /// connection.
     pub async fn start_with_filters(
         id: NodeId,
         data_dir: &Path,
         tuning: &RaftTuning,
         filters: Filters,
+        security: Security,
     ) -> Result<Self, MetaError> {
         let server = |e: String| MetaError::Server(e);
         std::fs::create_dir_all(data_dir).map_err(|e| {
@@ -135,7 +142,7 @@ impl MetaNode {
         let raft = Raft::new(
             id,
             Arc::new(config),
-            Network::new(id, filters),
+            Network::new(id, filters, security.clone()),
             log_store,
             state_machine,
         )
@@ -164,6 +171,7 @@ impl MetaNode {
             read_barrier: Arc::default(),
             read_lease_ms: tuning.election_timeout_max.as_millis() as u64 / 4,
             touched,
+            security,
         })
     }
 
@@ -179,7 +187,7 @@ impl MetaNode {
             return Ok(());
         }
         for (peer, addr) in peers {
-            if *peer != self.id && peer_is_initialized(addr).await {
+            if *peer != self.id && peer_is_initialized(addr, &self.security).await {
                 warn!(
                     peer,
                     addr,
@@ -463,10 +471,10 @@ impl MetaNode {
 }
 
 /// Asks a peer whether it already belongs to a group (has a term or log).
-async fn peer_is_initialized(addr: &str) -> bool {
+async fn peer_is_initialized(addr: &str, security: &Security) -> bool {
     use shardfs_proto::meta::v1::ClusterStatusRequest;
     use shardfs_proto::meta::v1::meta_service_client::MetaServiceClient;
-    let Ok(endpoint) = shardfs_proto::transport::endpoint(addr) else {
+    let Ok(endpoint) = security.endpoint(addr, ServerKind::Meta) else {
         return false;
     };
     let ask = async {

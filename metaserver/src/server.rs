@@ -36,7 +36,8 @@ pub async fn run(
         .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);
     let router = transport::server().add_service(meta).add_service(raft);
-    transport::serve_with_grace(router, listener, limits, shutdown, SHUTDOWN_GRACE)
+    let security = node.security.clone();
+    transport::serve_with_grace(router, listener, limits, &security, shutdown, SHUTDOWN_GRACE)
         .await
         .map_err(|e| MetaError::Server(format!("serving: {e}")))?;
     node.shutdown().await;

@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use shardfs_proto::meta::v1 as pb;
 use shardfs_proto::meta::v1::meta_service_server::MetaService;
 use shardfs_proto::now_ms;
+use shardfs_proto::security::{chunk_member, require_member};
 use tonic::{Request, Response, Status};
 
 use crate::chunks::ChunkManager;
@@ -260,6 +261,8 @@ impl MetaService for MetaServiceImpl {
         &self,
         request: Request<pb::RegisterChunkServerRequest>,
     ) -> Result<Response<pb::RegisterChunkServerResponse>, Status> {
+        let id = request.get_ref().id;
+        require_member(&request, &chunk_member(id), "RegisterChunkServer")?;
         let request = request.into_inner();
         let info = requests::chunk_server(&request)?;
         self.chunks.register_chunk_server(request.id, info).await?;
@@ -270,6 +273,8 @@ impl MetaService for MetaServiceImpl {
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let id = request.get_ref().id;
+        require_member(&request, &chunk_member(id), "Heartbeat")?;
         let request = request.into_inner();
         let beat = requests::beat(&request)?;
         let known = self.chunks.heartbeat(beat).await?;

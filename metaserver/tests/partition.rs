@@ -49,9 +49,16 @@ impl Group {
         for (id, listener) in listeners {
             let data = dir.join(format!("meta-{id}"));
             let settings = LeaderSettings::default();
-            let metaserver = Metaserver::start(id, &data, &tuning, &settings, filters.clone())
-                .await
-                .unwrap();
+            let metaserver = Metaserver::start(
+                id,
+                &data,
+                &tuning,
+                &settings,
+                filters.clone(),
+                shardfs_proto::security::Security::Insecure,
+            )
+            .await
+            .unwrap();
             let node = metaserver.node.clone();
             let (stop, stopped) = oneshot::channel::<()>();
             let task = tokio::spawn(server::run(

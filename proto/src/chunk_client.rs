@@ -20,6 +20,7 @@ use crate::chunk::v1::{
     ListChunksRequest, PutChunkRequest, PutHeader, ReplicateChunkRequest, StatsRequest,
     StatsResponse, VerifyChunksRequest, put_chunk_request,
 };
+use crate::security::{Security, ServerKind};
 use crate::{ChunkId, MAX_DATA_MESSAGE_BYTES, transport};
 
 /// A handle on one chunk server. Clone it freely: clones share the channel.
@@ -44,11 +45,12 @@ pub struct InventoryPage {
 }
 
 impl ChunkClient {
-    /// A client for the chunk server at `addr` (`host:port`). Connects on
-    /// first use and reconnects by itself after failures.
-    pub fn new(addr: &str) -> Result<Self, tonic::transport::Error> {
+    /// A client for the chunk server at `addr` (`host:port`), dialed with
+    /// `security`. Connects on first use and reconnects by itself after
+    /// failures.
+    pub fn new(addr: &str, security: &Security) -> Result<Self, tonic::transport::Error> {
         let channels = (0..CONNECTIONS_PER_SERVER)
-            .map(|_| transport::lazy_channel(addr))
+            .map(|_| security.lazy_channel(addr, ServerKind::Chunk))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self::from_channels(addr, channels))
     }
@@ -284,19 +286,31 @@ impl ChunkClient {
 /// and shared by every caller (the servers' peers, the client library's
 /// chunk servers). Cheap to share; clients are clones over the same
 /// channels.
-#[derive(Default)]
 pub struct ChunkClientPool {
+    security: Security,
     clients: std::sync::Mutex<std::collections::HashMap<String, ChunkClient>>,
 }
 
 impl ChunkClientPool {
+    /// An empty pool whose clients dial with `security`.
+    pub fn new(security: Security) -> Self {
+        Self {
+            security,
+            clients: Default::default(),
+        }
+    }
+
+    pub fn security(&self) -> &Security {
+        &self.security
+    }
+
     /// The client for the chunk server at `addr`.
     pub fn get(&self, addr: &str) -> Result<ChunkClient, tonic::transport::Error> {
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(client) = clients.get(addr) {
             return Ok(client.clone());
         }
-        let client = ChunkClient::new(addr)?;
+        let client = ChunkClient::new(addr, &self.security)?;
         clients.insert(addr.to_string(), client.clone());
         Ok(client)
     }

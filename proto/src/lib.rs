@@ -21,6 +21,9 @@
 //!   servers, the client library, tests and benchmarks.
 //! - [`bulk`]: the bulk read protocol, chunk reads without gRPC on the chunk
 //!   server's own port.
+//! - [`security`]: TLS on every connection ([`security::Security`]), the
+//!   names member certificates carry, and the peer a server sees
+//!   ([`security::Peer`], [`security::require_member`]).
 //! - [`alloc`]: allocator tuning shared by every binary.
 //! - [`config`]: reading a server's TOML file, and the error a bad
 //!   configuration gives.
@@ -36,6 +39,7 @@ pub mod meta_client;
 pub mod output;
 pub mod path;
 pub mod process;
+pub mod security;
 pub mod span;
 pub mod transport;
 

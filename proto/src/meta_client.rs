@@ -16,7 +16,7 @@ use tonic::{Code, Status};
 
 use crate::meta::v1 as pb;
 use crate::meta::v1::meta_service_client::MetaServiceClient;
-use crate::transport;
+use crate::security::{Security, ServerKind};
 
 /// The response metadata key naming the leader's address.
 pub const LEADER_METADATA: &str = "shardfs-leader";
@@ -30,6 +30,7 @@ pub struct MetaClient {
 
 struct Inner {
     addrs: Vec<String>,
+    security: Security,
     channels: Mutex<HashMap<String, Channel>>,
     /// Where the last call succeeded: tried first.
     leader: Mutex<Option<String>>,
@@ -86,14 +87,16 @@ pub fn request_id() -> bytes::Bytes {
 }
 
 impl MetaClient {
-    /// A client for the metaservers at `addrs` (host:port each).
-    pub fn new(addrs: &[String]) -> Result<Self, Status> {
+    /// A client for the metaservers at `addrs` (host:port each), dialed
+    /// with `security`.
+    pub fn new(addrs: &[String], security: &Security) -> Result<Self, Status> {
         if addrs.is_empty() {
             return Err(Status::invalid_argument("no metaserver addresses given"));
         }
         Ok(Self {
             inner: Arc::new(Inner {
                 addrs: addrs.to_vec(),
+                security: security.clone(),
                 channels: Mutex::new(HashMap::new()),
                 leader: Mutex::new(None),
                 deadline: DEFAULT_DEADLINE,
@@ -118,6 +121,7 @@ impl MetaClient {
         Self {
             inner: Arc::new(Inner {
                 addrs: self.inner.addrs.clone(),
+                security: self.inner.security.clone(),
                 channels: Mutex::new(self.inner.channels.lock().unwrap().clone()),
                 leader: Mutex::new(self.inner.leader.lock().unwrap().clone()),
                 deadline,
@@ -132,7 +136,7 @@ impl MetaClient {
         let channel = match channels.get(addr) {
             Some(channel) => channel.clone(),
             None => {
-                let channel = transport::lazy_channel(addr).map_err(|e| {
+                let channel = self.inner.security.lazy_channel(addr, ServerKind::Meta).map_err(|e| {
                     Status::invalid_argument(format!("bad metaserver address {addr:?}: {e}"))
                 })?;
                 channels.insert(addr.to_string(), channel.clone());

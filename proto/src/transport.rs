@@ -17,7 +17,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::server::Router;
-use tonic::transport::{Channel, Endpoint, Server};
+use tonic::transport::{Endpoint, Server};
+
+use crate::security::{Conn, Security};
 
 /// Largest HTTP/2 frame we advertise (the protocol allows up to 16 MiB - 1).
 pub const MAX_FRAME_BYTES: u32 = 1 << 20;
@@ -197,14 +199,6 @@ impl AsyncWrite for Admitted {
     }
 }
 
-impl tonic::transport::server::Connected for Admitted {
-    type ConnectInfo = <TcpStream as tonic::transport::server::Connected>::ConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
-    }
-}
-
 /// Waits up to `timeout` for `stream`'s first byte: false when it stayed
 /// silent or closed.
 pub async fn spoke(stream: &TcpStream, timeout: Duration) -> bool {
@@ -232,23 +226,27 @@ pub async fn serve_with_grace(
     router: Router,
     listener: TcpListener,
     limits: ConnectionLimits,
+    security: &Security,
     shutdown: impl Future<Output = ()> + Send,
     grace: Duration,
 ) -> Result<(), tonic::transport::Error> {
-    serve_incoming_with_grace(router, speaking(listener, limits), shutdown, grace).await
+    let incoming = speaking(listener, limits, security.acceptor());
+    serve_incoming_with_grace(router, incoming, shutdown, grace).await
 }
 
 /// The connections `listener` accepts within `limits`: at most
 /// `per_peer` from one address (more are closed at once), and only those
 /// that send something within `first_bytes_timeout` (silent ones are
-/// closed). Each is waited for on a task of its own, so a silent one never
-/// delays the others.
+/// closed) and, with `tls`, complete their handshake within it too. Each
+/// is waited for on a task of its own, so a slow one never delays the
+/// others.
 pub fn speaking(
     listener: TcpListener,
     limits: ConnectionLimits,
-) -> impl tokio_stream::Stream<Item = std::io::Result<Admitted>> + Send + 'static {
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> impl tokio_stream::Stream<Item = std::io::Result<Conn>> + Send + 'static {
     let peers = PeerLimit::new(limits.per_peer);
-    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Admitted>>(64);
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Conn>>(64);
     tokio::spawn(async move {
         let mut accepted = TcpListenerStream::new(listener);
         loop {
@@ -269,14 +267,44 @@ pub fn speaking(
                 continue;
             };
             let tx = tx.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
-                if spoke(stream.stream(), limits.first_bytes_timeout).await {
-                    let _ = tx.send(Ok(stream)).await;
+                if !spoke(stream.stream(), limits.first_bytes_timeout).await {
+                    return;
                 }
+                let conn = match tls {
+                    None => Conn::plain(stream),
+                    Some(tls) => match handshake(&tls, stream, limits.first_bytes_timeout).await {
+                        Some(conn) => conn,
+                        None => return,
+                    },
+                };
+                let _ = tx.send(Ok(conn)).await;
             });
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// The TLS handshake of a new connection, within `timeout`; None (and
+/// the connection closed) when it fails or takes longer.
+pub async fn handshake(
+    tls: &tokio_rustls::TlsAcceptor,
+    stream: Admitted,
+    timeout: Duration,
+) -> Option<Conn> {
+    let peer = stream.stream().peer_addr().ok();
+    match tokio::time::timeout(timeout, tls.accept(stream)).await {
+        Ok(Ok(stream)) => Some(Conn::tls(stream)),
+        Ok(Err(e)) => {
+            tracing::info!("refusing a connection from {peer:?}: TLS handshake failed: {e}");
+            None
+        }
+        Err(_) => {
+            tracing::info!("refusing a connection from {peer:?}: TLS handshake took too long");
+            None
+        }
+    }
 }
 
 /// [`serve_with_grace`] over connections accepted elsewhere (a server that
@@ -288,14 +316,14 @@ pub async fn serve_incoming_with_grace<S>(
     grace: Duration,
 ) -> Result<(), tonic::transport::Error>
 where
-    S: tokio_stream::Stream<Item = std::io::Result<Admitted>> + Send + 'static,
+    S: tokio_stream::Stream<Item = std::io::Result<Conn>> + Send + 'static,
 {
     // `Server::tcp_nodelay` only covers connections tonic accepts itself.
     // Without it, Nagle holds back the small trailers frame that ends each
     // response until the client's delayed ACK: 40 ms per unary call.
     let incoming = tokio_stream::StreamExt::map(incoming, |conn| {
-        conn.inspect(|admitted| {
-            let _ = admitted.stream().set_nodelay(true);
+        conn.inspect(|conn| {
+            let _ = conn.tcp().set_nodelay(true);
         })
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -344,12 +372,6 @@ pub fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
         .tcp_nodelay(true))
 }
 
-/// A lazily connecting channel: cheap to create, reconnects by itself, and
-/// meant to be created once per peer and cloned for every request.
-pub fn lazy_channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
-    Ok(endpoint(addr)?.connect_lazy())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -376,7 +398,7 @@ mod tests {
             first_bytes_timeout: Duration::from_millis(300),
             per_peer: 3,
         };
-        let mut admitted = Box::pin(speaking(listener, limits));
+        let mut admitted = Box::pin(speaking(listener, limits, None));
 
         // Five from one address that speak: three get through, two are closed.
         let mut greedy = Vec::new();
@@ -395,7 +417,7 @@ mod tests {
                 .unwrap()
                 .unwrap();
             assert_eq!(
-                next.stream().peer_addr().unwrap().ip(),
+                next.tcp().peer_addr().unwrap().ip(),
                 IpAddr::from([127, 0, 0, 2])
             );
             through.push(next);
@@ -424,7 +446,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(
-            next.stream().peer_addr().unwrap().ip(),
+            next.tcp().peer_addr().unwrap().ip(),
             IpAddr::from([127, 0, 0, 3])
         );
         assert!(

@@ -58,7 +58,10 @@ class Client:
     """A connection to a shardfs cluster.
 
     `meta` is "host:port,host:port" (or a list); by default `SHARDFS_META`,
-    then the local cluster. The connection is checked at once unless
+    then the local cluster. Servers are verified over TLS with the cluster
+    CA's certificate `ca` (by default `SHARDFS_CA`, which `source
+    cluster.env` sets); `insecure=True` (or `SHARDFS_INSECURE=1`) talks
+    plaintext to a cluster started with `--insecure`. The connection is checked at once unless
     `connect=False`. A client may be used from several threads, and in
     processes forked or spawned from the one that made it (it reconnects
     there by itself; it pickles as its settings).
@@ -71,6 +74,8 @@ class Client:
         replication: int = 3,
         chunk_size: Optional[int] = None,
         read_ahead: Optional[int] = None,
+        ca: Union[None, str, "os.PathLike[str]"] = None,
+        insecure: bool = False,
         connect: bool = True,
     ) -> None:
         self._settings = dict(
@@ -78,6 +83,8 @@ class Client:
             replication=replication,
             chunk_size=chunk_size,
             read_ahead=read_ahead,
+            ca=None if ca is None else os.fspath(ca),
+            insecure=insecure,
         )
         self._native = _native(self._settings)
         if connect:
@@ -234,6 +241,8 @@ def _native(settings: Dict[str, Any]) -> "_shardfs.Client":
         replication=settings["replication"],
         chunk_size=settings["chunk_size"],
         read_ahead=settings["read_ahead"],
+        ca=settings.get("ca"),
+        insecure=settings.get("insecure", False),
     )
 
 

@@ -117,16 +117,29 @@ fn child_path(parent: &str, name: &str) -> String {
 impl PyClient {
     /// `meta`: metaserver addresses (host:port). Nothing is dialled until
     /// the first call (`connect()` dials at once).
+    /// `ca`: the cluster CA's certificate file (default `SHARDFS_CA`);
+    /// `insecure`: plaintext, for a cluster started with `--insecure`
+    /// (default `SHARDFS_INSECURE`).
     #[new]
-    #[pyo3(signature = (meta, *, replication=3, chunk_size=None, read_ahead=None))]
+    #[pyo3(signature = (meta, *, replication=3, chunk_size=None, read_ahead=None, ca=None, insecure=false))]
     fn new(
         meta: Vec<String>,
         replication: u32,
         chunk_size: Option<u64>,
         read_ahead: Option<u64>,
+        ca: Option<std::path::PathBuf>,
+        insecure: bool,
     ) -> PyResult<Self> {
+        let security = match (ca, insecure) {
+            (None, false) => None,
+            (ca, insecure) => Some(
+                shardfs_proto::security::client(ca, insecure)
+                    .map_err(|e| PyValueError::new_err(e.to_string()))?,
+            ),
+        };
         let mut config = ClientConfig {
             replication,
+            security,
             ..ClientConfig::default()
         };
         if let Some(chunk_size) = chunk_size {

@@ -10,6 +10,7 @@ The binaries come from `SHARDFS_BIN_DIR`, else `target/release` (what
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import signal
@@ -38,6 +39,44 @@ def binaries() -> Path:
     )
 
 
+class Certificates:
+    """One cluster CA for the whole session (`shardfs cluster init-ca`),
+    and a certificate per member (`shardfs cluster issue-cert`). Clients
+    find the CA through `SHARDFS_CA`, as after `source cluster.env`."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="shardfs-py-tls-"))
+        self.bin = binaries()
+        subprocess.run(
+            [str(self.bin / "shardfs"), "cluster", "init-ca", "--dir", str(self.dir)],
+            check=True, stdout=subprocess.DEVNULL,
+        )
+        self.ca = self.dir / "ca.pem"
+        atexit.register(shutil.rmtree, self.dir, True)
+
+    def server_args(self, kind: str, i: int) -> List[str]:
+        cert, key = self.dir / f"{kind}-{i}.pem", self.dir / f"{kind}-{i}.key"
+        if not cert.exists():
+            subprocess.run(
+                [str(self.bin / "shardfs"), "cluster", "issue-cert",
+                 "--ca-dir", str(self.dir), f"--{kind}", str(i)],
+                check=True, stdout=subprocess.DEVNULL,
+            )
+        return ["--tls-cert", str(cert), "--tls-key", str(key), "--tls-ca", str(self.ca)]
+
+
+_CERTS: Optional[Certificates] = None
+
+
+def certificates() -> Certificates:
+    global _CERTS
+    if _CERTS is None:
+        _CERTS = Certificates()
+        os.environ["SHARDFS_CA"] = str(_CERTS.ca)
+        os.environ.pop("SHARDFS_INSECURE", None)
+    return _CERTS
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -48,6 +87,7 @@ class Cluster:
     def __init__(self, chunk_servers: int = 3) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="shardfs-py-"))
         self.bin = binaries()
+        self.certs = certificates()
         self.meta_addrs = [f"127.0.0.1:{free_port()}" for _ in range(3)]
         self.metas: Dict[int, subprocess.Popen] = {}
         self.chunks: Dict[int, subprocess.Popen] = {}
@@ -93,6 +133,7 @@ class Cluster:
                 "--peers", peers,
                 "--data-dir", str(self.dir / f"meta-{i}"),
                 "--dead-after-secs", "3",
+                *self.certs.server_args("meta", i),
             ],
         )
 
@@ -106,6 +147,7 @@ class Cluster:
                 "--meta", self.meta,
                 "--zone", f"zone-{i}",
                 "--data-dir", str(self.chunk_dir(i)),
+                *self.certs.server_args("chunk", i),
             ],
         )
         self.chunks[i] = child

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use shardfs_client::certs::{Ca, Member};
 use shardfs_client::{Client, ClientConfig};
 use shardfs_meta::namespace::Inode;
 use shardfs_meta::store;
@@ -16,6 +17,7 @@ use shardfs_proto::chunk_client::ChunkClient;
 use shardfs_proto::meta::v1 as pb;
 use shardfs_proto::meta_client::MetaClient;
 use shardfs_proto::process::{ServerChild, free_ports};
+use shardfs_proto::security::{Security, TlsFiles};
 
 use crate::bins::binary;
 use crate::data::{POOL_SIZE, pool_chunk};
@@ -48,6 +50,96 @@ pub struct Cluster {
     pub meta_prefix: BTreeMap<u64, Vec<String>>,
     /// The host chunk servers listen on.
     pub chunk_host: String,
+    /// The cluster's CA and the certificates it issued, in `DIR/tls/`.
+    pub tls: TlsDir,
+}
+
+/// The harness's certificate authority: every server gets a certificate
+/// from it (`tls/meta-ID.pem`, `tls/chunk-ID.pem`), clients trust
+/// `tls/ca.pem`.
+pub struct TlsDir {
+    pub dir: PathBuf,
+    ca: Ca,
+}
+
+/// The member id of the harness itself when it needs a metaserver's
+/// certificate (to list or delete chunks on a chunk server directly, as an
+/// operator's tool would).
+pub const OBSERVER_META_ID: u64 = 999;
+
+impl TlsDir {
+    fn create(dir: &Path) -> Self {
+        let dir = dir.join("tls");
+        // A cluster started again on the same directory keeps its CA.
+        let ca = match Ca::load(&dir) {
+            Ok(ca) => ca,
+            Err(_) => {
+                let ca = Ca::generate().expect("a test CA");
+                ca.save(&dir).expect("save the test CA");
+                ca
+            }
+        };
+        Self { dir, ca }
+    }
+
+    pub fn ca_path(&self) -> PathBuf {
+        self.dir.join(shardfs_client::certs::CA_CERT)
+    }
+
+    /// The certificate and key of `member`, issued on first use.
+    pub fn files_of(&self, member: Member) -> (PathBuf, PathBuf) {
+        let cert = self.dir.join(format!("{}.pem", member.stem()));
+        let key = self.dir.join(format!("{}.key", member.stem()));
+        if cert.exists() && key.exists() {
+            return (cert, key);
+        }
+        self.ca
+            .issue_into(member, &[], &self.dir)
+            .expect("issue a test certificate")
+    }
+
+    /// `--tls-cert C --tls-key K --tls-ca CA` for `member`.
+    pub fn server_args(&self, member: Member) -> Vec<String> {
+        let (cert, key) = self.files_of(member);
+        [
+            "--tls-cert".to_string(),
+            cert.display().to_string(),
+            "--tls-key".into(),
+            key.display().to_string(),
+            "--tls-ca".into(),
+            self.ca_path().display().to_string(),
+        ]
+        .to_vec()
+    }
+
+    /// What a client without a certificate uses.
+    pub fn client(&self) -> Security {
+        Security::load(&TlsFiles {
+            ca: self.ca_path(),
+            identity: None,
+        })
+        .expect("client TLS")
+    }
+
+    /// TLS as `member` (mutual TLS with its certificate).
+    pub fn member(&self, member: Member) -> Security {
+        Security::load(&TlsFiles {
+            ca: self.ca_path(),
+            identity: Some(self.files_of(member)),
+        })
+        .expect("member TLS")
+    }
+
+    /// TLS as a metaserver that is no voter: allowed on chunk servers'
+    /// member-only calls (ListChunks, DeleteChunks, ...).
+    pub fn observer(&self) -> Security {
+        self.member(Member::Meta(OBSERVER_META_ID))
+    }
+
+    /// A CA and certificates of another cluster, in `dir`.
+    pub fn foreign(dir: &Path) -> Self {
+        Self::create(dir)
+    }
 }
 
 impl Cluster {
@@ -134,6 +226,7 @@ impl Cluster {
             chunk_args: Vec::new(),
             meta_prefix: BTreeMap::new(),
             chunk_host: "127.0.0.1".to_string(),
+            tls: TlsDir::create(dir),
         }
     }
 
@@ -187,6 +280,7 @@ impl Cluster {
             .arg("--data-dir")
             .arg(self.meta_dir(id))
             .args(RAFT_TIMING)
+            .args(self.tls.server_args(Member::Meta(id)))
             .args(&self.meta_args)
             .env("RUST_LOG", "info,openraft=warn");
         if let Some(peers) = peers {
@@ -236,13 +330,13 @@ impl Cluster {
 
     /// A client over every metaserver ever started.
     pub fn meta(&self) -> MetaClient {
-        MetaClient::new(&self.meta_addrs).unwrap()
+        MetaClient::new(&self.meta_addrs, &self.tls.client()).unwrap()
     }
 
     /// A client over the running metaservers only.
     pub fn running_meta(&self) -> MetaClient {
         let addrs: Vec<String> = self.metas.values().map(|m| m.addr.clone()).collect();
-        MetaClient::new(&addrs).unwrap()
+        MetaClient::new(&addrs, &self.tls.client()).unwrap()
     }
 
     /// The status as metaserver `id` sees it (`None` if it does not answer
@@ -304,6 +398,7 @@ impl Cluster {
             .args(["--meta", &self.meta_addrs.join(",")])
             .args(["--zone", &format!("zone-{id}"), "--data-dir"])
             .arg(self.chunk_dir(id))
+            .args(self.tls.server_args(Member::Chunk(id)))
             .args(&self.chunk_args)
             .env("RUST_LOG", "info");
         let server = self.spawn(
@@ -327,7 +422,7 @@ impl Cluster {
             self.start_chunk(id);
         }
         for server in self.chunks.values() {
-            let client = ChunkClient::new(&server.addr).unwrap();
+            let client = ChunkClient::new(&server.addr, &self.tls.observer()).unwrap();
             for i in 0..POOL_SIZE {
                 let (id, data) = pool_chunk(i);
                 client.put(id, data).await.unwrap();
@@ -405,16 +500,39 @@ impl Cluster {
         }
     }
 
-    /// A client library connection to this cluster.
+    /// A client library connection to this cluster (trusting its CA
+    /// unless `config` says otherwise).
     pub async fn client(&self, config: ClientConfig) -> Client {
-        Client::connect_with(&self.meta_addrs, config)
+        Client::connect_with(&self.meta_addrs, self.secured(config))
             .await
             .expect("connect")
     }
 
+    /// `config`, trusting this cluster's CA unless it says otherwise.
+    pub fn secured(&self, mut config: ClientConfig) -> ClientConfig {
+        if config.security.is_none() {
+            config.security = Some(self.tls.client());
+        }
+        config
+    }
+
+    /// A chunk client for the chunk server at `addr`, holding a
+    /// metaserver's certificate (it may list and delete chunks).
+    pub fn observer_chunk_client(&self, addr: &str) -> ChunkClient {
+        ChunkClient::new(addr, &self.tls.observer()).expect("chunk client")
+    }
+
+    /// The `shardfs` binary against this cluster (`--meta` and `--ca`
+    /// given); add arguments and run it.
+    pub fn shardfs(&self) -> Command {
+        let mut command = crate::cli::shardfs(&self.meta_addrs.join(","));
+        command.arg("--ca").arg(self.tls.ca_path());
+        command
+    }
+
     /// Runs the `shardfs` binary against this cluster.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        crate::cli::cli_at(&self.meta_addrs.join(","), args)
+        self.shardfs().args(args).output().expect("run shardfs")
     }
 
     /// Copies every log of the test's directory to

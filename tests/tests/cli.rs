@@ -7,7 +7,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use shardfs_tests::cli::shardfs;
-use shardfs_tests::{Cluster, cli_at, data, hash, ok, stderr, stdout, tree_hashes};
+use shardfs_tests::{Cluster, data, hash, ok, stderr, stdout, tree_hashes};
 
 /// Runs `shardfs ARGS` with standard output a pipe whose reader has
 /// already gone (as `| head` leaves it once head has read enough).
@@ -160,7 +160,12 @@ async fn cli_output_help_and_bad_arguments() {
 
     // 11. A chunk server's address is not a metaserver, and says so.
     let chunk_addr = cluster.chunks[&1].addr.clone();
-    let out = cli_at(&chunk_addr, &["ls", "/"]);
+    let out = shardfs_tests::cli::shardfs(&chunk_addr)
+        .arg("--ca")
+        .arg(cluster.tls.ca_path())
+        .args(["ls", "/"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains("not a metaserver"),
@@ -292,7 +297,8 @@ async fn cli_put_and_get_as_users_retry_them() {
     // command then finishes the job.
     let big = dir.path().join("big");
     write_tree(&big, 60, 2 << 20);
-    let child = shardfs(&meta)
+    let child = cluster
+        .shardfs()
         .args(["put", "-r", big.to_str().unwrap(), "/ml/big"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -413,7 +419,8 @@ async fn cli_errors_blame_the_real_cause_once_and_quietly() {
     // reads back whole, and the warning shows when asked for.
     let (id, holders) = chunk(2);
     corrupt(&id, &holders[2]);
-    let out = shardfs(&cluster.meta_addrs.join(","))
+    let out = cluster
+        .shardfs()
         .args(["get", "/b/data.bin", "-"])
         .env("SHARDFS_LOG", "warn")
         .output()

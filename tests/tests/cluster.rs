@@ -341,7 +341,7 @@ async fn a_second_put_of_the_same_data_sends_no_chunk_bytes() {
 async fn stored_chunks(cluster: &Cluster) -> Vec<u64> {
     let mut counts = Vec::new();
     for process in cluster.chunks.values() {
-        let client = shardfs_proto::chunk_client::ChunkClient::new(&process.addr).unwrap();
+        let client = cluster.observer_chunk_client(&process.addr);
         counts.push(client.stats().await.unwrap().chunk_count);
     }
     counts
@@ -414,7 +414,7 @@ async fn a_failed_put_leaves_no_file_and_errors_say_what_is_wrong() {
         stderr(&too_big)
     );
     let port = shardfs_proto::process::free_ports(1).unwrap()[0];
-    let down = cli_at(&format!("127.0.0.1:{port}"), &["ls", "/"]);
+    let down = cli_at(&format!("127.0.0.1:{port}"), &["--insecure", "ls", "/"]);
     assert_eq!(down.status.code(), Some(1));
     let words = stderr(&down);
     assert!(

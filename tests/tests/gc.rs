@@ -16,7 +16,7 @@ const CHUNK: usize = 1 << 20;
 async fn stored(cluster: &Cluster) -> BTreeMap<ChunkId, usize> {
     let mut stored = BTreeMap::new();
     for process in cluster.chunks.values() {
-        let client = ChunkClient::new(&process.addr).unwrap();
+        let client = cluster.observer_chunk_client(&process.addr);
         for info in client.list_all().await.unwrap() {
             *stored
                 .entry(ChunkId::from_slice(&info.id).unwrap())
@@ -59,7 +59,7 @@ async fn unreferenced_chunks_are_collected_after_the_grace_period() {
         .unwrap()
         .remove(0);
     for target in &placement.targets {
-        ChunkClient::new(target)
+        ChunkClient::new(target, &cluster.tls.client())
             .unwrap()
             .put(pending_id, pending.clone().into())
             .await

@@ -134,7 +134,7 @@ async fn lost_replicas_are_copied_back_and_extra_ones_trimmed() {
     // stored exactly three times in all.
     let mut stored: BTreeMap<shardfs_proto::ChunkId, usize> = BTreeMap::new();
     for process in cluster.chunks.values() {
-        let chunk_client = shardfs_proto::chunk_client::ChunkClient::new(&process.addr).unwrap();
+        let chunk_client = cluster.observer_chunk_client(&process.addr);
         for info in chunk_client.list_all().await.unwrap() {
             *stored
                 .entry(shardfs_proto::ChunkId::from_slice(&info.id).unwrap())
@@ -259,8 +259,8 @@ async fn a_drained_chunk_server_can_be_removed_without_losing_a_replica() {
         assert!(!chunk.contains(&addr));
     }
     // Its disk holds none of the files' chunks any more.
-    let left = shardfs_proto::chunk_client::ChunkClient::new(&addr)
-        .unwrap()
+    let left = cluster
+        .observer_chunk_client(&addr)
         .list_all()
         .await
         .unwrap();

@@ -14,6 +14,7 @@ use shardfs_proto::chunk::v1::chunk_service_client::ChunkServiceClient;
 use shardfs_proto::chunk::v1::{PutChunkRequest, PutHeader, put_chunk_request};
 use shardfs_proto::chunk_client::ChunkClient;
 use shardfs_proto::process::ServerChild;
+use shardfs_proto::security::Security;
 use tokio::sync::oneshot;
 
 /// The header message that opens a put stream (raw, for tests that break
@@ -116,10 +117,16 @@ impl InProcessServer {
         let addr = listener.local_addr().unwrap().to_string();
         let (tx, rx) = oneshot::channel();
         let limits = shardfs_chunk::config::Limits::default();
-        let task = tokio::spawn(server::run(listener, store.clone(), limits, async {
-            let _ = rx.await;
-        }));
-        let client = ChunkClient::new(&addr).unwrap();
+        let task = tokio::spawn(server::run(
+            listener,
+            store.clone(),
+            limits,
+            Security::Insecure,
+            async {
+                let _ = rx.await;
+            },
+        ));
+        let client = ChunkClient::new(&addr, &Security::Insecure).unwrap();
         Self {
             addr,
             client,
@@ -160,6 +167,7 @@ impl ServerProcess {
             .arg("--data-dir")
             .arg(data_dir)
             .args(args)
+            .env("SHARDFS_CHUNK_INSECURE", "1")
             .env("RUST_LOG", "info");
         for (key, value) in env {
             command.env(key, value);
@@ -178,7 +186,7 @@ impl ServerProcess {
     }
 
     pub fn client(&self) -> ChunkClient {
-        ChunkClient::new(&self.addr).unwrap()
+        ChunkClient::new(&self.addr, &Security::Insecure).unwrap()
     }
 
     /// kill -9: no chance to clean up.

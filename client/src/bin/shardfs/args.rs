@@ -27,6 +27,13 @@ pub struct Cli {
     /// before the command.
     #[arg(long, env = "SHARDFS_META", default_value = DEFAULT_META)]
     pub meta: String,
+    /// The cluster CA's certificate (PEM) that servers are verified with;
+    /// give it before the command.
+    #[arg(long, env = "SHARDFS_CA")]
+    pub ca: Option<PathBuf>,
+    /// Talk plaintext to a cluster started with --insecure.
+    #[arg(long, env = "SHARDFS_INSECURE")]
+    pub insecure: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -256,6 +263,39 @@ pub enum ClusterCommand {
     Remove {
         /// The chunk server's id (see `cluster status`).
         id: u64,
+    },
+    /// Make a cluster CA: DIR/ca.pem (give it to every process as
+    /// --tls-ca or SHARDFS_CA) and DIR/ca.key (0600; keep it safe: it
+    /// issues member certificates). Needs no running cluster.
+    InitCa {
+        /// Directory to write the CA into (created if missing).
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Issue a member certificate and key signed by the CA in --ca-dir:
+    /// OUT/meta-ID.pem and .key, or OUT/chunk-ID.pem and .key. Needs no
+    /// running cluster.
+    IssueCert {
+        /// Directory holding ca.pem and ca.key (`cluster init-ca`).
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// For metaserver ID.
+        #[arg(long, conflicts_with = "chunk", required_unless_present = "chunk")]
+        meta: Option<u64>,
+        /// For chunk server ID.
+        #[arg(long)]
+        chunk: Option<u64>,
+        /// Host names or IP addresses the certificate is also valid for
+        /// (repeat or comma-separate); members are verified by their kind
+        /// and id, so none are required.
+        #[arg(long, value_delimiter = ',')]
+        host: Vec<String>,
+        /// Directory to write the certificate and key into (default: --ca-dir).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Print the paths written as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 

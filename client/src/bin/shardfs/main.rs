@@ -16,7 +16,8 @@ mod output;
 use std::process::ExitCode;
 
 use clap::Parser;
-use shardfs_client::{Client, Result};
+use shardfs_client::{Client, ClientError, Result};
+use shardfs_proto::security;
 use shardfs_proto::errln;
 
 use args::{Cli, ClusterCommand, Command};
@@ -64,11 +65,29 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Completions { shell } => return cmd::docs::completions(*shell),
         Command::Man { dir } => return cmd::docs::man_pages(dir),
         Command::Mount(args) if !args.foreground => {
-            return cmd::mount::mount_in_background(&cli.meta, args);
+            return cmd::mount::mount_in_background(&cli.meta, cli.ca.as_deref(), cli.insecure, args);
         }
+        Command::Cluster {
+            command: ClusterCommand::InitCa { dir },
+        } => return cmd::cluster::init_ca(dir),
+        Command::Cluster {
+            command:
+                ClusterCommand::IssueCert {
+                    ca_dir,
+                    meta,
+                    chunk,
+                    host,
+                    out,
+                    json,
+                },
+        } => return cmd::cluster::issue_cert(ca_dir, *meta, *chunk, host, out.as_deref(), *json),
         _ => {}
     }
-    let config = cli.command.client_config()?;
+    let mut config = cli.command.client_config()?;
+    config.security = Some(
+        security::client(cli.ca.clone(), cli.insecure)
+            .map_err(|e| ClientError::InvalidArgument(e.to_string()))?,
+    );
     // A bad local argument fails before anything is sent (or even dialled).
     let local_sources = match &cli.command {
         Command::Put(args) => cmd::transfer::plan_local(args, config.chunk_size)?,
@@ -98,6 +117,9 @@ async fn run(cli: Cli) -> Result<()> {
             ClusterCommand::Status { json } => cmd::cluster::cluster_status(&client, json).await,
             ClusterCommand::Drain { id, cancel } => cmd::cluster::drain(&client, id, cancel).await,
             ClusterCommand::Remove { id } => cmd::cluster::remove(&client, id).await,
+            ClusterCommand::InitCa { .. } | ClusterCommand::IssueCert { .. } => {
+                unreachable!("handled before connecting")
+            }
         },
         Command::Bench(args) => cmd::bench::bench(&client, args).await,
         Command::Stream(args) => cmd::stream::stream(&client, args).await,

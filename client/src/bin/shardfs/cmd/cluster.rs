@@ -1,7 +1,10 @@
 //! Cluster administration: `cluster status`, `cluster drain`, `cluster
-//! remove`.
+//! remove`, and the certificates (`cluster init-ca`, `cluster issue-cert`).
+
+use std::path::Path;
 
 use serde_json::json;
+use shardfs_client::certs::{self, Ca, Member};
 use shardfs_client::{Client, ClientError, Result};
 use shardfs_proto::meta::v1 as pb;
 use shardfs_proto::outln;
@@ -160,5 +163,54 @@ pub async fn remove(client: &Client, id: u64) -> Result<()> {
         .await
         .map_err(|s| ClientError::meta("cluster remove", s))?;
     outln!("chunk server {id} removed");
+    Ok(())
+}
+
+/// `cluster init-ca --dir DIR`.
+pub fn init_ca(dir: &Path) -> Result<()> {
+    let ca = Ca::generate()?;
+    let cert = ca.save(dir)?;
+    outln!(
+        "CA written: {} (trust it: --tls-ca / SHARDFS_CA) and {} (0600, issues certificates)",
+        cert.display(),
+        dir.join(certs::CA_KEY).display()
+    );
+    Ok(())
+}
+
+/// `cluster issue-cert --ca-dir DIR (--meta ID | --chunk ID) [--host H] [--out DIR]`.
+pub fn issue_cert(
+    ca_dir: &Path,
+    meta: Option<u64>,
+    chunk: Option<u64>,
+    hosts: &[String],
+    out: Option<&Path>,
+    json: bool,
+) -> Result<()> {
+    let member = match (meta, chunk) {
+        (Some(0), _) | (_, Some(0)) => {
+            return Err(ClientError::InvalidArgument(
+                "member ids start at 1".into(),
+            ));
+        }
+        (Some(id), None) => Member::Meta(id),
+        (None, Some(id)) => Member::Chunk(id),
+        _ => {
+            return Err(ClientError::InvalidArgument(
+                "say whom the certificate is for: --meta ID or --chunk ID".into(),
+            ));
+        }
+    };
+    let ca = Ca::load(ca_dir)?;
+    let (cert, key) = ca.issue_into(member, hosts, out.unwrap_or(ca_dir))?;
+    if json {
+        outln!(
+            "{}",
+            json!({ "cert": cert.display().to_string(), "key": key.display().to_string() })
+        );
+    } else {
+        outln!("certificate: {}", cert.display());
+        outln!("key:         {} (0600)", key.display());
+    }
     Ok(())
 }

@@ -23,7 +23,12 @@ pub const MOUNT_LOG_ENV: &str = "SHARDFS_MOUNT_LOG";
 /// `shardfs mount` without --foreground: starts `shardfs mount
 /// --foreground` in a new session and returns once it has mounted (or says
 /// why it could not).
-pub fn mount_in_background(meta: &str, args: &MountArgs) -> Result<()> {
+pub fn mount_in_background(
+    meta: &str,
+    ca: Option<&std::path::Path>,
+    insecure: bool,
+    args: &MountArgs,
+) -> Result<()> {
     use std::io::{BufRead, Read};
     use std::os::unix::process::CommandExt;
     let mountpoint = args
@@ -35,6 +40,8 @@ pub fn mount_in_background(meta: &str, args: &MountArgs) -> Result<()> {
     command
         .arg("--meta")
         .arg(meta)
+        .args(ca.map(|ca| [std::ffi::OsStr::new("--ca"), ca.as_os_str()]).into_iter().flatten())
+        .args(insecure.then_some("--insecure"))
         .arg("mount")
         .arg(&args.remote)
         .arg(&mountpoint)
