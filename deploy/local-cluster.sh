@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A whole shardfs cluster on this machine, on loopback.
 #
-#   deploy/local-cluster.sh up [--meta N] [--chunk M] [--dir DIR]   build, start, check
+#   deploy/local-cluster.sh up [--meta N] [--chunk M] [--dir DIR] [--insecure]   build, start, check
 #   deploy/local-cluster.sh status [--dir DIR]           what runs, with a live probe
 #   deploy/local-cluster.sh down [--purge] [--dir DIR]   stop (--purge: delete data too)
 #   deploy/local-cluster.sh restart [--dir DIR]          down, then up with the same layout
@@ -11,7 +11,15 @@
 #   chunk-<id>/      data of chunk server <id> (listening on 127.0.0.1:72<id>, zone zone-<id>)
 #   meta-<id>.pid, chunk-<id>.pid
 #   logs/            one log per process
+#   tls/             the cluster CA (ca.pem, ca.key) and each server's
+#                    certificate and key (meta-<id>.pem/.key, chunk-<id>.pem/.key)
 #   cluster.env      `source` it: export SHARDFS_META=127.0.0.1:7101,...
+#                    and SHARDFS_CA=DIR/tls/ca.pem
+#
+# The cluster runs TLS by default (mutual TLS between servers, certificates
+# from its own CA, made on the first "up"). --insecure starts it in
+# plaintext instead (remembered in DIR/insecure; cluster.env then sets
+# SHARDFS_INSECURE=1): for benchmarks only.
 #
 # Defaults: 3 metaservers, 3 chunk servers. "up" and "restart" wait until the
 # metaservers have a leader and every chunk server is registered and alive,
@@ -25,6 +33,7 @@ dir="$repo/.shardfs-cluster"
 chunks=3
 metas=3
 purge=0
+insecure=0
 explicit_count=0
 explicit_meta=0
 base_port=7200
@@ -44,6 +53,7 @@ while [ $# -gt 0 ]; do
         --meta) metas="${2:?--meta needs a number}"; explicit_meta=1; shift 2 ;;
         --dir) dir="${2:?--dir needs a directory}"; shift 2 ;;
         --purge) purge=1; shift ;;
+        --insecure) insecure=1; shift ;;
         -h|--help) usage ;;
         *) echo "local-cluster.sh: unknown option $1" >&2; usage ;;
     esac
@@ -63,6 +73,42 @@ case "$dir" in /*) ;; *) dir="$PWD/$dir" ;; esac
 bin="${SHARDFS_BIN_DIR:-$repo/target/release}"
 
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+tls="$dir/tls"
+
+setup_tls() {
+    # The mode is chosen on the first "up" and kept: a TLS cluster's
+    # members would refuse a plaintext one's.
+    [ "${1:-}" = existing ] || mkdir -p "$dir"
+    if [ "$insecure" = 1 ] && [ ! -f "$dir/insecure" ]; then
+        if [ -f "$tls/ca.pem" ]; then
+            echo "local-cluster.sh: $dir is a TLS cluster; purge it first to make an insecure one" >&2
+            exit 2
+        fi
+        touch "$dir/insecure"
+    fi
+    if [ -f "$dir/insecure" ]; then
+        insecure=1
+        export SHARDFS_INSECURE=1
+        unset SHARDFS_CA
+        return
+    fi
+    [ "${1:-}" = existing ] && [ ! -f "$tls/ca.pem" ] && return
+    [ -f "$tls/ca.pem" ] || "$bin/shardfs" cluster init-ca --dir "$tls" >/dev/null
+    export SHARDFS_CA="$tls/ca.pem"
+    unset SHARDFS_INSECURE
+}
+
+# The flags that give server KIND ID its certificate (or --insecure).
+tls_flags() {
+    local kind=$1 id=$2
+    if [ "$insecure" = 1 ]; then
+        echo "--insecure"
+        return
+    fi
+    [ -f "$tls/$kind-$id.pem" ] || "$bin/shardfs" cluster issue-cert --ca-dir "$tls" "--$kind" "$id" >/dev/null
+    echo "--tls-cert $tls/$kind-$id.pem --tls-key $tls/$kind-$id.key --tls-ca $tls/ca.pem"
+}
 
 build() {
     if [ -n "${SHARDFS_BIN_DIR:-}" ]; then
@@ -103,8 +149,9 @@ start_meta() {
     fi
     for other in $META_IDS; do peers="$peers${peers:+,}$other=127.0.0.1:$((meta_base_port + other))"; done
     mkdir -p "$dir/meta-$id" "$dir/logs"
+    # shellcheck disable=SC2046 # the flags are words without spaces
     nohup "$bin/shardfs-meta" --id "$id" --listen "127.0.0.1:$port" --peers "$peers" \
-        --data-dir "$dir/meta-$id" >>"$dir/logs/meta-$id.log" 2>&1 </dev/null &
+        --data-dir "$dir/meta-$id" $(tls_flags meta "$id") >>"$dir/logs/meta-$id.log" 2>&1 </dev/null &
     echo $! >"$pidfile"
 }
 
@@ -129,8 +176,9 @@ start_chunk() {
         return
     fi
     mkdir -p "$dir/chunk-$id" "$dir/logs"
+    # shellcheck disable=SC2046 # the flags are words without spaces
     nohup "$bin/shardfs-chunk" --listen "127.0.0.1:$port" --data-dir "$dir/chunk-$id" \
-        --id "$id" --zone "zone-$id" --meta "$(meta_list)" \
+        --id "$id" --zone "zone-$id" --meta "$(meta_list)" $(tls_flags chunk "$id") \
         >>"$dir/logs/chunk-$id.log" 2>&1 </dev/null &
     echo $! >"$pidfile"
 }
@@ -195,7 +243,14 @@ round_trip() {
 }
 
 write_env() {
-    printf 'export SHARDFS_META=%s\n' "$(meta_list)" >"$dir/cluster.env"
+    {
+        printf 'export SHARDFS_META=%s\n' "$(meta_list)"
+        if [ "$insecure" = 1 ]; then
+            printf 'export SHARDFS_INSECURE=1\nunset SHARDFS_CA\n'
+        else
+            printf 'export SHARDFS_CA=%s\nunset SHARDFS_INSECURE\n' "$tls/ca.pem"
+        fi
+    } >"$dir/cluster.env"
 }
 
 status() {
@@ -255,6 +310,7 @@ CHUNK_IDS=$(chunk_ids)
 case "$cmd" in
     up)
         build
+        setup_tls
         for id in $META_IDS; do start_meta "$id"; done
         for id in $CHUNK_IDS; do start_chunk "$id"; done
         for id in $CHUNK_IDS; do wait_healthy "$id"; done
@@ -266,7 +322,7 @@ case "$cmd" in
         round_trip
         echo "addresses: source $dir/cluster.env   (then try: target/release/shardfs ls -l /demo)"
         ;;
-    status) status ;;
+    status) [ -d "$dir" ] && setup_tls existing; status ;;
     down)
         stop_all
         if [ $purge = 1 ]; then
@@ -277,6 +333,7 @@ case "$cmd" in
     restart)
         stop_all
         build
+        setup_tls
         for id in $META_IDS; do start_meta "$id"; done
         for id in $CHUNK_IDS; do start_chunk "$id"; done
         for id in $CHUNK_IDS; do wait_healthy "$id"; done

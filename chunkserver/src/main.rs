@@ -51,6 +51,12 @@ enum Command {
             default_value = "127.0.0.1:7201"
         )]
         addr: String,
+        /// The cluster CA's certificate (PEM) to verify the server with.
+        #[arg(long, env = "SHARDFS_CA")]
+        ca: Option<PathBuf>,
+        /// Talk plaintext to a server started with --insecure.
+        #[arg(long, env = "SHARDFS_INSECURE", value_parser = clap::builder::FalseyValueParser::new())]
+        insecure: bool,
         /// Print one JSON object instead of a line of text.
         #[arg(long)]
         json: bool,
@@ -105,7 +111,7 @@ struct ServeArgs {
     tls_ca: Option<PathBuf>,
     /// Plaintext without TLS: any peer that reaches the port is trusted
     /// as a cluster member. For benchmarks and trusted test networks only.
-    #[arg(long, env = "SHARDFS_CHUNK_INSECURE")]
+    #[arg(long, env = "SHARDFS_CHUNK_INSECURE", value_parser = clap::builder::FalseyValueParser::new())]
     insecure: bool,
     #[command(flatten)]
     limits: LimitSettings,
@@ -125,7 +131,15 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Some(Command::Bench(args)) => bench::run(args).await,
-            Some(Command::Probe { addr, json }) => bench::probe(&addr, json).await,
+            Some(Command::Probe {
+                addr,
+                ca,
+                insecure,
+                json,
+            }) => match shardfs_proto::security::client(ca, insecure) {
+                Ok(security) => bench::probe(&addr, &security, json).await,
+                Err(e) => Err(anyhow::anyhow!("{e}")),
+            },
             None => serve(cli.serve).await,
         }
     });

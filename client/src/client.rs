@@ -201,7 +201,7 @@ impl Client {
         let meta = MetaClient::new(&addrs, &security)
             .map_err(|s| ClientError::meta("metaservers", s))?
             .with_deadline(config.meta_deadline);
-        probe(&meta, &addrs).await?;
+        probe(&meta, &addrs, security.is_tls()).await?;
         let permits = (config.put_memory_bytes >> 10).clamp(MAX_CHUNK_BYTES >> 10, u32::MAX as u64);
         let bulk_reads = config.bulk_reads;
         Ok(Self {
@@ -408,7 +408,7 @@ pub(crate) fn chunk_id(path: &str, bytes: &[u8]) -> Result<ChunkId> {
 }
 
 /// Asks every metaserver at once for its status; fails when none answers.
-async fn probe(meta: &MetaClient, addrs: &[String]) -> Result<()> {
+async fn probe(meta: &MetaClient, addrs: &[String], tls: bool) -> Result<()> {
     let asks = addrs.iter().map(|addr| async move {
         let mut client = meta
             .direct(addr)
@@ -419,7 +419,19 @@ async fn probe(meta: &MetaClient, addrs: &[String]) -> Result<()> {
             Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => Err(format!(
                 "{addr} answers, but it is not a metaserver (a chunk server's port?)"
             )),
-            Ok(Err(status)) => Err(status_cause(&status)),
+            Ok(Err(status)) => {
+                let cause = status_cause(&status);
+                if !tls && cause.contains("h2 protocol error") {
+                    // A TLS server's alert, read as HTTP/2 frames.
+                    Err("it speaks TLS, not plaintext: drop --insecure (SHARDFS_INSECURE) and give its CA with SHARDFS_CA or --ca".to_string())
+                } else if cause.contains(crate::error::WRONG_KIND) {
+                    Err(format!(
+                        "{addr} answers, but it is not a metaserver (its certificate is another kind of server's: a chunk server's port?)"
+                    ))
+                } else {
+                    Err(cause)
+                }
+            }
             Err(_) => Err("no answer within 3 s".to_string()),
         }
     });

@@ -133,6 +133,9 @@ fn local_words(err: &std::io::Error) -> String {
 
 fn io_words(err: &std::io::Error) -> String {
     use std::io::ErrorKind::*;
+    if let Some(tls) = err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+        return tls_words(tls);
+    }
     match err.kind() {
         ConnectionRefused => "connection refused".into(),
         ConnectionReset => "connection reset".into(),
@@ -140,3 +143,30 @@ fn io_words(err: &std::io::Error) -> String {
         _ => err.to_string(),
     }
 }
+
+/// A TLS failure in plain words, with what usually causes it.
+pub fn tls_words(err: &rustls::Error) -> String {
+    use rustls::{CertificateError, Error, InvalidMessage};
+    match err {
+        Error::InvalidCertificate(CertificateError::UnknownIssuer)
+        | Error::InvalidCertificate(CertificateError::BadSignature) => {
+            "TLS: the server's certificate was not issued by the CA this client trusts (SHARDFS_CA or --ca names another cluster's CA?)".into()
+        }
+        Error::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+        ) => format!("TLS: {WRONG_KIND}"),
+        Error::InvalidCertificate(
+            CertificateError::Expired | CertificateError::ExpiredContext { .. },
+        ) => "TLS: the server's certificate has expired; issue it a new one".into(),
+        Error::InvalidMessage(InvalidMessage::InvalidContentType)
+        | Error::InvalidMessage(InvalidMessage::InvalidEmptyPayload) => {
+            "TLS: the server does not speak TLS (a cluster started with --insecure? then pass --insecure)".into()
+        }
+        Error::AlertReceived(alert) => format!("TLS: the server refused the handshake ({alert:?})"),
+        other => format!("TLS: {other}"),
+    }
+}
+
+/// What a certificate for another kind of server is called.
+pub const WRONG_KIND: &str =
+    "the server's certificate is for another kind of server (a chunk server's port given as a metaserver's, or the reverse?)";

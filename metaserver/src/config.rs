@@ -114,7 +114,7 @@ pub struct Overrides {
     pub tls_ca: Option<PathBuf>,
     /// Plaintext without TLS: any peer that reaches the port is trusted as
     /// a cluster member. For benchmarks and trusted test networks only.
-    #[arg(long, env = "SHARDFS_META_INSECURE")]
+    #[arg(long, env = "SHARDFS_META_INSECURE", value_parser = clap::builder::FalseyValueParser::new())]
     pub insecure: bool,
 }
 

@@ -44,7 +44,7 @@ enum Sub {
         #[arg(long, env = "SHARDFS_CA")]
         ca: Option<PathBuf>,
         /// Talk plaintext to a cluster started with --insecure.
-        #[arg(long, env = "SHARDFS_INSECURE")]
+        #[arg(long, env = "SHARDFS_INSECURE", value_parser = clap::builder::FalseyValueParser::new())]
         insecure: bool,
         /// Print JSON instead of text.
         #[arg(long)]

@@ -8,6 +8,7 @@ import io
 import multiprocessing
 import os
 import pickle
+import subprocess
 
 import pytest
 
@@ -142,6 +143,33 @@ def test_errors_are_the_python_exceptions_users_expect(client, cluster):
         shardfs.Client("127.0.0.1:1")
     with pytest.raises(ValueError, match="no metaserver address"):
         shardfs.Client("")
+
+
+def test_the_cluster_is_reached_over_tls_with_its_own_ca(cluster, tmp_path, monkeypatch):
+    # The CA given explicitly, as SHARDFS_CA gives it to every other test.
+    client = shardfs.Client(cluster.meta, ca=cluster.certs.ca)
+    data = payload(21, MIB + 5)
+    client.put(data, "/py/tls.bin")
+    assert digest(client.get("/py/tls.bin")) == digest(data)
+    # The settings travel with a pickled client.
+    again = pickle.loads(pickle.dumps(client))
+    assert digest(again.get("/py/tls.bin")) == digest(data)
+    # Another cluster's CA: the servers' certificates are refused.
+    other = tmp_path / "other-ca"
+    subprocess.run(
+        [str(cluster.bin / "shardfs"), "cluster", "init-ca", "--dir", str(other)],
+        check=True, stdout=subprocess.DEVNULL,
+    )
+    with pytest.raises(ConnectionError, match="not issued by the CA"):
+        shardfs.Client(cluster.meta, ca=other / "ca.pem")
+    # Plaintext to a TLS cluster, and no CA at all: say what to do.
+    with pytest.raises(ConnectionError, match="speaks TLS"):
+        shardfs.Client(cluster.meta, insecure=True)
+    monkeypatch.delenv("SHARDFS_CA")
+    with pytest.raises(ValueError, match="SHARDFS_CA"):
+        shardfs.Client(cluster.meta)
+    with pytest.raises(ValueError, match="cannot read CA certificate"):
+        shardfs.Client(cluster.meta, ca=tmp_path / "missing.pem")
 
 
 def test_a_corrupted_replica_is_skipped_and_all_corrupted_is_an_error(own_cluster):

@@ -6,15 +6,15 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use shardfs_tests::cli::shardfs;
 use shardfs_tests::{Cluster, data, hash, ok, stderr, stdout, tree_hashes};
 
 /// Runs `shardfs ARGS` with standard output a pipe whose reader has
 /// already gone (as `| head` leaves it once head has read enough).
-fn into_closed_pipe(meta: &str, args: &[&str]) -> Output {
+fn into_closed_pipe(cluster: &Cluster, args: &[&str]) -> Output {
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
-    let child = shardfs(meta)
+    let child = cluster
+        .shardfs()
         .args(args)
         .stdout(writer)
         .stderr(Stdio::piped())
@@ -39,7 +39,6 @@ fn write_tree(root: &Path, files: usize, len: usize) {
 async fn cli_output_help_and_bad_arguments() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = Cluster::start(dir.path(), 3).await;
-    let meta = cluster.meta_addrs.join(",");
     let local = dir.path().join("ds");
     write_tree(&local, 30, 1000);
     ok(cluster.cli(&["put", "-r", local.to_str().unwrap(), "/ds"]));
@@ -57,7 +56,7 @@ async fn cli_output_help_and_bad_arguments() {
         &["completions", "bash"],
         &["--help"],
     ] {
-        let out = into_closed_pipe(&meta, args);
+        let out = into_closed_pipe(&cluster, args);
         assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
         assert!(
             !stderr(&out).contains("panicked"),
@@ -352,6 +351,7 @@ async fn cli_put_and_get_as_users_retry_them() {
         let out = Command::new("script")
             .args(["-qec", &line, "/dev/null"])
             .env("COLUMNS", "120")
+            .env("SHARDFS_CA", cluster.tls.ca_path())
             .stdin(Stdio::null())
             .output()
             .unwrap();

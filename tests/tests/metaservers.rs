@@ -757,7 +757,12 @@ async fn oversized_and_malformed_raft_messages_are_refused_without_echo() {
     let addr = cluster.meta_addr(target).to_string();
     let pid = cluster.metas[&target].child.id();
     let before = rss_mib(pid);
-    let channel = shardfs_proto::transport::endpoint(&addr)
+    // As a member would send them: a client's are refused before any is
+    // read (see security.rs).
+    let channel = cluster
+        .tls
+        .observer()
+        .endpoint(&addr, shardfs_proto::security::ServerKind::Meta)
         .unwrap()
         .connect()
         .await

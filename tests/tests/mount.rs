@@ -396,8 +396,9 @@ async fn foreground_mount_unmounts_on_ctrl_c_and_bad_mounts_say_why() {
     let shardfs = shardfs_tests::bins::binary("shardfs");
     let shardfs = shardfs.display();
     let script = format!(
-        "mount -t tmpfs tmpfs /dev && exec {shardfs} --meta {} mount /fg {} --foreground",
+        "mount -t tmpfs tmpfs /dev && exec {shardfs} --meta {} --ca {} mount /fg {} --foreground",
         cluster.meta_addrs.join(","),
+        cluster.tls.ca_path().display(),
         mnt.display()
     );
     let out = Command::new("unshare")
@@ -412,6 +413,8 @@ async fn foreground_mount_unmounts_on_ctrl_c_and_bad_mounts_say_why() {
 
     let mut child = Command::new(shardfs_tests::bins::binary("shardfs"))
         .args(["--meta", &cluster.meta_addrs.join(",")])
+        .arg("--ca")
+        .arg(cluster.tls.ca_path())
         .args(["mount", "/fg", mnt.to_str().unwrap(), "--foreground"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -32,7 +32,7 @@ pub struct Cli {
     #[arg(long, env = "SHARDFS_CA")]
     pub ca: Option<PathBuf>,
     /// Talk plaintext to a cluster started with --insecure.
-    #[arg(long, env = "SHARDFS_INSECURE")]
+    #[arg(long, env = "SHARDFS_INSECURE", value_parser = clap::builder::FalseyValueParser::new())]
     pub insecure: bool,
     #[command(subcommand)]
     pub command: Command,

@@ -1,0 +1,375 @@
+//! The attacks of the security issue, replayed against a real TLS cluster
+//! by a process on the same host: each is refused, and nothing written
+//! before is lost.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use openraft::raft::{AppendEntriesRequest, VoteRequest};
+use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
+use shardfs_client::certs::Member;
+use shardfs_client::{ClientConfig, PutOptions};
+use shardfs_meta::types::{Command, TypeConfig};
+use shardfs_proto::ChunkId;
+use shardfs_proto::chunk::v1 as chunk_pb;
+use shardfs_proto::chunk::v1::chunk_service_client::ChunkServiceClient;
+use shardfs_proto::meta::v1 as pb;
+use shardfs_proto::meta::v1::RaftMessage;
+use shardfs_proto::meta::v1::meta_service_client::MetaServiceClient;
+use shardfs_proto::meta::v1::raft_service_client::RaftServiceClient;
+use shardfs_proto::security::{Security, ServerKind};
+use shardfs_tests::cluster::TlsDir;
+use shardfs_tests::{Cluster, chunked, data, hash, stderr};
+use tonic::Code;
+use tonic::transport::Channel;
+
+const CHUNK: usize = 256 << 10;
+
+async fn channel(security: &Security, addr: &str, kind: ServerKind) -> Channel {
+    security
+        .endpoint(addr, kind)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"))
+}
+
+/// An AppendEntries from a made-up leader with a higher term, deleting
+/// `path`: what a forger would send.
+fn forged_delete(path: &str) -> RaftMessage {
+    let leader = CommittedLeaderId::new(1_000, 1);
+    let log_id = LogId::new(leader, 1_000_000);
+    let request = AppendEntriesRequest::<TypeConfig> {
+        vote: Vote::new_committed(1_000, 1),
+        prev_log_id: None,
+        entries: vec![Entry {
+            log_id,
+            payload: EntryPayload::Normal(Command::Delete {
+                path: path.into(),
+                recursive: true,
+            }),
+        }],
+        leader_commit: Some(log_id),
+    };
+    RaftMessage {
+        body: shardfs_meta::codec::encode(&request).into(),
+    }
+}
+
+fn forged_vote() -> RaftMessage {
+    let request = VoteRequest::<u64> {
+        vote: Vote::new(1_000, 7),
+        last_log_id: Some(LogId::new(CommittedLeaderId::new(999, 7), 9_999_999)),
+    };
+    RaftMessage {
+        body: shardfs_meta::codec::encode(&request).into(),
+    }
+}
+
+/// The chunks of the file at `path`.
+async fn chunks_of(cluster: &Cluster, path: &str) -> Vec<ChunkId> {
+    let entry = cluster.meta().lookup(path).await.unwrap();
+    entry
+        .file
+        .expect("a file")
+        .chunks
+        .iter()
+        .map(|c| ChunkId::from_slice(&c.id).unwrap())
+        .collect()
+}
+
+/// Puts a file of a few chunks and returns its hash.
+async fn victim(cluster: &Cluster, path: &str) -> String {
+    let client = cluster.client(chunked(CHUNK)).await;
+    let bytes = data(5 * CHUNK + 123, "victim");
+    client
+        .put_bytes(Bytes::from(bytes.clone()), path, &PutOptions::default())
+        .await
+        .unwrap();
+    hash(&bytes)
+}
+
+/// The file at `path` reads back with hash `want`, every chunk stored on
+/// three chunk servers.
+async fn intact(cluster: &Cluster, path: &str, want: String) {
+    let client = cluster.client(chunked(CHUNK)).await;
+    let back = shardfs_client::read_all(&client, path).await.unwrap();
+    assert_eq!(hash(&back), want, "{path} changed");
+    let info = chunks_of(cluster, path).await;
+    for id in &info {
+        let id = *id;
+        let mut copies = 0;
+        for server in cluster.chunks.values() {
+            let present = cluster
+                .observer_chunk_client(&server.addr)
+                .has(&[id])
+                .await
+                .unwrap();
+            copies += present.iter().filter(|p| **p).count();
+        }
+        assert_eq!(copies, 3, "chunk {id} of {path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_protocols_refuse_whoever_is_not_the_member_they_are_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(dir.path(), 3).await;
+    let want = victim(&cluster, "/victim/data.bin").await;
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let follower_addr = cluster.meta_addr(follower).to_string();
+    let anonymous = cluster.tls.client();
+    let chunk_two = cluster.tls.member(Member::Chunk(2));
+
+    // Raft from a client, and from a chunk server: refused before a byte
+    // of the message is looked at.
+    for (who, security, code) in [
+        ("a client", &anonymous, Code::Unauthenticated),
+        ("chunk server 2", &chunk_two, Code::PermissionDenied),
+    ] {
+        let mut raft = RaftServiceClient::new(channel(security, &follower_addr, ServerKind::Meta).await);
+        let refused = raft
+            .append_entries(forged_delete("/victim"))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), code, "AppendEntries from {who}: {refused:?}");
+        assert!(refused.message().contains("cluster members only"), "{refused:?}");
+        let refused = raft.vote(forged_vote()).await.unwrap_err();
+        assert_eq!(refused.code(), code, "Vote from {who}: {refused:?}");
+    }
+
+    // A fake chunk server claiming chunk server 1's id: without a
+    // certificate, and with chunk server 2's.
+    let leader_addr = cluster.meta_addr(leader).to_string();
+    for (security, code) in [
+        (&anonymous, Code::Unauthenticated),
+        (&chunk_two, Code::PermissionDenied),
+    ] {
+        let mut meta = MetaServiceClient::new(channel(security, &leader_addr, ServerKind::Meta).await);
+        let refused = meta
+            .register_chunk_server(pb::RegisterChunkServerRequest {
+                id: 1,
+                addr: "127.0.0.1:1".into(),
+                zone: "fake".into(),
+                capacity_bytes: 1 << 40,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), code, "{refused:?}");
+        let info = chunks_of(&cluster, "/victim/data.bin").await;
+        let refused = meta
+            .heartbeat(pb::HeartbeatRequest {
+                id: 1,
+                used_bytes: 0,
+                free_bytes: 1 << 40,
+                capacity_bytes: 1 << 40,
+                added: Vec::new(),
+                removed: info.iter().map(|id| Bytes::from(id.to_vec())).collect(),
+                full_inventory: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), code, "{refused:?}");
+    }
+
+    // Orders only metaservers give, sent to a chunk server by a client and
+    // by another chunk server.
+    let info = chunks_of(&cluster, "/victim/data.bin").await;
+    let ids: Vec<Bytes> = info.iter().map(|id| Bytes::from(id.to_vec())).collect();
+    let target = cluster.chunks[&1].addr.clone();
+    for (security, code) in [
+        (&anonymous, Code::Unauthenticated),
+        (&chunk_two, Code::PermissionDenied),
+    ] {
+        let mut chunk = ChunkServiceClient::new(channel(security, &target, ServerKind::Chunk).await);
+        let refused = chunk
+            .delete_chunks(chunk_pb::DeleteChunksRequest { ids: ids.clone() })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), code, "DeleteChunks: {refused:?}");
+        let refused = chunk
+            .list_chunks(chunk_pb::ListChunksRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), code, "ListChunks: {refused:?}");
+        let refused = chunk
+            .replicate_chunk(chunk_pb::ReplicateChunkRequest {
+                id: ids[0].clone(),
+                source: "127.0.0.1:1".into(),
+                length: 1,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), code, "ReplicateChunk: {refused:?}");
+        let refused = chunk
+            .verify_chunks(chunk_pb::VerifyChunksRequest { ids: ids.clone() })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), code, "VerifyChunks: {refused:?}");
+    }
+
+    // Give a forged entry time to be applied, were it accepted; then
+    // everything is as written, and every chunk server is still the real one.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    intact(&cluster, "/victim/data.bin", want).await;
+    let status = cluster.meta().cluster_status().await.unwrap();
+    assert!(status.chunk_servers.iter().all(|c| c.alive && c.zone.starts_with("zone-")));
+    assert_eq!(status.term, cluster.meta().cluster_status().await.unwrap().term);
+    assert!(status.term < 1_000, "the forged vote raised the term: {}", status.term);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn plaintext_and_other_clusters_certificates_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(dir.path(), 3).await;
+    let want = victim(&cluster, "/victim/data.bin").await;
+    let meta_addr = cluster.meta_addr(1).to_string();
+    let chunk_addr = cluster.chunks[&1].addr.clone();
+
+    // Plaintext gRPC to a metaserver and a chunk server: no answer.
+    let plain = Security::Insecure;
+    let mut meta = MetaServiceClient::new(
+        plain.endpoint(&meta_addr, ServerKind::Meta).unwrap().connect_lazy(),
+    );
+    let refused = meta.cluster_status(pb::ClusterStatusRequest {}).await;
+    assert!(refused.is_err(), "a plaintext call was answered");
+
+    // A plaintext bulk read of a chunk by id: the connection is closed
+    // without a byte of data.
+    let info = chunks_of(&cluster, "/victim/data.bin").await;
+    let id = info[0];
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(&chunk_addr).await.unwrap();
+        let request = shardfs_proto::bulk::Request {
+            id,
+            offset: 0,
+            length: None,
+        };
+        stream.write_all(&request.encode()).await.unwrap();
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut got)).await;
+        assert!(read.is_ok(), "the server kept a plaintext bulk connection open");
+        assert!(got.is_empty(), "a plaintext bulk read got {} bytes", got.len());
+    }
+
+    // Members of another cluster (their CA is not this one's) cannot even
+    // finish a handshake, and a client trusting another CA refuses the
+    // servers.
+    let foreign = TlsDir::foreign(&dir.path().join("other"));
+    let impostor = foreign.member(Member::Meta(1));
+    let mut raft =
+        RaftServiceClient::new(impostor.endpoint(&meta_addr, ServerKind::Meta).unwrap().connect_lazy());
+    let refused = raft.append_entries(forged_delete("/victim")).await.unwrap_err();
+    assert_ne!(refused.code(), Code::Ok);
+    let config = ClientConfig {
+        security: Some(foreign.client()),
+        ..chunked(CHUNK)
+    };
+    let wrong_ca = shardfs_client::Client::connect_with(&cluster.meta_addrs, config).await;
+    let err = wrong_ca.err().expect("a client trusting another CA connected");
+    assert!(err.to_string().contains("certificate"), "{err}");
+
+    // The command line: without a CA it says what to set; with the wrong
+    // one, or plaintext, it fails cleanly.
+    let out = shardfs_tests::cli_at(&cluster.meta_addrs.join(","), &["ls", "/"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("SHARDFS_CA"), "{}", stderr(&out));
+    let out = shardfs_tests::cli_at(&cluster.meta_addrs.join(","), &["--insecure", "ls", "/"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+
+    intact(&cluster, "/victim/data.bin", want).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_and_writes_are_encrypted_end_to_end_and_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(dir.path(), 3).await;
+    let client = cluster.client(chunked(CHUNK)).await;
+    let bytes = data(9 * CHUNK + 5, "tls");
+    client
+        .put_bytes(Bytes::from(bytes.clone()), "/tls/file.bin", &PutOptions::default())
+        .await
+        .unwrap();
+    // Bulk reads over TLS: no fallback to gRPC was needed.
+    let back = shardfs_client::read_all(&client, "/tls/file.bin").await.unwrap();
+    assert_eq!(hash(&back), hash(&bytes));
+    let counters = client.counters();
+    assert_eq!(counters.bulk_fallbacks, 0, "{counters:?}");
+    assert!(counters.bytes_received >= bytes.len() as u64);
+    // And over gRPC.
+    let grpc = cluster
+        .client(ClientConfig {
+            bulk_reads: false,
+            ..chunked(CHUNK)
+        })
+        .await;
+    let back = shardfs_client::read_all(&grpc, "/tls/file.bin").await.unwrap();
+    assert_eq!(hash(&back), hash(&bytes));
+    // What crosses the wire is ciphertext: a relay between a client and
+    // a chunk server records what the server sends, for a gRPC read and a
+    // bulk read, and no 64-byte window of the chunk appears in it.
+    let info = chunks_of(&cluster, "/tls/file.bin").await;
+    let id = info[0];
+    let plain = &bytes[..CHUNK];
+    let (relay, recorded) = relay_to(&cluster.chunks[&1].addr).await;
+    let security = cluster.tls.client();
+    let via_grpc = shardfs_proto::chunk_client::ChunkClient::new(&relay, &security)
+        .unwrap()
+        .get(id, 0, None, false)
+        .await
+        .unwrap();
+    assert_eq!(&via_grpc[..], plain);
+    let buffers = shardfs_client::buffers::BufferPool::new(1 << 20);
+    let via_bulk = shardfs_client::bulk::BulkPool::new(security)
+        .read_chunk(&relay, id, CHUNK as u64, &buffers)
+        .await
+        .unwrap();
+    assert_eq!(&via_bulk[..], plain);
+    let wire = recorded.lock().unwrap().clone();
+    assert!(wire.len() > 2 * CHUNK, "the relay saw {} bytes", wire.len());
+    for window in plain.chunks(4096) {
+        let probe = &window[..64];
+        assert!(
+            !wire.windows(64).any(|w| w == probe),
+            "plaintext chunk bytes crossed the wire"
+        );
+    }
+}
+
+/// A TCP relay to `target` on a fresh loopback port: its address, and
+/// everything the target sent back through it.
+async fn relay_to(target: &str) -> (String, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let recorded = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let target = target.to_string();
+    let record = recorded.clone();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let Ok(outbound) = tokio::net::TcpStream::connect(&target).await else {
+                continue;
+            };
+            let (mut in_read, mut in_write) = inbound.into_split();
+            let (mut out_read, mut out_write) = outbound.into_split();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut in_read, &mut out_write).await;
+            });
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut buffer = vec![0u8; 64 << 10];
+                while let Ok(n) = out_read.read(&mut buffer).await {
+                    if n == 0 || in_write.write_all(&buffer[..n]).await.is_err() {
+                        break;
+                    }
+                    record.lock().unwrap().extend_from_slice(&buffer[..n]);
+                }
+            });
+        }
+    });
+    (addr, recorded)
+}
