@@ -327,7 +327,10 @@ mod tests {
             tls_key: Some("/k.pem".into()),
             ..base()
         };
-        let tls = Config::resolve(overrides, file.clone()).unwrap().tls.unwrap();
+        let tls = Config::resolve(overrides, file.clone())
+            .unwrap()
+            .tls
+            .unwrap();
         assert_eq!(tls.ca, PathBuf::from("/ca.pem"));
         assert_eq!(
             tls.identity,

@@ -173,7 +173,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let security = match &config.tls {
         Some(files) => Security::load(files)?,
         None => {
-            warn!("running without TLS (--insecure): any process that reaches this port can read, write and delete chunks");
+            warn!(
+                "running without TLS (--insecure): any process that reaches this port can read, write and delete chunks"
+            );
             Security::Insecure
         }
     };
@@ -201,7 +203,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .id
             .filter(|id| *id > 0)
             .context("--meta needs --id N (N > 0): this chunk server's id in the cluster")?;
-        let meta = MetaClient::new(&args.meta, &security).map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+        let meta = MetaClient::new(&args.meta, &security)
+            .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
         let me = heartbeat::Identity {
             id,
             addr: args.advertise.clone().unwrap_or_else(|| addr.to_string()),

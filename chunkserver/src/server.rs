@@ -41,8 +41,8 @@ pub async fn run(
         limits.put,
         security.clone(),
     ))
-        .max_decoding_message_size(transport::MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(transport::MAX_MESSAGE_BYTES);
+    .max_decoding_message_size(transport::MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(transport::MAX_MESSAGE_BYTES);
     // Smaller receive windows than the shared ones: HTTP/2 buffers up to a
     // window of a put's data before the handler reads it (and so before
     // the put memory budget counts it). Only puts and repair copies send

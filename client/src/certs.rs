@@ -14,8 +14,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
 };
 use shardfs_proto::security::{CHUNK_NAME, META_NAME, chunk_member, meta_member};
 
@@ -221,7 +221,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ca = Ca::generate().unwrap();
         let ca_path = ca.save(dir.path()).unwrap();
-        assert!(ca.save(dir.path()).is_err(), "an existing CA is not replaced");
+        assert!(
+            ca.save(dir.path()).is_err(),
+            "an existing CA is not replaced"
+        );
         let mode = std::fs::metadata(dir.path().join(CA_KEY)).unwrap();
         assert_eq!(
             std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,

@@ -63,8 +63,12 @@ pub fn security_from_env() -> Result<Security> {
     let ca = std::env::var_os(CA_ENV)
         .filter(|v| !v.is_empty())
         .map(std::path::PathBuf::from);
-    let insecure = std::env::var(INSECURE_ENV)
-        .is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"));
+    let insecure = std::env::var(INSECURE_ENV).is_ok_and(|v| {
+        matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "1" | "true" | "yes" | "on"
+        )
+    });
     security::client(ca, insecure).map_err(|e| ClientError::InvalidArgument(e.to_string()))
 }
 
@@ -408,6 +412,28 @@ pub(crate) fn chunk_id(path: &str, bytes: &[u8]) -> Result<ChunkId> {
 }
 
 /// Asks every metaserver at once for its status; fails when none answers.
+/// Whether the server at `addr` answers an HTTP/2 preface with a TLS
+/// alert: a TLS server met by a plaintext client.
+async fn speaks_tls(addr: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ask = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        stream
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .ok()?;
+        let mut first = [0u8; 2];
+        stream.read_exact(&mut first).await.ok()?;
+        // A TLS record of type alert (21), version 3.x.
+        Some(first == [21, 3])
+    };
+    tokio::time::timeout(Duration::from_secs(2), ask)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
 async fn probe(meta: &MetaClient, addrs: &[String], tls: bool) -> Result<()> {
     let asks = addrs.iter().map(|addr| async move {
         let mut client = meta
@@ -421,8 +447,7 @@ async fn probe(meta: &MetaClient, addrs: &[String], tls: bool) -> Result<()> {
             )),
             Ok(Err(status)) => {
                 let cause = status_cause(&status);
-                if !tls && cause.contains("h2 protocol error") {
-                    // A TLS server's alert, read as HTTP/2 frames.
+                if !tls && speaks_tls(addr).await {
                     Err("it speaks TLS, not plaintext: drop --insecure (SHARDFS_INSECURE) and give its CA with SHARDFS_CA or --ca".to_string())
                 } else if cause.contains(crate::error::WRONG_KIND) {
                     Err(format!(

@@ -133,7 +133,10 @@ fn local_words(err: &std::io::Error) -> String {
 
 fn io_words(err: &std::io::Error) -> String {
     use std::io::ErrorKind::*;
-    if let Some(tls) = err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+    if let Some(tls) = err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    {
         return tls_words(tls);
     }
     match err.kind() {
@@ -168,5 +171,4 @@ pub fn tls_words(err: &rustls::Error) -> String {
 }
 
 /// What a certificate for another kind of server is called.
-pub const WRONG_KIND: &str =
-    "the server's certificate is for another kind of server (a chunk server's port given as a metaserver's, or the reverse?)";
+pub const WRONG_KIND: &str = "the server's certificate is for another kind of server (a chunk server's port given as a metaserver's, or the reverse?)";

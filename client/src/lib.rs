@@ -35,8 +35,8 @@
 
 pub mod bench;
 pub mod buffers;
-pub mod certs;
 pub mod bulk;
+pub mod certs;
 pub mod client;
 pub mod error;
 pub mod mount;

@@ -19,8 +19,8 @@ use shardfs_proto::ChunkId;
 use shardfs_proto::chunk_client::ChunkClient;
 use shardfs_proto::meta::v1 as pb;
 use shardfs_proto::meta_client::MetaClient;
-use shardfs_proto::security::Security;
 use shardfs_proto::process::{ServerChild, free_ports};
+use shardfs_proto::security::Security;
 use shardfs_proto::{errln, outln};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -283,7 +283,8 @@ async fn run_in(args: &BenchArgs, base: &Path) -> anyhow::Result<()> {
         procs.push(server);
     }
     let addrs: Vec<String> = peers.values().cloned().collect();
-    let client = MetaClient::new(&addrs, &Security::Insecure).map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+    let client = MetaClient::new(&addrs, &Security::Insecure)
+        .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(status) = client.cluster_status().await

@@ -290,7 +290,8 @@ mod tests {
     #[test]
     fn flags_win_and_listen_defaults_to_own_peer_address() {
         let file: FileConfig =
-            toml::from_str("id = 2\ndata_dir = \"/f\"\nheartbeat_ms = 50\ninsecure = true").unwrap();
+            toml::from_str("id = 2\ndata_dir = \"/f\"\nheartbeat_ms = 50\ninsecure = true")
+                .unwrap();
         let overrides = Overrides {
             data_dir: Some("/flag".into()),
             peers: Some("1=127.0.0.1:7101,2=127.0.0.1:7102".into()),
@@ -342,7 +343,10 @@ mod tests {
         let minimal: FileConfig =
             toml::from_str("id = 1\nlisten = \"127.0.0.1:7101\"\ndata_dir = \"/d\"").unwrap();
         let err = Config::resolve(Overrides::default(), minimal.clone()).unwrap_err();
-        assert!(err.to_string().contains("--insecure"), "plaintext only when asked: {err}");
+        assert!(
+            err.to_string().contains("--insecure"),
+            "plaintext only when asked: {err}"
+        );
         let insecure = Overrides {
             insecure: true,
             ..Overrides::default()

@@ -136,8 +136,8 @@ pub(crate) mod testing {
             Filters::default(),
             shardfs_proto::security::Security::Insecure,
         )
-            .await
-            .unwrap();
+        .await
+        .unwrap();
         let peers = BTreeMap::from([(1, "127.0.0.1:1".to_string())]);
         metaserver.node.bootstrap(&peers).await.unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -95,8 +95,7 @@ impl MetaNode {
         data_dir: &Path,
         tuning: &RaftTuning,
     ) -> Result<Self, MetaError> {
-        Self::start_with_filters(id, data_dir, tuning, Filters::default(), Security::Insecure)
-            .await
+        Self::start_with_filters(id, data_dir, tuning, Filters::default(), Security::Insecure).await
     }
 
     /// Like [`MetaNode::start`], with `filters` on every Raft message this

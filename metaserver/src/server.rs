@@ -37,9 +37,16 @@ pub async fn run(
         .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);
     let router = transport::server().add_service(meta).add_service(raft);
     let security = node.security.clone();
-    transport::serve_with_grace(router, listener, limits, &security, shutdown, SHUTDOWN_GRACE)
-        .await
-        .map_err(|e| MetaError::Server(format!("serving: {e}")))?;
+    transport::serve_with_grace(
+        router,
+        listener,
+        limits,
+        &security,
+        shutdown,
+        SHUTDOWN_GRACE,
+    )
+    .await
+    .map_err(|e| MetaError::Server(format!("serving: {e}")))?;
     node.shutdown().await;
     Ok(())
 }

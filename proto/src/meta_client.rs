@@ -136,9 +136,13 @@ impl MetaClient {
         let channel = match channels.get(addr) {
             Some(channel) => channel.clone(),
             None => {
-                let channel = self.inner.security.lazy_channel(addr, ServerKind::Meta).map_err(|e| {
-                    Status::invalid_argument(format!("bad metaserver address {addr:?}: {e}"))
-                })?;
+                let channel = self
+                    .inner
+                    .security
+                    .lazy_channel(addr, ServerKind::Meta)
+                    .map_err(|e| {
+                        Status::invalid_argument(format!("bad metaserver address {addr:?}: {e}"))
+                    })?;
                 channels.insert(addr.to_string(), channel.clone());
                 channel
             }

@@ -136,12 +136,13 @@ pub fn server_files(
     }
 }
 
-/// A client's security: TLS verifying the servers with the CA at `ca`,
-/// or plaintext when `insecure` is asked for (and no CA is given).
+/// A client's security: plaintext when `insecure` is asked for (it wins
+/// over a CA, which may come from the environment), else TLS verifying the
+/// servers with the CA at `ca`.
 pub fn client(ca: Option<PathBuf>, insecure: bool) -> Result<Security, TlsError> {
     match (ca, insecure) {
-        (Some(ca), _) => Security::load(&TlsFiles { ca, identity: None }),
-        (None, true) => Ok(Security::Insecure),
+        (_, true) => Ok(Security::Insecure),
+        (Some(ca), false) => Security::load(&TlsFiles { ca, identity: None }),
         (None, false) => Err(TlsError::Invalid(
             "no CA certificate to verify the cluster with: set SHARDFS_CA (`source cluster.env` sets it) or pass --ca FILE; --insecure (SHARDFS_INSECURE=1) talks plaintext to a cluster started with --insecure".into(),
         )),
@@ -236,7 +237,10 @@ impl Security {
             Some((cert_path, cert, key_path, key)) => {
                 let chain = certificates("certificate", cert_path, cert)?;
                 let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| {
-                    invalid(format!("key {}: no usable private key ({e})", key_path.display()))
+                    invalid(format!(
+                        "key {}: no usable private key ({e})",
+                        key_path.display()
+                    ))
                 })?;
                 Some((chain, key))
             }
@@ -284,7 +288,11 @@ impl Security {
     }
 
     /// An endpoint for the server of `kind` at `addr` (`host:port`).
-    pub fn endpoint(&self, addr: &str, kind: ServerKind) -> Result<Endpoint, tonic::transport::Error> {
+    pub fn endpoint(
+        &self,
+        addr: &str,
+        kind: ServerKind,
+    ) -> Result<Endpoint, tonic::transport::Error> {
         match self {
             Self::Insecure => transport::endpoint(addr),
             Self::Tls(tls) => {
@@ -318,10 +326,7 @@ impl Security {
 
     /// Opens the bulk read protocol to the chunk server at `addr` over
     /// `stream`: TLS when it is on.
-    pub async fn bulk_stream(
-        &self,
-        stream: tokio::net::TcpStream,
-    ) -> std::io::Result<BulkStream> {
+    pub async fn bulk_stream(&self, stream: tokio::net::TcpStream) -> std::io::Result<BulkStream> {
         match self {
             Self::Insecure => Ok(BulkStream::Plain(stream)),
             Self::Tls(tls) => {

@@ -102,9 +102,12 @@ async fn a_full_restart_under_cpu_load_serves_within_10s_and_keeps_its_leader() 
     let client = loop {
         probe += 1;
         let attempt = async {
-            let client = Client::connect_with(&cluster.meta_addrs, cluster.secured(ClientConfig::default()))
-                .await
-                .map_err(|e| format!("connect: {e}"))?;
+            let client = Client::connect_with(
+                &cluster.meta_addrs,
+                cluster.secured(ClientConfig::default()),
+            )
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
             put_and_get(&client, &format!("/probe/{probe}"), Duration::from_secs(5)).await?;
             Ok::<_, String>(client)
         };

@@ -128,13 +128,21 @@ async fn cluster_protocols_refuse_whoever_is_not_the_member_they_are_for() {
         ("a client", &anonymous, Code::Unauthenticated),
         ("chunk server 2", &chunk_two, Code::PermissionDenied),
     ] {
-        let mut raft = RaftServiceClient::new(channel(security, &follower_addr, ServerKind::Meta).await);
+        let mut raft =
+            RaftServiceClient::new(channel(security, &follower_addr, ServerKind::Meta).await);
         let refused = raft
             .append_entries(forged_delete("/victim"))
             .await
             .unwrap_err();
-        assert_eq!(refused.code(), code, "AppendEntries from {who}: {refused:?}");
-        assert!(refused.message().contains("cluster members only"), "{refused:?}");
+        assert_eq!(
+            refused.code(),
+            code,
+            "AppendEntries from {who}: {refused:?}"
+        );
+        assert!(
+            refused.message().contains("cluster members only"),
+            "{refused:?}"
+        );
         let refused = raft.vote(forged_vote()).await.unwrap_err();
         assert_eq!(refused.code(), code, "Vote from {who}: {refused:?}");
     }
@@ -146,7 +154,8 @@ async fn cluster_protocols_refuse_whoever_is_not_the_member_they_are_for() {
         (&anonymous, Code::Unauthenticated),
         (&chunk_two, Code::PermissionDenied),
     ] {
-        let mut meta = MetaServiceClient::new(channel(security, &leader_addr, ServerKind::Meta).await);
+        let mut meta =
+            MetaServiceClient::new(channel(security, &leader_addr, ServerKind::Meta).await);
         let refused = meta
             .register_chunk_server(pb::RegisterChunkServerRequest {
                 id: 1,
@@ -183,7 +192,8 @@ async fn cluster_protocols_refuse_whoever_is_not_the_member_they_are_for() {
         (&anonymous, Code::Unauthenticated),
         (&chunk_two, Code::PermissionDenied),
     ] {
-        let mut chunk = ChunkServiceClient::new(channel(security, &target, ServerKind::Chunk).await);
+        let mut chunk =
+            ChunkServiceClient::new(channel(security, &target, ServerKind::Chunk).await);
         let refused = chunk
             .delete_chunks(chunk_pb::DeleteChunksRequest { ids: ids.clone() })
             .await
@@ -215,9 +225,21 @@ async fn cluster_protocols_refuse_whoever_is_not_the_member_they_are_for() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     intact(&cluster, "/victim/data.bin", want).await;
     let status = cluster.meta().cluster_status().await.unwrap();
-    assert!(status.chunk_servers.iter().all(|c| c.alive && c.zone.starts_with("zone-")));
-    assert_eq!(status.term, cluster.meta().cluster_status().await.unwrap().term);
-    assert!(status.term < 1_000, "the forged vote raised the term: {}", status.term);
+    assert!(
+        status
+            .chunk_servers
+            .iter()
+            .all(|c| c.alive && c.zone.starts_with("zone-"))
+    );
+    assert_eq!(
+        status.term,
+        cluster.meta().cluster_status().await.unwrap().term
+    );
+    assert!(
+        status.term < 1_000,
+        "the forged vote raised the term: {}",
+        status.term
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -231,7 +253,10 @@ async fn plaintext_and_other_clusters_certificates_are_refused() {
     // Plaintext gRPC to a metaserver and a chunk server: no answer.
     let plain = Security::Insecure;
     let mut meta = MetaServiceClient::new(
-        plain.endpoint(&meta_addr, ServerKind::Meta).unwrap().connect_lazy(),
+        plain
+            .endpoint(&meta_addr, ServerKind::Meta)
+            .unwrap()
+            .connect_lazy(),
     );
     let refused = meta.cluster_status(pb::ClusterStatusRequest {}).await;
     assert!(refused.is_err(), "a plaintext call was answered");
@@ -250,9 +275,17 @@ async fn plaintext_and_other_clusters_certificates_are_refused() {
         };
         stream.write_all(&request.encode()).await.unwrap();
         let mut got = Vec::new();
-        let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut got)).await;
-        assert!(read.is_ok(), "the server kept a plaintext bulk connection open");
-        assert!(got.is_empty(), "a plaintext bulk read got {} bytes", got.len());
+        let read =
+            tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut got)).await;
+        assert!(
+            read.is_ok(),
+            "the server kept a plaintext bulk connection open"
+        );
+        assert!(
+            got.is_empty(),
+            "a plaintext bulk read got {} bytes",
+            got.len()
+        );
     }
 
     // Members of another cluster (their CA is not this one's) cannot even
@@ -260,16 +293,25 @@ async fn plaintext_and_other_clusters_certificates_are_refused() {
     // servers.
     let foreign = TlsDir::foreign(&dir.path().join("other"));
     let impostor = foreign.member(Member::Meta(1));
-    let mut raft =
-        RaftServiceClient::new(impostor.endpoint(&meta_addr, ServerKind::Meta).unwrap().connect_lazy());
-    let refused = raft.append_entries(forged_delete("/victim")).await.unwrap_err();
+    let mut raft = RaftServiceClient::new(
+        impostor
+            .endpoint(&meta_addr, ServerKind::Meta)
+            .unwrap()
+            .connect_lazy(),
+    );
+    let refused = raft
+        .append_entries(forged_delete("/victim"))
+        .await
+        .unwrap_err();
     assert_ne!(refused.code(), Code::Ok);
     let config = ClientConfig {
         security: Some(foreign.client()),
         ..chunked(CHUNK)
     };
     let wrong_ca = shardfs_client::Client::connect_with(&cluster.meta_addrs, config).await;
-    let err = wrong_ca.err().expect("a client trusting another CA connected");
+    let err = wrong_ca
+        .err()
+        .expect("a client trusting another CA connected");
     assert!(err.to_string().contains("certificate"), "{err}");
 
     // The command line: without a CA it says what to set; with the wrong
@@ -291,11 +333,17 @@ async fn reads_and_writes_are_encrypted_end_to_end_and_verified() {
     let client = cluster.client(chunked(CHUNK)).await;
     let bytes = data(9 * CHUNK + 5, "tls");
     client
-        .put_bytes(Bytes::from(bytes.clone()), "/tls/file.bin", &PutOptions::default())
+        .put_bytes(
+            Bytes::from(bytes.clone()),
+            "/tls/file.bin",
+            &PutOptions::default(),
+        )
         .await
         .unwrap();
     // Bulk reads over TLS: no fallback to gRPC was needed.
-    let back = shardfs_client::read_all(&client, "/tls/file.bin").await.unwrap();
+    let back = shardfs_client::read_all(&client, "/tls/file.bin")
+        .await
+        .unwrap();
     assert_eq!(hash(&back), hash(&bytes));
     let counters = client.counters();
     assert_eq!(counters.bulk_fallbacks, 0, "{counters:?}");
@@ -307,7 +355,9 @@ async fn reads_and_writes_are_encrypted_end_to_end_and_verified() {
             ..chunked(CHUNK)
         })
         .await;
-    let back = shardfs_client::read_all(&grpc, "/tls/file.bin").await.unwrap();
+    let back = shardfs_client::read_all(&grpc, "/tls/file.bin")
+        .await
+        .unwrap();
     assert_eq!(hash(&back), hash(&bytes));
     // What crosses the wire is ciphertext: a relay between a client and
     // a chunk server records what the server sends, for a gRPC read and a

@@ -17,8 +17,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use shardfs_client::{Client, ClientError, Result};
-use shardfs_proto::security;
 use shardfs_proto::errln;
+use shardfs_proto::security;
 
 use args::{Cli, ClusterCommand, Command};
 
@@ -65,7 +65,12 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Completions { shell } => return cmd::docs::completions(*shell),
         Command::Man { dir } => return cmd::docs::man_pages(dir),
         Command::Mount(args) if !args.foreground => {
-            return cmd::mount::mount_in_background(&cli.meta, cli.ca.as_deref(), cli.insecure, args);
+            return cmd::mount::mount_in_background(
+                &cli.meta,
+                cli.ca.as_deref(),
+                cli.insecure,
+                args,
+            );
         }
         Command::Cluster {
             command: ClusterCommand::InitCa { dir },

@@ -189,9 +189,7 @@ pub fn issue_cert(
 ) -> Result<()> {
     let member = match (meta, chunk) {
         (Some(0), _) | (_, Some(0)) => {
-            return Err(ClientError::InvalidArgument(
-                "member ids start at 1".into(),
-            ));
+            return Err(ClientError::InvalidArgument("member ids start at 1".into()));
         }
         (Some(id), None) => Member::Meta(id),
         (None, Some(id)) => Member::Chunk(id),

@@ -40,7 +40,11 @@ pub fn mount_in_background(
     command
         .arg("--meta")
         .arg(meta)
-        .args(ca.map(|ca| [std::ffi::OsStr::new("--ca"), ca.as_os_str()]).into_iter().flatten())
+        .args(
+            ca.map(|ca| [std::ffi::OsStr::new("--ca"), ca.as_os_str()])
+                .into_iter()
+                .flatten(),
+        )
         .args(insecure.then_some("--insecure"))
         .arg("mount")
         .arg(&args.remote)
