@@ -13,8 +13,9 @@
 #   logs/            one log per process
 #   tls/             the cluster CA (ca.pem, ca.key) and each server's
 #                    certificate and key (meta-<id>.pem/.key, chunk-<id>.pem/.key)
-#   cluster.env      `source` it: export SHARDFS_META=127.0.0.1:7101,...
-#                    and SHARDFS_CA=DIR/tls/ca.pem
+#   tls/admin.token  the bootstrap admin token (0600) every metaserver accepts
+#   cluster.env      `source` it: export SHARDFS_META=127.0.0.1:7101,...,
+#                    SHARDFS_CA=DIR/tls/ca.pem and SHARDFS_TOKEN (the admin token)
 #
 # The cluster runs TLS by default (mutual TLS between servers, certificates
 # from its own CA, made on the first "up"). --insecure starts it in
@@ -95,7 +96,10 @@ setup_tls() {
     fi
     [ "${1:-}" = existing ] && [ ! -f "$tls/ca.pem" ] && return
     [ -f "$tls/ca.pem" ] || "$bin/shardfs" cluster init-ca --dir "$tls" >/dev/null
+    [ -f "$tls/admin.token" ] || "$bin/shardfs" admin token bootstrap --out "$tls/admin.token" >/dev/null
     export SHARDFS_CA="$tls/ca.pem"
+    SHARDFS_TOKEN="$(head -n 1 "$tls/admin.token")"
+    export SHARDFS_TOKEN
     unset SHARDFS_INSECURE
 }
 
@@ -108,6 +112,7 @@ tls_flags() {
     fi
     [ -f "$tls/$kind-$id.pem" ] || "$bin/shardfs" cluster issue-cert --ca-dir "$tls" "--$kind" "$id" >/dev/null
     echo "--tls-cert $tls/$kind-$id.pem --tls-key $tls/$kind-$id.key --tls-ca $tls/ca.pem"
+    if [ "$kind" = meta ]; then echo "--admin-token-file $tls/admin.token"; fi
 }
 
 build() {
@@ -246,9 +251,10 @@ write_env() {
     {
         printf 'export SHARDFS_META=%s\n' "$(meta_list)"
         if [ "$insecure" = 1 ]; then
-            printf 'export SHARDFS_INSECURE=1\nunset SHARDFS_CA\n'
+            printf 'export SHARDFS_INSECURE=1\nunset SHARDFS_CA SHARDFS_TOKEN\n'
         else
             printf 'export SHARDFS_CA=%s\nunset SHARDFS_INSECURE\n' "$tls/ca.pem"
+            printf 'export SHARDFS_TOKEN=%s\n' "$(head -n 1 "$tls/admin.token")"
         fi
     } >"$dir/cluster.env"
 }

@@ -60,7 +60,8 @@ for round in $(seq 1 "$rounds"); do
         [ "$json" = 1 ] || printf '%s\n' "$report" | python3 -c '
 import json, sys
 r = json.load(sys.stdin)
-print(f"round {sys.argv[1]} {sys.argv[2]:>5}: write {r[\"write_mb_per_s\"]:7.1f} MB/s   read {r[\"read_mb_per_s\"]:7.1f} MB/s")
+w, rd = r["write_mb_per_s"], r["read_mb_per_s"]
+print(f"round {sys.argv[1]} {sys.argv[2]:>5}: write {w:7.1f} MB/s   read {rd:7.1f} MB/s")
 ' "$round" "$mode"
     done
 done

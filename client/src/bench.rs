@@ -193,30 +193,12 @@ pub async fn run_bench(
         )));
     }
     if !options.keep {
-        // The chunks carry this run's stamp, so no other file can share
-        // them: delete them with the files instead of leaving them for
-        // garbage collection.
-        let (_, files) = client.walk(&dir).await?;
-        let mut by_server: std::collections::BTreeMap<String, Vec<shardfs_proto::ChunkId>> =
-            Default::default();
-        for file in &files {
-            for span in client.layout(file.path.as_str()).await?.chunks {
-                for addr in span.locations {
-                    by_server.entry(addr).or_default().push(span.id);
-                }
-            }
-        }
+        // Their chunks go with the metaservers' garbage collection (only
+        // metaservers may order chunk servers to delete).
         client.remove(&dir, true).await?;
         // The parent too, when nothing else is left in it.
         if client.list(&options.dir).await.is_ok_and(|l| l.is_empty()) {
             let _ = client.remove(&options.dir, false).await;
-        }
-        for (addr, ids) in by_server {
-            if let Err(e) = client.delete_chunks(&addr, &ids).await {
-                say(format!(
-                    "could not delete the bench's chunks on {addr}: {e}"
-                ));
-            }
         }
     }
     Ok(BenchReport {

@@ -49,6 +49,56 @@ pub struct ClientConfig {
     /// How to reach the cluster; None: from the environment
     /// ([`security_from_env`]).
     pub security: Option<Security>,
+    /// The token sent with every metaserver call (sfs1.NAME.SECRET); None:
+    /// from the environment or the credentials file ([`token_from_env`]).
+    pub token: Option<String>,
+}
+
+/// The token itself.
+pub const TOKEN_ENV: &str = "SHARDFS_TOKEN";
+/// A file holding the token (mode 0600).
+pub const TOKEN_FILE_ENV: &str = "SHARDFS_TOKEN_FILE";
+/// Where the token is looked for last, under the home directory.
+pub const CREDENTIALS_FILE: &str = ".config/shardfs/token";
+
+/// `SHARDFS_TOKEN`, else the first line of `SHARDFS_TOKEN_FILE`, else of
+/// `~/.config/shardfs/token` when it exists. A file others can read is
+/// refused: a token is a password.
+pub fn token_from_env() -> Result<Option<String>> {
+    if let Ok(token) = std::env::var(TOKEN_ENV)
+        && !token.trim().is_empty()
+    {
+        return Ok(Some(token.trim().to_string()));
+    }
+    let file = match std::env::var_os(TOKEN_FILE_ENV).filter(|v| !v.is_empty()) {
+        Some(path) => std::path::PathBuf::from(path),
+        None => match std::env::var_os("HOME") {
+            Some(home) => {
+                let path = std::path::Path::new(&home).join(CREDENTIALS_FILE);
+                if !path.exists() {
+                    return Ok(None);
+                }
+                path
+            }
+            None => return Ok(None),
+        },
+    };
+    read_token_file(&file).map(Some)
+}
+
+/// The token in `path`, refused when the file is readable by others.
+pub fn read_token_file(path: &std::path::Path) -> Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|e| ClientError::local(path, e))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(ClientError::InvalidArgument(format!(
+            "{}: a token file must be readable by its owner only (mode {mode:o}; chmod 600 it)",
+            path.display()
+        )));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| ClientError::local(path, e))?;
+    Ok(text.lines().next().unwrap_or("").trim().to_string())
 }
 
 /// The cluster CA's certificate (PEM), to verify servers with.
@@ -86,6 +136,7 @@ impl Default for ClientConfig {
             hedge_floor: Duration::from_millis(50),
             meta_deadline: shardfs_proto::meta_client::DEFAULT_DEADLINE,
             security: None,
+            token: None,
         }
     }
 }
@@ -202,9 +253,18 @@ impl Client {
             Some(security) => security.clone(),
             None => security_from_env()?,
         };
-        let meta = MetaClient::new(&addrs, &security)
+        let token = match &config.token {
+            Some(token) => Some(token.clone()),
+            None => token_from_env()?,
+        };
+        let mut meta = MetaClient::new(&addrs, &security)
             .map_err(|s| ClientError::meta("metaservers", s))?
             .with_deadline(config.meta_deadline);
+        if let Some(token) = &token {
+            meta = meta
+                .with_token(token)
+                .map_err(|s| ClientError::InvalidArgument(s.message().to_string()))?;
+        }
         probe(&meta, &addrs, security.is_tls()).await?;
         let permits = (config.put_memory_bytes >> 10).clamp(MAX_CHUNK_BYTES >> 10, u32::MAX as u64);
         let bulk_reads = config.bulk_reads;
@@ -275,15 +335,6 @@ impl Client {
         self.inner.chunk_servers.get(addr).map_err(|e| {
             ClientError::InvalidArgument(format!("bad chunk server address {addr:?}: {e}"))
         })
-    }
-
-    /// Deletes chunks from one chunk server directly, bypassing the
-    /// namespace: only for chunks no file can reference (the benchmark's).
-    pub async fn delete_chunks(&self, addr: &str, ids: &[ChunkId]) -> Result<u64> {
-        self.chunk_server(addr)?
-            .delete(ids)
-            .await
-            .map_err(|s| ClientError::meta(addr, s))
     }
 
     /// The entry at `path`.
@@ -442,6 +493,15 @@ async fn probe(meta: &MetaClient, addrs: &[String], tls: bool) -> Result<()> {
         let call = client.cluster_status(pb::ClusterStatusRequest {});
         match tokio::time::timeout(Duration::from_secs(3), call).await {
             Ok(Ok(_)) => Ok(()),
+            // It answered: the call that follows says what the token lacks.
+            Ok(Err(status))
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+                ) =>
+            {
+                Ok(())
+            }
             Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => Err(format!(
                 "{addr} answers, but it is not a metaserver (a chunk server's port?)"
             )),

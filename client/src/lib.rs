@@ -45,7 +45,10 @@ pub mod read;
 pub mod shards;
 pub mod transfer;
 
-pub use client::{CA_ENV, Client, ClientConfig, CounterValues, INSECURE_ENV, security_from_env};
+pub use client::{
+    CA_ENV, Client, ClientConfig, CounterValues, INSECURE_ENV, TOKEN_ENV, TOKEN_FILE_ENV,
+    security_from_env, token_from_env,
+};
 pub use error::{ClientError, Result};
 pub use put::{Progress, PutOptions, PutStats};
 pub use read::{FileLayout, FileReader, read_all};

@@ -74,10 +74,20 @@ struct ChunkJson {
     free_bytes: u64,
 }
 
-pub async fn status(meta: &[String], security: &Security, json: bool) -> anyhow::Result<()> {
-    let client = MetaClient::new(meta, security)
+pub async fn status(
+    meta: &[String],
+    security: &Security,
+    token: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut client = MetaClient::new(meta, security)
         .map_err(|e| anyhow::anyhow!("{}", e.message()))?
         .with_deadline(Duration::from_secs(5));
+    if let Some(token) = token {
+        client = client
+            .with_token(token)
+            .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+    }
     let status = client.cluster_status().await.map_err(|e| {
         anyhow::anyhow!(
             "{} (is the cluster running? try deploy/local-cluster.sh status)",

@@ -45,6 +45,7 @@ pub struct FileConfig {
     pub tls_key: Option<PathBuf>,
     pub tls_ca: Option<PathBuf>,
     pub insecure: Option<bool>,
+    pub admin_token_file: Option<PathBuf>,
 }
 
 impl FileConfig {
@@ -116,6 +117,12 @@ pub struct Overrides {
     /// a cluster member. For benchmarks and trusted test networks only.
     #[arg(long, env = "SHARDFS_META_INSECURE", value_parser = clap::builder::FalseyValueParser::new())]
     pub insecure: bool,
+    /// A file holding the bootstrap admin token (sfs1.NAME.SECRET, made by
+    /// `shardfs admin token bootstrap`): accepted as an admin token over
+    /// the whole namespace, so a new cluster has an admin. Give every
+    /// metaserver the same one.
+    #[arg(long, env = "SHARDFS_META_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
 }
 
 /// The resolved configuration.
@@ -132,6 +139,7 @@ pub struct Config {
     pub limits: ConnectionLimits,
     /// The TLS material (None: `--insecure`, plaintext).
     pub tls: Option<TlsFiles>,
+    pub admin_token_file: Option<PathBuf>,
 }
 
 /// Parses `1=host:port,2=host:port`.
@@ -264,6 +272,7 @@ impl Config {
             leader,
             limits,
             tls,
+            admin_token_file: overrides.admin_token_file.or(file.admin_token_file),
         })
     }
 }

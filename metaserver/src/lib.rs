@@ -62,5 +62,6 @@ pub mod server;
 pub mod service;
 pub mod state;
 pub mod store;
+pub mod tokens;
 pub mod touched;
 pub mod types;

@@ -43,6 +43,9 @@ enum Sub {
         /// The cluster CA's certificate (PEM) to verify metaservers with.
         #[arg(long, env = "SHARDFS_CA")]
         ca: Option<PathBuf>,
+        /// The token to ask with (a reader's is enough).
+        #[arg(long, env = "SHARDFS_TOKEN", hide_env_values = true)]
+        token: Option<String>,
         /// Talk plaintext to a cluster started with --insecure.
         #[arg(long, env = "SHARDFS_INSECURE", value_parser = clap::builder::FalseyValueParser::new())]
         insecure: bool,
@@ -82,10 +85,13 @@ fn main() -> std::process::ExitCode {
             Some(Sub::Status {
                 meta,
                 ca,
+                token,
                 insecure,
                 json,
             }) => match security::client(ca, insecure) {
-                Ok(security) => shardfs_meta::bench::status(&meta, &security, json).await,
+                Ok(security) => {
+                    shardfs_meta::bench::status(&meta, &security, token.as_deref(), json).await
+                }
                 Err(e) => Err(anyhow::anyhow!("{e}")),
             },
             Some(Sub::Bench(args)) => shardfs_meta::bench::run(args).await,
@@ -116,6 +122,17 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
             Security::Insecure
         }
     };
+    let bootstrap = match &config.admin_token_file {
+        Some(path) => Some(shardfs_meta::tokens::load_bootstrap(path).map_err(anyhow::Error::msg)?),
+        None => {
+            if security.is_tls() {
+                tracing::warn!(
+                    "no --admin-token-file: no client is an admin until a token is created by one"
+                );
+            }
+            None
+        }
+    };
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
@@ -127,7 +144,8 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         Default::default(),
         security,
     )
-    .await?;
+    .await?
+    .with_authority(shardfs_meta::tokens::Authority::new(bootstrap));
     let node = metaserver.node.clone();
     let addr = listener.local_addr()?;
     info!(id = config.id, %addr, data_dir = %config.data_dir.display(), "metaserver listening");

@@ -14,6 +14,7 @@ use crate::filter::Filters;
 use crate::gc::{GcConfig, GcManager};
 use crate::node::{MetaNode, RaftTuning};
 use crate::repair::{RepairConfig, RepairManager};
+use crate::tokens::Authority;
 use crate::types::NodeId;
 
 /// How the leader's owners behave.
@@ -43,6 +44,8 @@ pub struct Metaserver {
     pub chunks: Arc<ChunkManager>,
     pub repair: Arc<RepairManager>,
     pub gc: Arc<GcManager>,
+    /// Who may make which call.
+    pub authority: Authority,
 }
 
 /// The background workers of a metaserver; they stop when this is dropped.
@@ -85,7 +88,15 @@ impl Metaserver {
             chunks,
             repair,
             gc,
+            authority: Authority::default(),
         }
+    }
+
+    /// The same metaserver deciding calls with `authority` (the bootstrap
+    /// admin token).
+    pub fn with_authority(mut self, authority: Authority) -> Self {
+        self.authority = authority;
+        self
     }
 
     /// Starts repair and garbage collection (each acts only while this

@@ -18,6 +18,7 @@ use crate::metaserver::Metaserver;
 use crate::namespace::NsError;
 use crate::node::MetaNode;
 use crate::requests;
+use crate::tokens::{Caller, Right, Role, TokenRecord, new_token};
 use crate::types::{Command, Outcome};
 
 /// Default and largest page of a listing.
@@ -38,6 +39,19 @@ impl MetaServiceImpl {
             metaserver,
         }
     }
+
+    /// Refuses `request` unless its caller may `right` on `paths`.
+    fn allow<T>(
+        &self,
+        request: &Request<T>,
+        right: Right,
+        paths: &[&str],
+        what: &str,
+    ) -> Result<Caller, Status> {
+        self.metaserver
+            .authority
+            .check(&self.node, request, right, paths, what)
+    }
 }
 
 #[tonic::async_trait]
@@ -46,6 +60,8 @@ impl MetaService for MetaServiceImpl {
         &self,
         request: Request<pb::MkdirRequest>,
     ) -> Result<Response<pb::MkdirResponse>, Status> {
+        let path = requests::path(&request.get_ref().path)?.to_string();
+        self.allow(&request, Right::Write, &[&path], "mkdir")?;
         let command = requests::mkdir(&request.into_inner(), now_ms())?;
         let created = matches!(self.node.write(command).await?, Outcome::Created(true));
         Ok(Response::new(pb::MkdirResponse { created }))
@@ -55,6 +71,8 @@ impl MetaService for MetaServiceImpl {
         &self,
         request: Request<pb::CommitFileRequest>,
     ) -> Result<Response<pb::CommitFileResponse>, Status> {
+        let path = requests::path(&request.get_ref().path)?.to_string();
+        self.allow(&request, Right::Write, &[&path], "commit")?;
         let request = request.into_inner();
         let now = now_ms();
         let commit = requests::commit(&request, now)?;
@@ -80,6 +98,8 @@ impl MetaService for MetaServiceImpl {
         &self,
         request: Request<pb::LookupRequest>,
     ) -> Result<Response<pb::LookupResponse>, Status> {
+        let path = requests::path(&request.get_ref().path)?.to_string();
+        self.allow(&request, Right::Read, &[&path], "lookup")?;
         let path = requests::path(&request.into_inner().path)?;
         let entry = self
             .node
@@ -96,6 +116,8 @@ impl MetaService for MetaServiceImpl {
         &self,
         request: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
+        let path = requests::path(&request.get_ref().path)?.to_string();
+        self.allow(&request, Right::Read, &[&path], "list")?;
         let request = request.into_inner();
         let path = requests::path(&request.path)?;
         let limit = match request.limit as usize {
@@ -122,6 +144,11 @@ impl MetaService for MetaServiceImpl {
         &self,
         request: Request<pb::RenameRequest>,
     ) -> Result<Response<pb::RenameResponse>, Status> {
+        let paths = [
+            requests::path(&request.get_ref().from)?.to_string(),
+            requests::path(&request.get_ref().to)?.to_string(),
+        ];
+        self.allow(&request, Right::Write, &[&paths[0], &paths[1]], "rename")?;
         let command = requests::rename(&request.into_inner(), now_ms())?;
         self.node.write(command).await?;
         Ok(Response::new(pb::RenameResponse {}))
@@ -131,6 +158,8 @@ impl MetaService for MetaServiceImpl {
         &self,
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let path = requests::path(&request.get_ref().path)?.to_string();
+        self.allow(&request, Right::Write, &[&path], "delete")?;
         let command = requests::delete(&request.into_inner(), now_ms())?;
         let files_deleted = match self.node.write(command).await? {
             Outcome::Deleted(files) => files,
@@ -141,8 +170,9 @@ impl MetaService for MetaServiceImpl {
 
     async fn cluster_status(
         &self,
-        _: Request<pb::ClusterStatusRequest>,
+        request: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        self.allow(&request, Right::Read, &[], "cluster status")?;
         let status = self.node.status();
         let metaservers = status
             .members
@@ -248,6 +278,7 @@ impl MetaService for MetaServiceImpl {
         &self,
         request: Request<pb::AddMetaserverRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
+        self.allow(&request, Right::Admin, &[], "add metaserver")?;
         let request = request.into_inner();
         requests::metaserver(&request)?;
         let (voters, learners) = self
@@ -285,6 +316,7 @@ impl MetaService for MetaServiceImpl {
         &self,
         request: Request<pb::AllocateChunksRequest>,
     ) -> Result<Response<pb::AllocateChunksResponse>, Status> {
+        self.allow(&request, Right::Write, &[], "allocate chunks")?;
         let request = request.into_inner();
         let (chunks, replication) = requests::allocation(&request)?;
         let placements = self
@@ -304,6 +336,7 @@ impl MetaService for MetaServiceImpl {
         &self,
         request: Request<pb::LocateChunksRequest>,
     ) -> Result<Response<pb::LocateChunksResponse>, Status> {
+        self.allow(&request, Right::Read, &[], "locate chunks")?;
         let ids = requests::locate(&request.into_inner())?;
         let chunks = self
             .chunks
@@ -322,6 +355,7 @@ impl MetaService for MetaServiceImpl {
         &self,
         request: Request<pb::ReportBadReplicaRequest>,
     ) -> Result<Response<pb::ReportBadReplicaResponse>, Status> {
+        self.allow(&request, Right::Read, &[], "report bad replica")?;
         let request = request.into_inner();
         let id = id_from_wire(&request.id)?;
         let confirmed = self
@@ -335,6 +369,7 @@ impl MetaService for MetaServiceImpl {
         &self,
         request: Request<pb::DrainChunkServerRequest>,
     ) -> Result<Response<pb::DrainChunkServerResponse>, Status> {
+        self.allow(&request, Right::Admin, &[], "drain chunk server")?;
         let request = request.into_inner();
         self.node.ensure_leader()?;
         self.node
@@ -350,6 +385,7 @@ impl MetaService for MetaServiceImpl {
         &self,
         request: Request<pb::RemoveChunkServerRequest>,
     ) -> Result<Response<pb::RemoveChunkServerResponse>, Status> {
+        self.allow(&request, Right::Admin, &[], "remove chunk server")?;
         self.chunks
             .remove_chunk_server(request.into_inner().id)
             .await?;
@@ -360,7 +396,68 @@ impl MetaService for MetaServiceImpl {
         &self,
         request: Request<pb::RemoveMetaserverRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
+        self.allow(&request, Right::Admin, &[], "remove metaserver")?;
         let (voters, learners) = self.node.remove_metaserver(request.into_inner().id).await?;
         Ok(Response::new(pb::MembershipResponse { voters, learners }))
+    }
+
+    async fn create_token(
+        &self,
+        request: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        self.allow(&request, Right::Admin, &[], "create token")?;
+        let request = request.into_inner();
+        let role = Role::parse(&request.role).map_err(Status::invalid_argument)?;
+        let prefix = match request.prefix.as_str() {
+            "" => "/".to_string(),
+            prefix => requests::path(prefix)?.to_string(),
+        };
+        let (token, hash) = new_token(&request.name).map_err(Status::invalid_argument)?;
+        self.node.ensure_leader()?;
+        self.node
+            .write(Command::CreateToken {
+                name: request.name,
+                record: TokenRecord {
+                    hash,
+                    role,
+                    prefix,
+                    created_ms: now_ms(),
+                },
+            })
+            .await?;
+        Ok(Response::new(pb::CreateTokenResponse { token }))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        self.allow(&request, Right::Admin, &[], "revoke token")?;
+        let name = request.into_inner().name;
+        self.node.write(Command::RevokeToken { name }).await?;
+        Ok(Response::new(pb::RevokeTokenResponse {}))
+    }
+
+    async fn list_tokens(
+        &self,
+        request: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        self.allow(&request, Right::Admin, &[], "list tokens")?;
+        let tokens = self
+            .node
+            .read(|state| {
+                state
+                    .tokens
+                    .iter()
+                    .map(|(name, record)| pb::TokenInfo {
+                        name: name.clone(),
+                        role: record.role.name().to_string(),
+                        prefix: record.prefix.clone(),
+                        created_ms: record.created_ms,
+                    })
+                    .collect()
+            })
+            .await?;
+        Ok(Response::new(pb::ListTokensResponse { tokens }))
     }
 }

@@ -9,6 +9,7 @@ use crate::cluster::Cluster;
 use crate::cluster::ClusterChange;
 use crate::namespace::{self, FileMeta, Namespace, NsError};
 use crate::retries::{RetryCache, RetryChange};
+use crate::tokens::{TokenChange, Tokens};
 use crate::types::{Command, CommandResult, Outcome};
 
 /// Everything the state machine replicates.
@@ -21,6 +22,8 @@ pub struct Journal {
     pub cluster: Vec<ClusterChange>,
     /// Changes to the retry cache.
     pub retries: Vec<RetryChange>,
+    /// Tokens created and revoked.
+    pub tokens: Vec<TokenChange>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -28,6 +31,7 @@ pub struct State {
     pub namespace: Namespace,
     pub cluster: Cluster,
     pub retries: RetryCache,
+    pub tokens: Tokens,
 }
 
 fn path(text: &str) -> Result<DfsPath, NsError> {
@@ -98,6 +102,14 @@ impl State {
                 ns.delete(&p, *recursive, &mut journal.namespace)
                     .map(|files| Outcome::Deleted(files.len() as u64))
             }),
+            Command::CreateToken { name, record } => self
+                .tokens
+                .create(name, record.clone(), &mut journal.tokens)
+                .map(|()| Outcome::Done),
+            Command::RevokeToken { name } => self
+                .tokens
+                .revoke(name, &mut journal.tokens)
+                .map(|()| Outcome::Done),
             Command::RegisterChunkServer { id, info } => {
                 cluster.register(*id, info.clone(), &mut journal.cluster);
                 Ok(Outcome::Done)

@@ -82,6 +82,15 @@ pub enum Command {
     RemoveChunkServer {
         id: u64,
     },
+    /// An admin creates a token (the state keeps its hash).
+    CreateToken {
+        name: String,
+        record: crate::tokens::TokenRecord,
+    },
+    /// An admin revokes a token.
+    RevokeToken {
+        name: String,
+    },
     /// A client's call with its request id: applied once, and its retries
     /// answered from the retry cache. `at_ms` is the leader's clock, which
     /// also expires old answers.

@@ -27,6 +27,8 @@
 //! - [`alloc`]: allocator tuning shared by every binary.
 //! - [`config`]: reading a server's TOML file, and the error a bad
 //!   configuration gives.
+//! - [`token`]: the text of client tokens (`sfs1.NAME.SECRET`): making,
+//!   parsing and hashing them.
 //! - [`span`]: [`span::Span`], a duration as operators write it (`5s`,
 //!   `250ms`, `2m`).
 
@@ -41,6 +43,7 @@ pub mod path;
 pub mod process;
 pub mod security;
 pub mod span;
+pub mod token;
 pub mod transport;
 
 pub use id::{ChunkId, IdError};

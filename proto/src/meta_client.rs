@@ -23,6 +23,26 @@ pub const LEADER_METADATA: &str = "shardfs-leader";
 /// How long a call keeps looking for a leader before it gives up.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(15);
 
+/// Puts the caller's token, if any, on every call.
+#[derive(Clone, Debug)]
+pub struct Bearer(Option<tonic::metadata::AsciiMetadataValue>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert(AUTHORIZATION, value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// The metadata key of a caller's token.
+pub const AUTHORIZATION: &str = "authorization";
+
+/// A generated client over one metaserver's channel, sending the token.
+pub type MetaRpc =
+    MetaServiceClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
+
 #[derive(Clone)]
 pub struct MetaClient {
     inner: Arc<Inner>,
@@ -31,6 +51,7 @@ pub struct MetaClient {
 struct Inner {
     addrs: Vec<String>,
     security: Security,
+    bearer: Bearer,
     channels: Mutex<HashMap<String, Channel>>,
     /// Where the last call succeeded: tried first.
     leader: Mutex<Option<String>>,
@@ -97,12 +118,25 @@ impl MetaClient {
             inner: Arc::new(Inner {
                 addrs: addrs.to_vec(),
                 security: security.clone(),
+                bearer: Bearer(None),
                 channels: Mutex::new(HashMap::new()),
                 leader: Mutex::new(None),
                 deadline: DEFAULT_DEADLINE,
                 attempt: None,
             }),
         })
+    }
+
+    /// The same client sending `token` (sfs1.NAME.SECRET) with every call.
+    pub fn with_token(&self, token: &str) -> Result<Self, Status> {
+        let value = format!("Bearer {}", token.trim()).parse().map_err(|_| {
+            Status::invalid_argument("the token holds characters a token cannot have")
+        })?;
+        let mut client = self.with_timing(self.inner.deadline, self.inner.attempt);
+        Arc::get_mut(&mut client.inner)
+            .expect("a fresh client")
+            .bearer = Bearer(Some(value));
+        Ok(client)
     }
 
     /// The same client with another deadline for finding a leader.
@@ -122,6 +156,7 @@ impl MetaClient {
             inner: Arc::new(Inner {
                 addrs: self.inner.addrs.clone(),
                 security: self.inner.security.clone(),
+                bearer: self.inner.bearer.clone(),
                 channels: Mutex::new(self.inner.channels.lock().unwrap().clone()),
                 leader: Mutex::new(self.inner.leader.lock().unwrap().clone()),
                 deadline,
@@ -131,7 +166,7 @@ impl MetaClient {
     }
 
     /// A client for one metaserver, without redirects.
-    pub fn direct(&self, addr: &str) -> Result<MetaServiceClient<Channel>, Status> {
+    pub fn direct(&self, addr: &str) -> Result<MetaRpc, Status> {
         let mut channels = self.inner.channels.lock().unwrap();
         let channel = match channels.get(addr) {
             Some(channel) => channel.clone(),
@@ -147,16 +182,18 @@ impl MetaClient {
                 channel
             }
         };
-        Ok(MetaServiceClient::new(channel)
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20))
+        Ok(
+            MetaServiceClient::with_interceptor(channel, self.inner.bearer.clone())
+                .max_decoding_message_size(64 << 20)
+                .max_encoding_message_size(64 << 20),
+        )
     }
 
     /// Runs `call` against the leader, following redirects and trying other
     /// metaservers until one answers or the deadline passes.
     pub async fn call<T, F, Fut>(&self, mut call: F) -> Result<T, Status>
     where
-        F: FnMut(MetaServiceClient<Channel>) -> Fut,
+        F: FnMut(MetaRpc) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let started = Instant::now();
@@ -438,6 +475,46 @@ impl MetaClient {
         self.call(|mut c| async move { c.drain_chunk_server(request).await })
             .await?;
         Ok(())
+    }
+
+    /// A new token: its text (shown once).
+    pub async fn create_token(
+        &self,
+        name: &str,
+        role: &str,
+        prefix: &str,
+    ) -> Result<String, Status> {
+        let request = pb::CreateTokenRequest {
+            name: name.to_string(),
+            role: role.to_string(),
+            prefix: prefix.to_string(),
+        };
+        let response = self
+            .call(|mut c| {
+                let request = request.clone();
+                async move { c.create_token(request).await }
+            })
+            .await?;
+        Ok(response.token)
+    }
+
+    pub async fn revoke_token(&self, name: &str) -> Result<(), Status> {
+        let request = pb::RevokeTokenRequest {
+            name: name.to_string(),
+        };
+        self.call(|mut c| {
+            let request = request.clone();
+            async move { c.revoke_token(request).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub async fn list_tokens(&self) -> Result<Vec<pb::TokenInfo>, Status> {
+        let response = self
+            .call(|mut c| async move { c.list_tokens(pb::ListTokensRequest {}).await })
+            .await?;
+        Ok(response.tokens)
     }
 
     /// Forgets chunk server `id` (refused while that would lose a replica).

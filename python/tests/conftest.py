@@ -52,6 +52,12 @@ class Certificates:
             check=True, stdout=subprocess.DEVNULL,
         )
         self.ca = self.dir / "ca.pem"
+        self.admin_token_file = self.dir / "admin.token"
+        subprocess.run(
+            [str(self.bin / "shardfs"), "admin", "token", "bootstrap", "--out", str(self.admin_token_file)],
+            check=True, stdout=subprocess.DEVNULL,
+        )
+        self.admin_token = self.admin_token_file.read_text().strip()
         atexit.register(shutil.rmtree, self.dir, True)
 
     def server_args(self, kind: str, i: int) -> List[str]:
@@ -62,7 +68,10 @@ class Certificates:
                  "--ca-dir", str(self.dir), f"--{kind}", str(i)],
                 check=True, stdout=subprocess.DEVNULL,
             )
-        return ["--tls-cert", str(cert), "--tls-key", str(key), "--tls-ca", str(self.ca)]
+        args = ["--tls-cert", str(cert), "--tls-key", str(key), "--tls-ca", str(self.ca)]
+        if kind == "meta":
+            args += ["--admin-token-file", str(self.admin_token_file)]
+        return args
 
 
 _CERTS: Optional[Certificates] = None
@@ -73,6 +82,7 @@ def certificates() -> Certificates:
     if _CERTS is None:
         _CERTS = Certificates()
         os.environ["SHARDFS_CA"] = str(_CERTS.ca)
+        os.environ["SHARDFS_TOKEN"] = _CERTS.admin_token
         os.environ.pop("SHARDFS_INSECURE", None)
     return _CERTS
 

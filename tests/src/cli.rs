@@ -1,5 +1,6 @@
-//! The `shardfs` command line, run as a user would: no terminal, no
-//! `SHARDFS_META` or `SHARDFS_LOG` from the environment.
+//! The `shardfs` command line, run as a user would: no terminal, and
+//! none of the test's own `SHARDFS_*` settings (metaservers, log, CA,
+//! token) from the environment.
 
 use std::process::{Command, Output, Stdio};
 
@@ -13,6 +14,10 @@ pub fn shardfs(meta: &str) -> Command {
         .args(["--meta", meta])
         .env_remove("SHARDFS_META")
         .env_remove("SHARDFS_LOG")
+        .env_remove("SHARDFS_CA")
+        .env_remove("SHARDFS_INSECURE")
+        .env_remove("SHARDFS_TOKEN")
+        .env_remove("SHARDFS_TOKEN_FILE")
         .stdin(Stdio::null());
     command
 }

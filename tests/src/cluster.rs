@@ -79,7 +79,26 @@ impl TlsDir {
                 ca
             }
         };
+        let token = dir.join("admin.token");
+        if !token.exists() {
+            let (text, _) = shardfs_proto::token::new_token("harness-admin").expect("a token");
+            shardfs_client::certs::write_private(&token, &format!("{text}\n"))
+                .expect("write the admin token");
+        }
         Self { dir, ca }
+    }
+
+    /// The bootstrap admin token every metaserver accepts.
+    pub fn admin_token_file(&self) -> PathBuf {
+        self.dir.join("admin.token")
+    }
+
+    /// The text of the bootstrap admin token.
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.admin_token_file())
+            .expect("the admin token")
+            .trim()
+            .to_string()
     }
 
     pub fn ca_path(&self) -> PathBuf {
@@ -281,6 +300,8 @@ impl Cluster {
             .arg(self.meta_dir(id))
             .args(RAFT_TIMING)
             .args(self.tls.server_args(Member::Meta(id)))
+            .arg("--admin-token-file")
+            .arg(self.tls.admin_token_file())
             .args(&self.meta_args)
             .env("RUST_LOG", "info,openraft=warn");
         if let Some(peers) = peers {
@@ -330,13 +351,19 @@ impl Cluster {
 
     /// A client over every metaserver ever started.
     pub fn meta(&self) -> MetaClient {
-        MetaClient::new(&self.meta_addrs, &self.tls.client()).unwrap()
+        MetaClient::new(&self.meta_addrs, &self.tls.client())
+            .unwrap()
+            .with_token(&self.tls.admin_token())
+            .unwrap()
     }
 
     /// A client over the running metaservers only.
     pub fn running_meta(&self) -> MetaClient {
         let addrs: Vec<String> = self.metas.values().map(|m| m.addr.clone()).collect();
-        MetaClient::new(&addrs, &self.tls.client()).unwrap()
+        MetaClient::new(&addrs, &self.tls.client())
+            .unwrap()
+            .with_token(&self.tls.admin_token())
+            .unwrap()
     }
 
     /// The status as metaserver `id` sees it (`None` if it does not answer
@@ -508,10 +535,14 @@ impl Cluster {
             .expect("connect")
     }
 
-    /// `config`, trusting this cluster's CA unless it says otherwise.
+    /// `config`, trusting this cluster's CA and holding its admin token
+    /// unless it says otherwise.
     pub fn secured(&self, mut config: ClientConfig) -> ClientConfig {
         if config.security.is_none() {
             config.security = Some(self.tls.client());
+        }
+        if config.token.is_none() {
+            config.token = Some(self.tls.admin_token());
         }
         config
     }
@@ -523,10 +554,14 @@ impl Cluster {
     }
 
     /// The `shardfs` binary against this cluster (`--meta` and `--ca`
-    /// given); add arguments and run it.
+    /// given, the admin token in `SHARDFS_TOKEN`); add arguments and run
+    /// it.
     pub fn shardfs(&self) -> Command {
         let mut command = crate::cli::shardfs(&self.meta_addrs.join(","));
-        command.arg("--ca").arg(self.tls.ca_path());
+        command
+            .arg("--ca")
+            .arg(self.tls.ca_path())
+            .env("SHARDFS_TOKEN", self.tls.admin_token());
         command
     }
 

@@ -352,6 +352,7 @@ async fn cli_put_and_get_as_users_retry_them() {
             .args(["-qec", &line, "/dev/null"])
             .env("COLUMNS", "120")
             .env("SHARDFS_CA", cluster.tls.ca_path())
+            .env("SHARDFS_TOKEN", cluster.tls.admin_token())
             .stdin(Stdio::null())
             .output()
             .unwrap();

@@ -403,6 +403,7 @@ async fn foreground_mount_unmounts_on_ctrl_c_and_bad_mounts_say_why() {
     );
     let out = Command::new("unshare")
         .args(["-m", "sh", "-c", &script])
+        .env("SHARDFS_TOKEN", cluster.tls.admin_token())
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -415,6 +416,7 @@ async fn foreground_mount_unmounts_on_ctrl_c_and_bad_mounts_say_why() {
         .args(["--meta", &cluster.meta_addrs.join(",")])
         .arg("--ca")
         .arg(cluster.tls.ca_path())
+        .env("SHARDFS_TOKEN", cluster.tls.admin_token())
         .args(["mount", "/fg", mnt.to_str().unwrap(), "--foreground"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -423,3 +423,237 @@ async fn relay_to(target: &str) -> (String, std::sync::Arc<std::sync::Mutex<Vec<
     });
     (addr, recorded)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tokens_grant_their_role_on_their_prefix_and_nothing_once_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(dir.path(), 3).await;
+    let want = victim(&cluster, "/victim/data.bin").await;
+    let admin = cluster.meta();
+    let reader = admin
+        .create_token("reader-x", "reader", "/datasets/x")
+        .await
+        .unwrap();
+    let writer = admin
+        .create_token("writer-x", "writer", "/datasets/x")
+        .await
+        .unwrap();
+    let listed = admin.list_tokens().await.unwrap();
+    let names: Vec<&str> = listed.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["reader-x", "writer-x"]);
+    assert!(listed.iter().all(|t| t.prefix == "/datasets/x"));
+    // The same name twice is refused; so is a role that does not exist.
+    let again = admin
+        .create_token("reader-x", "reader", "/")
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::AlreadyExists, "{again:?}");
+    let bad = admin
+        .create_token("odd", "superuser", "/")
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument, "{bad:?}");
+
+    let as_token = |token: &str| {
+        let mut config = chunked(CHUNK);
+        config.token = Some(token.to_string());
+        config
+    };
+    let bytes = data(3 * CHUNK + 1, "tokens");
+    // The writer writes inside its prefix, and reads back what it wrote.
+    let writing = cluster.client(as_token(&writer)).await;
+    writing
+        .put_bytes(
+            Bytes::from(bytes.clone()),
+            "/datasets/x/a.bin",
+            &PutOptions::default(),
+        )
+        .await
+        .unwrap();
+    let back = shardfs_client::read_all(&writing, "/datasets/x/a.bin")
+        .await
+        .unwrap();
+    assert_eq!(hash(&back), hash(&bytes));
+    // ... but not outside it, where it may not even look.
+    let outside = writing
+        .put_bytes(
+            Bytes::from(bytes.clone()),
+            "/victim/evil.bin",
+            &PutOptions::default(),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(outside.contains("only under /datasets/x"), "{outside}");
+    let err = shardfs_client::read_all(&writing, "/victim/data.bin")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("only under /datasets/x"), "{err}");
+
+    // The reader reads its prefix, and writes nothing, even there.
+    let reading = cluster.client(as_token(&reader)).await;
+    let back = shardfs_client::read_all(&reading, "/datasets/x/a.bin")
+        .await
+        .unwrap();
+    assert_eq!(hash(&back), hash(&bytes));
+    let denied = reading
+        .put_bytes(
+            Bytes::from(bytes.clone()),
+            "/datasets/x/b.bin",
+            &PutOptions::default(),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(denied.contains("needs the writer role"), "{denied}");
+    let denied = reading
+        .remove("/datasets/x/a.bin", false)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(denied.contains("needs the writer role"), "{denied}");
+
+    // Cluster administration needs an admin: a writer cannot add a
+    // metaserver, drain a chunk server or make tokens.
+    let writer_meta = writing.meta();
+    let refused = writer_meta
+        .add_metaserver(9, "127.0.0.1:1", false)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused.message().contains("needs the admin role"),
+        "{refused:?}"
+    );
+    let refused = writer_meta.drain_chunk_server(1, false).await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    let refused = writer_meta
+        .create_token("mine", "admin", "/")
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+
+    // No token, a made-up one, and a revoked one: UNAUTHENTICATED.
+    let nobody =
+        shardfs_proto::meta_client::MetaClient::new(&cluster.meta_addrs, &cluster.tls.client())
+            .unwrap()
+            .with_deadline(Duration::from_secs(3));
+    let refused = nobody.lookup("/victim/data.bin").await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    let made_up = format!("sfs1.writer-x.{}", "0".repeat(64));
+    let refused = nobody
+        .with_token(&made_up)
+        .unwrap()
+        .lookup("/datasets/x/a.bin")
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    admin.revoke_token("writer-x").await.unwrap();
+    let refused = writer_meta.lookup("/datasets/x/a.bin").await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    assert!(refused.message().contains("revoked"), "{refused:?}");
+    let refused = admin.revoke_token("writer-x").await.unwrap_err();
+    assert_eq!(refused.code(), Code::NotFound, "{refused:?}");
+
+    // Every refusal was logged with who asked; nothing was lost.
+    let logs: String = (1..=3).map(|id| cluster.meta_log(id)).collect();
+    assert!(logs.contains("shardfs::audit"), "no audit lines");
+    assert!(
+        logs.contains("refused: token writer-x is not valid here"),
+        "revocation not audited"
+    );
+    intact(&cluster, "/victim/data.bin", want).await;
+    let kept = shardfs_client::read_all(&cluster.client(chunked(CHUNK)).await, "/datasets/x/a.bin")
+        .await
+        .unwrap();
+    assert_eq!(hash(&kept), hash(&bytes));
+}
+
+#[test]
+fn the_command_line_makes_lists_and_revokes_tokens_and_guards_token_files() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = runtime.block_on(Cluster::start(dir.path(), 1));
+    let out = dir.path().join("reader.token");
+    let made = cluster.cli(&[
+        "admin",
+        "token",
+        "create",
+        "--name",
+        "cli-reader",
+        "--role",
+        "reader",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(made.status.success(), "{}", stderr(&made));
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&out).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    let listed = cluster.cli(&["admin", "token", "list", "--json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(rows[0]["name"], "cli-reader");
+    assert_eq!(rows[0]["role"], "reader");
+    assert!(
+        !String::from_utf8_lossy(&listed.stdout).contains("sfs1."),
+        "a secret was listed"
+    );
+    // The reader's file works; made readable by others, it is refused.
+    let ls = cluster
+        .shardfs()
+        .env_remove("SHARDFS_TOKEN")
+        .args(["--token-file", out.to_str().unwrap(), "ls", "/"])
+        .output()
+        .unwrap();
+    assert!(ls.status.success(), "{}", stderr(&ls));
+    std::fs::set_permissions(&out, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let ls = cluster
+        .shardfs()
+        .env_remove("SHARDFS_TOKEN")
+        .args(["--token-file", out.to_str().unwrap(), "ls", "/"])
+        .output()
+        .unwrap();
+    assert_eq!(ls.status.code(), Some(1));
+    assert!(stderr(&ls).contains("chmod 600"), "{}", stderr(&ls));
+    let revoked = cluster.cli(&["admin", "token", "revoke", "cli-reader"]);
+    assert!(revoked.status.success(), "{}", stderr(&revoked));
+    std::fs::set_permissions(&out, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let ls = cluster
+        .shardfs()
+        .env_remove("SHARDFS_TOKEN")
+        .args(["--token-file", out.to_str().unwrap(), "ls", "/"])
+        .output()
+        .unwrap();
+    assert_eq!(ls.status.code(), Some(1));
+    assert!(stderr(&ls).contains("not valid here"), "{}", stderr(&ls));
+    // A bootstrap token is made without a cluster, and never overwritten.
+    let file = dir.path().join("boot.token");
+    let boot = shardfs_tests::cli_at(
+        "127.0.0.1:1",
+        &[
+            "admin",
+            "token",
+            "bootstrap",
+            "--out",
+            file.to_str().unwrap(),
+        ],
+    );
+    assert!(boot.status.success(), "{}", stderr(&boot));
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        shardfs_proto::token::parse_token(text.trim()).is_some(),
+        "{text}"
+    );
+    let again = shardfs_tests::cli_at(
+        "127.0.0.1:1",
+        &[
+            "admin",
+            "token",
+            "bootstrap",
+            "--out",
+            file.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(again.status.code(), Some(1));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
+}

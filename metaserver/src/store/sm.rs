@@ -27,6 +27,7 @@ use crate::codec;
 use crate::namespace::{Change, Inode, Namespace, NamespaceParts};
 use crate::retries::{Answer, RetryCache, RetryChange};
 use crate::state::{Journal, State};
+use crate::tokens::{TokenChange, TokenRecord, Tokens};
 use crate::touched::Touched;
 use crate::types::{
     CommandResult, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
@@ -40,6 +41,7 @@ const ENTRY_PREFIX: u8 = b'e';
 const SERVER_PREFIX: u8 = b's';
 const LOCATION_PREFIX: u8 = b'c';
 const RETRY_PREFIX: u8 = b'r';
+const TOKEN_PREFIX: u8 = b't';
 const SNAPSHOT_META_KEY: &[u8] = b"meta";
 const SNAPSHOT_DATA_KEY: &[u8] = b"data";
 
@@ -53,6 +55,8 @@ struct SnapshotPayload {
     locations: Vec<(ChunkId, Vec<u64>)>,
     #[serde(default)]
     retries: Vec<(Vec<u8>, Answer)>,
+    #[serde(default)]
+    tokens: Vec<(String, TokenRecord)>,
 }
 
 impl SnapshotPayload {
@@ -63,6 +67,7 @@ impl SnapshotPayload {
             servers,
             locations,
             retries: state.retries.to_parts(),
+            tokens: state.tokens.to_parts(),
         }
     }
 
@@ -77,6 +82,7 @@ impl SnapshotPayload {
                     .collect(),
             ),
             retries: RetryCache::from_parts(self.retries),
+            tokens: Tokens::from_parts(self.tokens),
         })
     }
 }
@@ -141,6 +147,16 @@ fn retry_row((id, answer): RetryChange) -> (Vec<u8>, Option<Vec<u8>>) {
     (retry_key(&id), answer.map(|a| encode(&a)))
 }
 
+fn token_key(name: &str) -> Vec<u8> {
+    let mut key = vec![TOKEN_PREFIX];
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+fn token_row((name, record): TokenChange) -> (Vec<u8>, Option<Vec<u8>>) {
+    (token_key(&name), record.map(|r| encode(&r)))
+}
+
 fn u64_at(bytes: &[u8]) -> u64 {
     let mut array = [0u8; 8];
     array.copy_from_slice(&bytes[..8]);
@@ -170,6 +186,9 @@ fn full_batch(state: &State, applied: &Option<LogId>, membership: &StoredMembers
     }
     for (id, answer) in state.retries.to_parts() {
         batch.push(retry_row((id, Some(answer))));
+    }
+    for (name, record) in state.tokens.to_parts() {
+        batch.push(token_row((name, Some(record))));
     }
     batch.push((APPLIED_KEY.to_vec(), Some(encode(applied))));
     batch.push((MEMBERSHIP_KEY.to_vec(), Some(encode(membership))));
@@ -237,6 +256,12 @@ impl StateMachine {
                 codec::decode(&value).map_err(|e| decode_error(ErrorSubject::StateMachine, e))?;
             retries.push((key[1..].to_vec(), answer));
         }
+        let mut tokens = Vec::new();
+        for (key, value) in rows(TOKEN_PREFIX)? {
+            let record: TokenRecord =
+                codec::decode(&value).map_err(|e| decode_error(ErrorSubject::StateMachine, e))?;
+            tokens.push((String::from_utf8_lossy(&key[1..]).into_owned(), record));
+        }
         let namespace = Namespace::from_parts(inodes, entries, next_inode);
         namespace.check().map_err(|why| {
             decode_error(
@@ -250,6 +275,7 @@ impl StateMachine {
                 namespace,
                 cluster: Cluster::from_parts(servers, locations),
                 retries: RetryCache::from_parts(retries),
+                tokens: Tokens::from_parts(tokens),
             })),
             applied,
             membership,
@@ -367,6 +393,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .collect();
         batch.extend(journal.cluster.into_iter().map(cluster_row));
         batch.extend(journal.retries.into_iter().map(retry_row));
+        batch.extend(journal.tokens.into_iter().map(token_row));
         batch.push((APPLIED_KEY.to_vec(), Some(encode(&self.applied))));
         if membership_changed {
             batch.push((MEMBERSHIP_KEY.to_vec(), Some(encode(&self.membership))));

@@ -34,6 +34,14 @@ pub struct Cli {
     /// Talk plaintext to a cluster started with --insecure.
     #[arg(long, env = "SHARDFS_INSECURE", value_parser = clap::builder::FalseyValueParser::new())]
     pub insecure: bool,
+    /// The token to call the metaservers with (sfs1.NAME.SECRET; default
+    /// SHARDFS_TOKEN, then SHARDFS_TOKEN_FILE, then ~/.config/shardfs/token).
+    /// A flag shows in `ps`: prefer the environment or a file.
+    #[arg(long, conflicts_with = "token_file")]
+    pub token: Option<String>,
+    /// A file holding the token (mode 0600).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -111,6 +119,11 @@ pub enum Command {
         /// Create missing parents; no error if it exists.
         #[arg(short, long)]
         parents: bool,
+    },
+    /// Access: tokens for clients (admin only).
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
     },
     /// Cluster administration.
     Cluster {
@@ -296,6 +309,58 @@ pub enum ClusterCommand {
         /// Print the paths written as JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AdminCommand {
+    /// Client tokens: create, list, revoke; and the bootstrap admin token.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print it (once: the cluster keeps only its hash).
+    Create {
+        /// Its name, as listings and the audit log show it (letters,
+        /// digits, '_' and '-').
+        #[arg(long)]
+        name: String,
+        /// reader (read), writer (read and write) or admin (also cluster
+        /// administration and tokens).
+        #[arg(long, value_parser = ["reader", "writer", "admin"])]
+        role: String,
+        /// The part of the namespace it may touch (default: all of it).
+        #[arg(long, default_value = "/")]
+        prefix: String,
+        /// Write the token to this file (mode 0600) instead of printing it.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Revoke a token: every call made with it is refused from now on.
+    Revoke {
+        /// The token's name.
+        name: String,
+    },
+    /// List the tokens (names, roles, prefixes; never secrets).
+    List {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a bootstrap admin token into FILE (mode 0600) without a
+    /// cluster: give FILE to every metaserver as --admin-token-file, and
+    /// to the first admin as SHARDFS_TOKEN_FILE.
+    Bootstrap {
+        /// The file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Its name.
+        #[arg(long, default_value = "bootstrap-admin")]
+        name: String,
     },
 }
 

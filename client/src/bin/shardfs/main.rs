@@ -20,7 +20,7 @@ use shardfs_client::{Client, ClientError, Result};
 use shardfs_proto::errln;
 use shardfs_proto::security;
 
-use args::{Cli, ClusterCommand, Command};
+use args::{AdminCommand, Cli, ClusterCommand, Command, TokenCommand};
 
 /// mimalloc, tuned by `shardfs_proto::alloc::keep_freed_memory`.
 #[global_allocator]
@@ -65,12 +65,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Completions { shell } => return cmd::docs::completions(*shell),
         Command::Man { dir } => return cmd::docs::man_pages(dir),
         Command::Mount(args) if !args.foreground => {
-            return cmd::mount::mount_in_background(
-                &cli.meta,
-                cli.ca.as_deref(),
-                cli.insecure,
-                args,
-            );
+            return cmd::mount::mount_in_background(&cli, args);
         }
         Command::Cluster {
             command: ClusterCommand::InitCa { dir },
@@ -86,9 +81,20 @@ async fn run(cli: Cli) -> Result<()> {
                     json,
                 },
         } => return cmd::cluster::issue_cert(ca_dir, *meta, *chunk, host, out.as_deref(), *json),
+        Command::Admin {
+            command:
+                AdminCommand::Token {
+                    command: TokenCommand::Bootstrap { out, name },
+                },
+        } => return cmd::admin::bootstrap(out, name),
         _ => {}
     }
     let mut config = cli.command.client_config()?;
+    config.token = match (&cli.token, &cli.token_file) {
+        (Some(token), _) => Some(token.clone()),
+        (None, Some(file)) => Some(shardfs_client::client::read_token_file(file)?),
+        (None, None) => None,
+    };
     config.security = Some(
         security::client(cli.ca.clone(), cli.insecure)
             .map_err(|e| ClientError::InvalidArgument(e.to_string()))?,
@@ -118,6 +124,19 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Rm { paths, recursive } => cmd::namespace::rm(&client, paths, recursive).await,
         Command::Mv { from, to } => cmd::namespace::mv(&client, &from, to).await,
         Command::Mkdir { paths, parents } => cmd::namespace::mkdir(&client, paths, parents).await,
+        Command::Admin {
+            command: AdminCommand::Token { command },
+        } => match command {
+            TokenCommand::Create {
+                name,
+                role,
+                prefix,
+                out,
+            } => cmd::admin::create(&client, &name, &role, &prefix, out.as_deref()).await,
+            TokenCommand::Revoke { name } => cmd::admin::revoke(&client, &name).await,
+            TokenCommand::List { json } => cmd::admin::list(&client, json).await,
+            TokenCommand::Bootstrap { .. } => unreachable!("handled before connecting"),
+        },
         Command::Cluster { command } => match command {
             ClusterCommand::Status { json } => cmd::cluster::cluster_status(&client, json).await,
             ClusterCommand::Drain { id, cancel } => cmd::cluster::drain(&client, id, cancel).await,

@@ -2,6 +2,7 @@
 //! connected [`shardfs_client::Client`] (or none) and its parsed
 //! arguments, and prints what it did.
 
+pub mod admin;
 pub mod bench;
 pub mod cluster;
 pub mod docs;

@@ -23,13 +23,20 @@ pub const MOUNT_LOG_ENV: &str = "SHARDFS_MOUNT_LOG";
 /// `shardfs mount` without --foreground: starts `shardfs mount
 /// --foreground` in a new session and returns once it has mounted (or says
 /// why it could not).
-pub fn mount_in_background(
-    meta: &str,
-    ca: Option<&std::path::Path>,
-    insecure: bool,
-    args: &MountArgs,
-) -> Result<()> {
+/// The mount's own process gets the same metaservers, CA and token as
+/// this one (a token given as a flag travels in the environment, out of
+/// `ps`).
+pub fn mount_in_background(cli: &crate::args::Cli, args: &MountArgs) -> Result<()> {
     use std::io::{BufRead, Read};
+    // The mount runs elsewhere than the caller's directory.
+    let absolute = |path: &Option<std::path::PathBuf>| match path {
+        Some(p) => std::path::absolute(p)
+            .map(Some)
+            .map_err(|e| ClientError::local(p, e)),
+        None => Ok(None),
+    };
+    let (meta, insecure) = (&cli.meta, cli.insecure);
+    let (ca, token_file) = (absolute(&cli.ca)?, absolute(&cli.token_file)?);
     use std::os::unix::process::CommandExt;
     let mountpoint = args
         .mountpoint
@@ -41,11 +48,15 @@ pub fn mount_in_background(
         .arg("--meta")
         .arg(meta)
         .args(
-            ca.map(|ca| [std::ffi::OsStr::new("--ca"), ca.as_os_str()])
-                .into_iter()
-                .flatten(),
+            ca.iter()
+                .flat_map(|ca| [std::ffi::OsStr::new("--ca"), ca.as_os_str()]),
         )
         .args(insecure.then_some("--insecure"))
+        .args(
+            token_file
+                .iter()
+                .flat_map(|f| [std::ffi::OsStr::new("--token-file"), f.as_os_str()]),
+        )
         .arg("mount")
         .arg(&args.remote)
         .arg(&mountpoint)
@@ -58,6 +69,9 @@ pub fn mount_in_background(
     if let Some(log) = std::env::var_os(MOUNT_LOG_ENV) {
         let log = std::path::absolute(&log).map_err(|e| ClientError::local(&log, e))?;
         command.env(MOUNT_LOG_ENV, log);
+    }
+    if let Some(token) = &cli.token {
+        command.env(shardfs_client::TOKEN_ENV, token);
     }
     command
         // Not the caller's directory: the mount would keep it busy.
