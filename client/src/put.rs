@@ -328,7 +328,13 @@ impl Client {
             .meta
             .allocate(&wanted, replication, &[])
             .await
-            .map_err(|s| unwritable(status_cause(&s)))?;
+            .map_err(|s| match s.code() {
+                // Not the chunk's fault: the caller may not write here.
+                tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => {
+                    ClientError::meta(path, s)
+                }
+                _ => unwritable(status_cause(&s)),
+            })?;
         if placements.len() != chunks.len() {
             return Err(unwritable(format!(
                 "the metaserver placed {} of {} chunks",

@@ -48,9 +48,13 @@ impl MetaServiceImpl {
         paths: &[&str],
         what: &str,
     ) -> Result<Caller, Status> {
+        let records = |name: &str| {
+            self.node
+                .read_local(|state| state.tokens.get(name).cloned())
+        };
         self.metaserver
             .authority
-            .check(&self.node, request, right, paths, what)
+            .check(records, request, right, paths, what)
     }
 }
 

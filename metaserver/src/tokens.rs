@@ -26,7 +26,6 @@ use shardfs_proto::security::{META_NAME, Peer, PeerIdentity};
 use tonic::{Request, Status};
 
 use crate::namespace::NsError;
-use crate::node::MetaNode;
 
 pub use shardfs_proto::meta_client::AUTHORIZATION;
 pub use shardfs_proto::token::{check_name, hash_secret, new_token, parse_token};
@@ -212,11 +211,12 @@ impl Authority {
 
     /// Who made `request`, if they may `right` on every one of `paths`;
     /// else UNAUTHENTICATED (no usable token) or PERMISSION_DENIED (naming
-    /// the path and the right missing). `what` names the call in the
-    /// audit log, which records every refusal and every change allowed.
+    /// the path and the right missing). `records` finds a token's record
+    /// in the replicated state. `what` names the call in the audit log,
+    /// which records every refusal and every change allowed.
     pub fn check<T>(
         &self,
-        node: &MetaNode,
+        records: impl FnOnce(&str) -> Option<TokenRecord>,
         request: &Request<T>,
         right: Right,
         paths: &[&str],
@@ -227,7 +227,7 @@ impl Authority {
         let caller = match peer.map(|p| &p.identity) {
             Some(PeerIdentity::Insecure) => Caller::Insecure,
             _ if peer.is_some_and(|p| p.is(META_NAME)) => Caller::Member,
-            _ => match self.token_caller(node, request) {
+            _ => match self.token_caller(records, request) {
                 Ok(caller) => caller,
                 Err(why) => {
                     tracing::warn!(target: "shardfs::audit", %from, what, "refused: {why}");
@@ -262,7 +262,11 @@ impl Authority {
         Ok(caller)
     }
 
-    fn token_caller<T>(&self, node: &MetaNode, request: &Request<T>) -> Result<Caller, String> {
+    fn token_caller<T>(
+        &self,
+        records: impl FnOnce(&str) -> Option<TokenRecord>,
+        request: &Request<T>,
+    ) -> Result<Caller, String> {
         let Some(value) = request.metadata().get(AUTHORIZATION) else {
             return Err(
                 "no token: set SHARDFS_TOKEN (`source cluster.env` sets it) or pass --token".into(),
@@ -284,8 +288,7 @@ impl Authority {
                 prefix: "/".into(),
             });
         }
-        let record = node.read_local(|state| state.tokens.get(name).cloned());
-        match record {
+        match records(name) {
             // blake3::Hash compares in constant time.
             Some(record) if presented == blake3::Hash::from_bytes(record.hash) => {
                 Ok(Caller::Token {

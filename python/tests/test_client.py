@@ -165,6 +165,22 @@ def test_the_cluster_is_reached_over_tls_with_its_own_ca(cluster, tmp_path, monk
     # Plaintext to a TLS cluster, and no CA at all: say what to do.
     with pytest.raises(ConnectionError, match="speaks TLS"):
         shardfs.Client(cluster.meta, insecure=True)
+    # A reader's token reads, and writing raises PermissionError.
+    reader = subprocess.run(
+        [str(cluster.bin / "shardfs"), "--meta", cluster.meta,
+         "admin", "token", "create", "--name", "py-reader", "--role", "reader", "--prefix", "/py"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()
+    monkeypatch.setenv("SHARDFS_TOKEN", reader)
+    as_reader = shardfs.Client(cluster.meta)
+    assert digest(as_reader.get("/py/tls.bin")) == digest(data)
+    with pytest.raises(PermissionError, match="writer role"):
+        as_reader.put(b"no", "/py/denied.bin")
+    with pytest.raises(PermissionError, match="only under /py"):
+        as_reader.ls("/")
+    monkeypatch.setenv("SHARDFS_TOKEN", "sfs1.nobody." + "0" * 64)
+    with pytest.raises(PermissionError, match="not valid here"):
+        shardfs.Client(cluster.meta).get("/py/tls.bin")
     monkeypatch.delenv("SHARDFS_CA")
     with pytest.raises(ValueError, match="SHARDFS_CA"):
         shardfs.Client(cluster.meta)
