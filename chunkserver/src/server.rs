@@ -36,6 +36,12 @@ pub async fn run(
     security: Security,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ChunkError> {
+    if security.is_tls() && security.acceptor().is_none() {
+        return Err(ChunkError::Serving(
+            "TLS without a certificate of this chunk server's own: give --tls-cert and --tls-key"
+                .into(),
+        ));
+    }
     let service = ChunkServiceServer::new(ChunkServiceImpl::new(
         store.clone(),
         limits.put,

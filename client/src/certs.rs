@@ -149,6 +149,15 @@ impl Ca {
     /// A certificate for `member`, also valid for `hosts` (names or IP
     /// addresses), signed by this CA.
     pub fn issue(&self, member: Member, hosts: &[String]) -> Result<Issued> {
+        // The .shardfs names say what a member is: only its own go in.
+        if let Some(reserved) = hosts.iter().find(|h| {
+            let h = h.trim_end_matches('.').to_ascii_lowercase();
+            h == "shardfs" || h.ends_with(".shardfs")
+        }) {
+            return Err(ClientError::InvalidArgument(format!(
+                "--host {reserved}: names ending in .shardfs are the members' own (a certificate gets its kind and id by itself)"
+            )));
+        }
         let mut names = member.names();
         names.extend(hosts.iter().cloned());
         let mut params = CertificateParams::new(names)
@@ -235,6 +244,12 @@ mod tests {
             .issue_into(Member::Chunk(4), &["127.0.0.1".into()], dir.path())
             .unwrap();
         assert!(cert.ends_with("chunk-4.pem") && key.ends_with("chunk-4.key"));
+        for reserved in ["meta.shardfs", "*.shardfs", "META.SHARDFS."] {
+            assert!(
+                loaded.issue(Member::Chunk(4), &[reserved.into()]).is_err(),
+                "{reserved}"
+            );
+        }
         // The member's files load as a server identity under this CA.
         let files = shardfs_proto::security::TlsFiles {
             ca: ca_path,

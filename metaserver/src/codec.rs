@@ -123,6 +123,15 @@ mod tests {
         // A million nestings, written by hand (variant index, empty id, at_ms
         // 0, ...): refused at the second level, not by overflowing the stack.
         let once_variant = 9u8;
+        let probe = encode(&Command::Once {
+            request_id: Vec::new(),
+            at_ms: 0,
+            command: Box::new(Command::RemoveChunkServer { id: 1 }),
+        });
+        assert_eq!(
+            probe[1], once_variant,
+            "Once is no longer variant {once_variant}"
+        );
         let mut deep = vec![POSTCARD_TAG];
         for _ in 0..1_000_000 {
             deep.extend_from_slice(&[once_variant, 0, 0]);

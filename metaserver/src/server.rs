@@ -29,6 +29,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), MetaError> {
     let node = metaserver.node.clone();
+    if node.security.is_tls() && node.security.acceptor().is_none() {
+        return Err(MetaError::Server(
+            "TLS without a certificate of this metaserver's own: give --tls-cert and --tls-key"
+                .into(),
+        ));
+    }
     let meta = MetaServiceServer::new(MetaServiceImpl::new(metaserver))
         .max_decoding_message_size(MAX_REQUEST_BYTES)
         .max_encoding_message_size(MAX_REQUEST_BYTES);

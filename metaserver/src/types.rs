@@ -82,15 +82,6 @@ pub enum Command {
     RemoveChunkServer {
         id: u64,
     },
-    /// An admin creates a token (the state keeps its hash).
-    CreateToken {
-        name: String,
-        record: crate::tokens::TokenRecord,
-    },
-    /// An admin revokes a token.
-    RevokeToken {
-        name: String,
-    },
     /// A client's call with its request id: applied once, and its retries
     /// answered from the retry cache. `at_ms` is the leader's clock, which
     /// also expires old answers.
@@ -99,6 +90,17 @@ pub enum Command {
         at_ms: u64,
         #[serde(deserialize_with = "once_inner")]
         command: Box<Command>,
+    },
+    // New variants go last: postcard numbers variants by position, and
+    // logs and snapshots written before must keep decoding.
+    /// An admin creates a token (the state keeps its hash).
+    CreateToken {
+        name: String,
+        record: crate::tokens::TokenRecord,
+    },
+    /// An admin revokes a token.
+    RevokeToken {
+        name: String,
     },
 }
 

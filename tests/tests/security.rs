@@ -533,6 +533,22 @@ async fn tokens_grant_their_role_on_their_prefix_and_nothing_once_revoked() {
         .unwrap_err();
     assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
 
+    // Tokens are in the replicated state: they survive a restart of
+    // every metaserver.
+    let mut cluster = cluster;
+    cluster.stop_metas().await;
+    for id in 1..=3 {
+        cluster.start_meta(id);
+    }
+    cluster.wait_healthy(Duration::from_secs(30)).await;
+    let reading = cluster.client(as_token(&reader)).await;
+    let back = shardfs_client::read_all(&reading, "/datasets/x/a.bin")
+        .await
+        .unwrap();
+    assert_eq!(hash(&back), hash(&bytes));
+    let admin = cluster.meta();
+    let writer_meta = cluster.client(as_token(&writer)).await.meta().clone();
+
     // No token, a made-up one, and a revoked one: UNAUTHENTICATED.
     let nobody =
         shardfs_proto::meta_client::MetaClient::new(&cluster.meta_addrs, &cluster.tls.client())

@@ -59,6 +59,28 @@ struct SnapshotPayload {
     tokens: Vec<(String, TokenRecord)>,
 }
 
+/// A snapshot written before tokens existed: postcard decodes structs by
+/// position, so a missing trailing field is not defaulted.
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapshotPayloadBeforeTokens {
+    namespace: NamespaceParts,
+    servers: Vec<(u64, ChunkServerInfo)>,
+    locations: Vec<(ChunkId, Vec<u64>)>,
+    retries: Vec<(Vec<u8>, Answer)>,
+}
+
+impl From<SnapshotPayloadBeforeTokens> for SnapshotPayload {
+    fn from(old: SnapshotPayloadBeforeTokens) -> Self {
+        Self {
+            namespace: old.namespace,
+            servers: old.servers,
+            locations: old.locations,
+            retries: old.retries,
+            tokens: Vec::new(),
+        }
+    }
+}
+
 impl SnapshotPayload {
     fn of(state: &State) -> Self {
         let (servers, locations) = state.cluster.to_parts();
@@ -332,7 +354,14 @@ impl StateMachine {
 
 /// The state a snapshot's data holds (what `InstallSnapshot` carries).
 pub fn decode_snapshot(data: &[u8]) -> Result<State, codec::DecodeError> {
-    codec::decode::<SnapshotPayload>(data)?
+    let payload = match codec::decode::<SnapshotPayload>(data) {
+        Ok(payload) => payload,
+        Err(err) => match codec::decode::<SnapshotPayloadBeforeTokens>(data) {
+            Ok(old) => old.into(),
+            Err(_) => return Err(err),
+        },
+    };
+    payload
         .into_state()
         .map_err(|why| codec::DecodeError::Invalid(format!("inconsistent namespace: {why}")))
 }
@@ -513,5 +542,45 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             meta,
             snapshot: Box::new(Cursor::new(self.data.clone())),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tokens::Role;
+
+    fn with_token() -> State {
+        let mut state = State::default();
+        let record = TokenRecord {
+            hash: [7; 32],
+            role: Role::Writer,
+            prefix: "/d".into(),
+            created_ms: 3,
+        };
+        state
+            .tokens
+            .create("w", record, &mut Vec::new())
+            .expect("a new token");
+        state
+    }
+
+    /// Tokens travel in snapshots; a snapshot written before tokens
+    /// existed still installs (with none).
+    #[test]
+    fn snapshots_keep_tokens_and_old_snapshots_still_decode() {
+        let state = with_token();
+        let back = decode_snapshot(&encode_snapshot(&state)).unwrap();
+        assert_eq!(back.tokens, state.tokens);
+        let new = SnapshotPayload::of(&state);
+        let old = SnapshotPayloadBeforeTokens {
+            namespace: new.namespace,
+            servers: new.servers,
+            locations: new.locations,
+            retries: new.retries,
+        };
+        let back = decode_snapshot(&codec::encode(&old)).unwrap();
+        assert_eq!(back.tokens, Tokens::default());
+        assert_eq!(back.namespace, state.namespace);
     }
 }
