@@ -615,31 +615,25 @@ fn the_command_line_makes_lists_and_revokes_tokens_and_guards_token_files() {
         "a secret was listed"
     );
     // The reader's file works; made readable by others, it is refused.
-    let ls = cluster
-        .shardfs()
-        .env_remove("SHARDFS_TOKEN")
-        .args(["--token-file", out.to_str().unwrap(), "ls", "/"])
-        .output()
-        .unwrap();
+    // `ls /` with the token file only.
+    let ls_with_file = || {
+        cluster
+            .shardfs()
+            .env_remove("SHARDFS_TOKEN")
+            .args(["--token-file", out.to_str().unwrap(), "ls", "/"])
+            .output()
+            .unwrap()
+    };
+    let ls = ls_with_file();
     assert!(ls.status.success(), "{}", stderr(&ls));
     std::fs::set_permissions(&out, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
-    let ls = cluster
-        .shardfs()
-        .env_remove("SHARDFS_TOKEN")
-        .args(["--token-file", out.to_str().unwrap(), "ls", "/"])
-        .output()
-        .unwrap();
+    let ls = ls_with_file();
     assert_eq!(ls.status.code(), Some(1));
     assert!(stderr(&ls).contains("chmod 600"), "{}", stderr(&ls));
     let revoked = cluster.cli(&["admin", "token", "revoke", "cli-reader"]);
     assert!(revoked.status.success(), "{}", stderr(&revoked));
     std::fs::set_permissions(&out, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let ls = cluster
-        .shardfs()
-        .env_remove("SHARDFS_TOKEN")
-        .args(["--token-file", out.to_str().unwrap(), "ls", "/"])
-        .output()
-        .unwrap();
+    let ls = ls_with_file();
     assert_eq!(ls.status.code(), Some(1));
     assert!(stderr(&ls).contains("not valid here"), "{}", stderr(&ls));
     // A bootstrap token is made without a cluster, and never overwritten.
