@@ -115,6 +115,18 @@ tls_flags() {
     if [ "$kind" = meta ]; then echo "--admin-token-file $tls/admin.token"; fi
 }
 
+# How the probe of chunk server $1 talks to it: as that server (its own
+# certificate), so that it may put and read back a chunk without a
+# capability.
+probe_flags() {
+    local id=$1
+    if [ "$insecure" = 1 ]; then
+        echo "--insecure"
+    else
+        echo "--ca $tls/ca.pem --cert $tls/chunk-$id.pem --key $tls/chunk-$id.key"
+    fi
+}
+
 build() {
     if [ -n "${SHARDFS_BIN_DIR:-}" ]; then
         for b in shardfs shardfs-meta shardfs-chunk; do
@@ -190,7 +202,8 @@ start_chunk() {
 
 wait_healthy() {
     local id=$1 port=$((base_port + id)) deadline=$((SECONDS + 30))
-    until "$bin/shardfs-chunk" probe --addr "127.0.0.1:$port" >/dev/null 2>&1; do
+    # shellcheck disable=SC2046 # the flags are words without spaces
+    until "$bin/shardfs-chunk" probe --addr "127.0.0.1:$port" $(probe_flags "$id") >/dev/null 2>&1; do
         if ! alive "$dir/chunk-$id.pid"; then
             echo "chunk server $id exited; last log lines:" >&2
             tail -n 20 "$dir/logs/chunk-$id.log" >&2
@@ -278,7 +291,8 @@ status() {
         any=1
         if alive "$pidfile"; then
             printf 'chunk server %s pid %s: ' "$id" "$(cat "$pidfile")"
-            "$bin/shardfs-chunk" probe --addr "127.0.0.1:$((base_port + id))" || down=1
+            # shellcheck disable=SC2046 # the flags are words without spaces
+            "$bin/shardfs-chunk" probe --addr "127.0.0.1:$((base_port + id))" $(probe_flags "$id") || down=1
         else
             echo "chunk server $id: not running (data kept in $dir/chunk-$id)"
             down=1

@@ -406,16 +406,27 @@ pub async fn probe(addr: &str, security: &Security, json: bool) -> anyhow::Resul
     let unreachable = |e: tonic::Status| {
         anyhow::anyhow!("chunk server at {addr} failed the probe: {}", e.message())
     };
-    client.put(id, data).await.map_err(unreachable)?;
-    let back = client.get(id, 0, None, true).await.map_err(unreachable)?;
-    if ChunkId::of(&back) != id {
-        bail!("chunk server at {addr} returned different bytes than were stored");
+    // Without a member certificate a TLS server stores and serves nothing
+    // to the probe (no capability): then its usage alone is checked.
+    let anonymous = security.is_tls() && !security.has_identity();
+    if !anonymous {
+        client.put(id, data).await.map_err(unreachable)?;
+        let back = client.get(id, 0, None, true).await.map_err(unreachable)?;
+        if ChunkId::of(&back) != id {
+            bail!("chunk server at {addr} returned different bytes than were stored");
+        }
     }
     let millis = start.elapsed().as_secs_f64() * 1e3;
     let stats = client.stats().await.map_err(unreachable)?;
+    let checked = if anonymous {
+        "usage only: give --cert/--key for a put + verified get"
+    } else {
+        "1 MiB put + verified get"
+    };
     if json {
         outln!(
-            r#"{{"addr":"{addr}","ok":true,"round_trip_ms":{millis:.1},"chunk_count":{},"used_bytes":{},"capacity_bytes":{},"free_bytes":{}}}"#,
+            r#"{{"addr":"{addr}","ok":true,"put_and_get":{},"round_trip_ms":{millis:.1},"chunk_count":{},"used_bytes":{},"capacity_bytes":{},"free_bytes":{}}}"#,
+            !anonymous,
             stats.chunk_count,
             stats.used_bytes,
             stats.capacity_bytes,
@@ -423,7 +434,7 @@ pub async fn probe(addr: &str, security: &Security, json: bool) -> anyhow::Resul
         );
     } else {
         outln!(
-            "{addr}: ok (1 MiB put + verified get in {millis:.1} ms); {} chunks, {:.1} MiB used, {:.1} GiB free",
+            "{addr}: ok ({checked} in {millis:.1} ms); {} chunks, {:.1} MiB used, {:.1} GiB free",
             stats.chunk_count,
             stats.used_bytes as f64 / (1u64 << 20) as f64,
             stats.free_bytes as f64 / (1u64 << 30) as f64

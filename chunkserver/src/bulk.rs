@@ -18,7 +18,9 @@ use tracing::{debug, warn};
 
 use crate::config::BulkLimits;
 use crate::error::ChunkError;
+use crate::gate::{Gate, Refusal};
 use crate::store::ChunkStore;
+use shardfs_proto::capability::Access;
 
 /// A bulk read connection: plaintext or TLS, blocking.
 pub enum BulkConn {
@@ -117,13 +119,16 @@ pub struct Connections {
     next: Arc<AtomicU64>,
     epoch: std::time::Instant,
     limits: BulkLimits,
+    gate: Gate,
 }
 
 impl Connections {
     /// At most `limits.connections` connections at once (see
-    /// [`crate::config::BULK_CONNECTIONS`] for the policy).
-    pub fn new(limits: BulkLimits) -> Self {
+    /// [`crate::config::BULK_CONNECTIONS`] for the policy), each read let
+    /// through by `gate`.
+    pub fn new(limits: BulkLimits, gate: Gate) -> Self {
         Self {
+            gate,
             open: Arc::default(),
             next: Arc::default(),
             epoch: std::time::Instant::now(),
@@ -190,6 +195,7 @@ impl Connections {
         }
         let registry = self.clone();
         let limits = self.limits;
+        let gate = self.gate.clone();
         let spawned = std::thread::Builder::new()
             .name("bulk-read".into())
             .spawn(move || {
@@ -201,7 +207,7 @@ impl Connections {
                             .store(registry.now_ms(), Ordering::Relaxed);
                     }
                 };
-                if let Err(e) = serve(stream, &store, &limits, mark) {
+                if let Err(e) = serve(stream, &store, &gate, &limits, mark) {
                     debug!("bulk read connection ended: {e}");
                 }
                 registry.forget(id);
@@ -248,6 +254,7 @@ fn refuse(mut stream: BulkConn, why: &str) {
 fn serve(
     mut stream: BulkConn,
     store: &ChunkStore,
+    gate: &Gate,
     limits: &BulkLimits,
     mark: impl Fn(bool),
 ) -> io::Result<()> {
@@ -278,7 +285,25 @@ fn serve(
                 "bulk request without the protocol's magic",
             ));
         };
-        match store.open_range_blocking(request.id, request.offset, request.length) {
+        let opened = gate
+            .check(None, &request.capability, Access::Read, &request.id)
+            .map_err(|refusal| match &refusal {
+                Refusal::NoKey => (Status::Error, refusal.words(&request.id)),
+                Refusal::Denied(_) => (Status::Denied, refusal.words(&request.id)),
+            })
+            .and_then(|()| {
+                store
+                    .open_range_blocking(request.id, request.offset, request.length)
+                    .map_err(|e| {
+                        let status = match &e {
+                            ChunkError::NotFound { .. } => Status::NotFound,
+                            ChunkError::OutOfRange { .. } => Status::OutOfRange,
+                            _ => Status::Error,
+                        };
+                        (status, e.to_string())
+                    })
+            });
+        match opened {
             Ok(range) => {
                 let header = ResponseHeader {
                     status: Status::Ok,
@@ -288,13 +313,8 @@ fn serve(
                 stream.write_all(&header.encode())?;
                 stream.send_file(&range.file, range.offset, range.length)?;
             }
-            Err(e) => {
-                let status = match &e {
-                    ChunkError::NotFound { .. } => Status::NotFound,
-                    ChunkError::OutOfRange { .. } => Status::OutOfRange,
-                    _ => Status::Error,
-                };
-                let mut message = e.to_string().into_bytes();
+            Err((status, message)) => {
+                let mut message = message.into_bytes();
                 message.truncate(bulk::MAX_MESSAGE_BYTES as usize);
                 let header = ResponseHeader {
                     status,

@@ -12,6 +12,7 @@ use shardfs_proto::meta::v1 as pb;
 use shardfs_proto::meta_client::MetaClient;
 use tracing::{info, warn};
 
+use crate::gate::Gate;
 use crate::store::ChunkStore;
 
 /// How often a chunk server reports.
@@ -30,11 +31,12 @@ pub struct Identity {
     pub scrub: std::sync::Arc<crate::scrub::ScrubStats>,
 }
 
-/// Runs until the task is dropped.
-pub async fn run(store: ChunkStore, meta: MetaClient, me: Identity) {
+/// Runs until the task is dropped; the capability key in each answer goes
+/// to `gate`.
+pub async fn run(store: ChunkStore, meta: MetaClient, me: Identity, gate: Gate) {
     let meta = meta.with_deadline(Duration::from_secs(3));
     loop {
-        if let Err(e) = register(&store, &meta, &me).await {
+        if let Err(e) = register(&store, &meta, &me, &gate).await {
             warn!("cannot register with the metaservers: {}", e.message());
             tokio::time::sleep(HEARTBEAT_INTERVAL).await;
             continue;
@@ -42,7 +44,7 @@ pub async fn run(store: ChunkStore, meta: MetaClient, me: Identity) {
         info!(id = me.id, addr = %me.addr, "registered with the metaservers");
         loop {
             tokio::time::sleep(HEARTBEAT_INTERVAL).await;
-            match beat(&store, &meta, &me).await {
+            match beat(&store, &meta, &me, &gate).await {
                 Ok(true) => {}
                 Ok(false) => {
                     info!("the metaservers asked this chunk server to register again");
@@ -66,6 +68,7 @@ async fn register(
     store: &ChunkStore,
     meta: &MetaClient,
     me: &Identity,
+    gate: &Gate,
 ) -> Result<(), tonic::Status> {
     let (_, _, capacity) = usage(store).await;
     let request = pb::RegisterChunkServerRequest {
@@ -74,11 +77,13 @@ async fn register(
         zone: me.zone.clone(),
         capacity_bytes: capacity,
     };
-    meta.call(|mut c| {
-        let request = request.clone();
-        async move { c.register_chunk_server(request).await }
-    })
-    .await?;
+    let registered = meta
+        .call(|mut c| {
+            let request = request.clone();
+            async move { c.register_chunk_server(request).await }
+        })
+        .await?;
+    gate.set_key(&registered.capability_key);
     // Changes up to now are covered by the inventory.
     store.take_changes();
     let mut after = None;
@@ -90,7 +95,7 @@ async fn register(
             .map_err(|e| tonic::Status::internal(e.to_string()))?;
         after = page.last().map(|(id, _)| *id);
         let ids: Vec<ChunkId> = page.into_iter().map(|(id, _)| id).collect();
-        send(store, meta, me, &ids, &[], Some(first)).await?;
+        send(store, meta, me, gate, &ids, &[], Some(first)).await?;
         first = false;
         if !more {
             return Ok(());
@@ -99,9 +104,14 @@ async fn register(
 }
 
 /// One heartbeat with the changes since the last; false: register again.
-async fn beat(store: &ChunkStore, meta: &MetaClient, me: &Identity) -> Result<bool, tonic::Status> {
+async fn beat(
+    store: &ChunkStore,
+    meta: &MetaClient,
+    me: &Identity,
+    gate: &Gate,
+) -> Result<bool, tonic::Status> {
     let (added, removed) = store.take_changes();
-    match send(store, meta, me, &added, &removed, None).await {
+    match send(store, meta, me, gate, &added, &removed, None).await {
         Ok(known) => Ok(known),
         Err(e) => {
             store.requeue_changes(&added, &removed);
@@ -114,6 +124,7 @@ async fn send(
     store: &ChunkStore,
     meta: &MetaClient,
     me: &Identity,
+    gate: &Gate,
     added: &[ChunkId],
     removed: &[ChunkId],
     inventory_first: Option<bool>,
@@ -139,5 +150,6 @@ async fn send(
             async move { c.heartbeat(request).await }
         })
         .await?;
+    gate.set_key(&response.capability_key);
     Ok(!response.reregister)
 }

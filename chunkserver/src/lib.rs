@@ -16,6 +16,8 @@
 //! - [`bench`]: the put/get throughput benchmark (`shardfs-chunk bench`).
 //! - [`bulk`]: the server side of the bulk read protocol: chunk reads on
 //!   the same port, one thread each, data sent by `sendfile(2)`.
+//! - [`gate`]: the capability check in front of chunk reads and writes on
+//!   a TLS server (the key comes with the metaservers' answers).
 //! - [`scrub`]: continuous re-hashing of every stored chunk at a bounded
 //!   rate; a corrupt copy is quarantined and reported.
 
@@ -24,6 +26,7 @@ pub mod bulk;
 pub mod config;
 pub mod convert;
 pub mod error;
+pub mod gate;
 pub mod heartbeat;
 pub mod index;
 pub mod scrub;

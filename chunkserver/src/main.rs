@@ -19,9 +19,10 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use shardfs_chunk::bench::{self, BenchArgs};
 use shardfs_chunk::config::{Config, FileConfig, LimitSettings, Overrides};
+use shardfs_chunk::gate::Gate;
 use shardfs_chunk::{ChunkStore, StoreConfig, heartbeat, server};
 use shardfs_proto::meta_client::MetaClient;
-use shardfs_proto::security::Security;
+use shardfs_proto::security::{Security, TlsFiles};
 use shardfs_proto::{errln, outln};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
@@ -41,8 +42,10 @@ enum Command {
     /// Measure put/get throughput over loopback against a fresh local server,
     /// next to this machine's BLAKE3 and fsynced disk write speeds.
     Bench(BenchArgs),
-    /// Check a running chunk server: store a fresh 1 MiB chunk, read it back
-    /// verified, delete it, and print the server's usage.
+    /// Check a running chunk server: store a 1 MiB chunk, read it back
+    /// verified, and print the server's usage. A TLS server stores and
+    /// serves only for capabilities or members: give this server's own
+    /// certificate (--cert, --key), else only its usage is checked.
     Probe {
         /// The server's address (host:port).
         #[arg(
@@ -57,6 +60,13 @@ enum Command {
         /// Talk plaintext to a server started with --insecure.
         #[arg(long, env = "SHARDFS_INSECURE", value_parser = clap::builder::FalseyValueParser::new())]
         insecure: bool,
+        /// A member certificate (PEM) to probe as, such as the server's own
+        /// --tls-cert.
+        #[arg(long, env = "SHARDFS_CHUNK_PROBE_CERT", requires = "key")]
+        cert: Option<PathBuf>,
+        /// The private key of --cert (PEM).
+        #[arg(long, env = "SHARDFS_CHUNK_PROBE_KEY", requires = "cert")]
+        key: Option<PathBuf>,
         /// Print one JSON object instead of a line of text.
         #[arg(long)]
         json: bool,
@@ -135,8 +145,10 @@ fn main() -> std::process::ExitCode {
                 addr,
                 ca,
                 insecure,
+                cert,
+                key,
                 json,
-            }) => match shardfs_proto::security::client(ca, insecure) {
+            }) => match probe_security(ca, insecure, cert, key) {
                 Ok(security) => bench::probe(&addr, &security, json).await,
                 Err(e) => Err(anyhow::anyhow!("{e}")),
             },
@@ -149,6 +161,26 @@ fn main() -> std::process::ExitCode {
             errln!("shardfs-chunk: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// How the probe talks: as a client, or as a member with a certificate.
+fn probe_security(
+    ca: Option<PathBuf>,
+    insecure: bool,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> anyhow::Result<Security> {
+    match (cert, key) {
+        (Some(cert), Some(key)) if !insecure => {
+            let ca =
+                ca.context("--cert needs --ca (or SHARDFS_CA): the cluster CA's certificate")?;
+            Ok(Security::load(&TlsFiles {
+                ca,
+                identity: Some((cert, key)),
+            })?)
+        }
+        _ => Ok(shardfs_proto::security::client(ca, insecure)?),
     }
 }
 
@@ -193,6 +225,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     info!(%addr, data_dir = %config.data_dir.display(), "chunk server listening");
     outln!("{}", shardfs_proto::process::listening_line(addr));
     std::io::stdout().flush()?;
+    let gate = Gate::new(security.is_tls());
     let scrub_stats = std::sync::Arc::new(shardfs_chunk::scrub::ScrubStats::default());
     let scrubber =
         shardfs_chunk::scrub::spawn(store.clone(), config.scrub_mb_per_s, scrub_stats.clone());
@@ -211,13 +244,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             zone: args.zone.clone(),
             scrub: scrub_stats,
         };
-        Some(tokio::spawn(heartbeat::run(store.clone(), meta, me)))
+        Some(tokio::spawn(heartbeat::run(
+            store.clone(),
+            meta,
+            me,
+            gate.clone(),
+        )))
     };
     server::run(
         listener,
         store,
         config.limits,
         security,
+        gate,
         shardfs_proto::transport::shutdown_signal(),
     )
     .await?;

@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use crate::bulk::{BulkConn, Connections};
 use crate::config::Limits;
 use crate::error::ChunkError;
+use crate::gate::Gate;
 use crate::service::ChunkServiceImpl;
 use crate::store::ChunkStore;
 
@@ -29,11 +30,13 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Serves `store` on `listener` until `shutdown` resolves, then lets
 /// in-flight calls finish (up to [`SHUTDOWN_GRACE`]) and flushes the index.
+/// Reads and writes need what `gate` asks for.
 pub async fn run(
     listener: TcpListener,
     store: ChunkStore,
     limits: Limits,
     security: Security,
+    gate: Gate,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ChunkError> {
     if security.is_tls() && security.acceptor().is_none() {
@@ -46,6 +49,7 @@ pub async fn run(
         store.clone(),
         limits.put,
         security.clone(),
+        gate.clone(),
     ))
     .max_decoding_message_size(transport::MAX_MESSAGE_BYTES)
     .max_encoding_message_size(transport::MAX_MESSAGE_BYTES);
@@ -58,7 +62,7 @@ pub async fn run(
         .initial_connection_window_size(PUT_CONNECTION_WINDOW_BYTES)
         .add_service(service);
     let (grpc_tx, grpc_rx) = mpsc::channel::<std::io::Result<Conn>>(64);
-    let bulk_connections = Connections::new(limits.bulk);
+    let bulk_connections = Connections::new(limits.bulk, gate);
     let accepting = tokio::spawn(sort_connections(
         listener,
         store.clone(),

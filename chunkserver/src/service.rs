@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
+use shardfs_proto::capability::Access;
 use shardfs_proto::chunk::v1::chunk_service_server::ChunkService;
 use shardfs_proto::chunk::v1::{
     ChunkVerdict, DeleteChunksRequest, DeleteChunksResponse, GetChunkRequest, GetChunkResponse,
@@ -16,7 +17,7 @@ use shardfs_proto::chunk::v1::{
     VerifyChunksRequest, VerifyChunksResponse, put_chunk_request,
 };
 use shardfs_proto::chunk_client::{ChunkClient, ChunkClientPool};
-use shardfs_proto::security::{META_NAME, Security, require_member};
+use shardfs_proto::security::{META_NAME, Security, peer_of, require_member};
 use shardfs_proto::{ChunkId, MAX_CHUNK_BYTES, MAX_DATA_MESSAGE_BYTES};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -25,6 +26,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::config::PutLimits;
 use crate::convert::{chunk_info, id_from_wire, ids_from_wire, stats_response};
 use crate::error::ChunkError;
+use crate::gate::Gate;
 use crate::store::{ChunkRead, ChunkStore, PutOutcome, Verdict};
 
 /// Default page size of ListChunks, and the most it returns at once.
@@ -43,18 +45,21 @@ pub struct ChunkServiceImpl {
     put: PutLimits,
     /// Other chunk servers this one copies from (repair), by address.
     peers: ChunkClientPool,
+    /// Capabilities asked of clients.
+    gate: Gate,
 }
 
 impl ChunkServiceImpl {
-    /// Serves `store`; copies from other chunk servers are dialed with
-    /// `security`.
-    pub fn new(store: ChunkStore, put: PutLimits, security: Security) -> Self {
+    /// Serves `store` to requests `gate` lets through; copies from other
+    /// chunk servers are dialed with `security`.
+    pub fn new(store: ChunkStore, put: PutLimits, security: Security, gate: Gate) -> Self {
         let permits = put.memory_bytes.clamp(MAX_CHUNK_BYTES, u32::MAX as u64) as usize;
         Self {
             store,
             put_memory: Arc::new(Semaphore::new(permits)),
             put,
             peers: ChunkClientPool::new(security),
+            gate,
         }
     }
 
@@ -92,9 +97,13 @@ impl ChunkService for ChunkServiceImpl {
         &self,
         request: Request<Streaming<PutChunkRequest>>,
     ) -> Result<Response<PutChunkResponse>, Status> {
+        let peer = peer_of(&request).cloned();
         let mut stream = request.into_inner();
         let idle = self.put.idle_timeout;
-        let (id, length) = receive_header(&mut stream, idle).await?;
+        let (id, length, capability) = receive_header(&mut stream, idle).await?;
+        self.gate
+            .check(peer.as_ref(), &capability, Access::Write, &id)
+            .map_err(|r| r.to_status(&id))?;
         if self.store.contains(id).await? {
             return Ok(Response::new(PutChunkResponse {
                 already_stored: true,
@@ -117,8 +126,12 @@ impl ChunkService for ChunkServiceImpl {
         &self,
         request: Request<GetChunkRequest>,
     ) -> Result<Response<GetStream>, Status> {
+        let peer = peer_of(&request).cloned();
         let request = request.into_inner();
         let id = id_from_wire(&request.id)?;
+        self.gate
+            .check(peer.as_ref(), &request.capability, Access::Read, &id)
+            .map_err(|r| r.to_status(&id))?;
         let read = self
             .store
             .read(id, request.offset, request.length, !request.skip_verify)
@@ -268,11 +281,11 @@ async fn next_message(
 }
 
 /// Reads the header that must open every put stream and checks the size
-/// limit before a data byte is buffered.
+/// limit before a data byte is buffered: the id, length and capability.
 async fn receive_header(
     stream: &mut Streaming<PutChunkRequest>,
     idle: Duration,
-) -> Result<(ChunkId, u64), Status> {
+) -> Result<(ChunkId, u64, Bytes), Status> {
     let first = next_message(stream, "header", idle)
         .await?
         .ok_or_else(|| Status::invalid_argument("PutChunk stream ended before its header"))?;
@@ -290,7 +303,7 @@ async fn receive_header(
         }
         .into());
     }
-    Ok((id, header.length))
+    Ok((id, header.length, header.capability))
 }
 
 /// The first data message after the header (None: the stream ended, as an

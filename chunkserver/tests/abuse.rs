@@ -288,6 +288,7 @@ fn bulk_read(addr: &str, id: ChunkId) -> Result<Vec<u8>, String> {
         id,
         offset: 0,
         length: None,
+        capability: shardfs_proto::bulk::capability_field(&[]),
     };
     stream
         .write_all(&request.encode())

@@ -376,6 +376,7 @@ async fn bulk_reads_share_the_port_with_grpc() {
         id,
         offset: 0,
         length: None,
+        capability: shardfs_proto::bulk::capability_field(&[]),
     };
     let (header, body) = ask(&mut stream, whole).await;
     assert_eq!(header.status, Status::Ok);
@@ -386,6 +387,7 @@ async fn bulk_reads_share_the_port_with_grpc() {
         id,
         offset: 1_000_000,
         length: Some(12_345),
+        capability: shardfs_proto::bulk::capability_field(&[]),
     };
     let (header, body) = ask(&mut stream, range).await;
     assert_eq!(header.status, Status::Ok);
@@ -395,6 +397,7 @@ async fn bulk_reads_share_the_port_with_grpc() {
         id,
         offset: bytes.len() as u64,
         length: Some(1),
+        capability: shardfs_proto::bulk::capability_field(&[]),
     };
     let (header, body) = ask(&mut stream, beyond).await;
     assert_eq!(header.status, Status::OutOfRange);
@@ -405,6 +408,7 @@ async fn bulk_reads_share_the_port_with_grpc() {
         id: unknown,
         offset: 0,
         length: None,
+        capability: shardfs_proto::bulk::capability_field(&[]),
     };
     let (header, body) = ask(&mut stream, missing).await;
     assert_eq!(header.status, Status::NotFound);

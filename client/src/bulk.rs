@@ -52,12 +52,19 @@ impl BulkPool {
         addr: &str,
         id: ChunkId,
         length: u64,
+        capability: &[u8],
         buffers: &Arc<BufferPool>,
     ) -> Result<Bytes, BulkError> {
+        let request = Request {
+            id,
+            offset: 0,
+            length: None,
+            capability: bulk::capability_field(capability),
+        };
         // A kept connection may have been closed by a server that restarted
         // or found it idle: then try once more on a new one.
         if let Some(stream) = self.take(addr) {
-            match self.request(stream, addr, id, length, buffers).await {
+            match self.request(stream, addr, &request, length, buffers).await {
                 Err(Attempt::Stale(_)) => {}
                 Err(Attempt::Failed(e) | Attempt::Refused(e)) => return Err(e),
                 Ok(data) => return Ok(data),
@@ -74,7 +81,7 @@ impl BulkPool {
             .bulk_stream(stream)
             .await
             .map_err(|e| BulkError::Transport(format!("TLS: {}", io_words(&e))))?;
-        self.request(stream, addr, id, length, buffers)
+        self.request(stream, addr, &request, length, buffers)
             .await
             .map_err(|e| match e {
                 Attempt::Stale(e) | Attempt::Failed(e) | Attempt::Refused(e) => e,
@@ -85,15 +92,10 @@ impl BulkPool {
         &self,
         mut stream: BulkStream,
         addr: &str,
-        id: ChunkId,
+        request: &Request,
         length: u64,
         buffers: &Arc<BufferPool>,
     ) -> Result<Bytes, Attempt> {
-        let request = Request {
-            id,
-            offset: 0,
-            length: None,
-        };
         // Nothing came back at all: the connection was dead before we used it.
         let sent = async {
             stream.write_all(&request.encode()).await?;
@@ -180,7 +182,10 @@ async fn response<R: AsyncRead + Unpin>(
             .map_err(|e| Attempt::Failed(transport(e)))?;
         let message = String::from_utf8_lossy(&message).to_string();
         return Err(match header.status {
-            Status::NotFound | Status::OutOfRange => Attempt::Refused(BulkError::Answer(message)),
+            // A refused capability would be refused over gRPC too.
+            Status::NotFound | Status::OutOfRange | Status::Denied => {
+                Attempt::Refused(BulkError::Answer(message))
+            }
             _ => Attempt::Failed(BulkError::Transport(message)),
         });
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use shardfs_proto::chunk_client::{ChunkClient, ChunkClientPool};
 use shardfs_proto::meta::v1 as pb;
-use shardfs_proto::meta_client::MetaClient;
+use shardfs_proto::meta_client::{MetaClient, Replica};
 use shardfs_proto::security::{self, Security};
 use shardfs_proto::{ChunkId, DEFAULT_CHUNK_BYTES, DfsPath, MAX_CHUNK_BYTES, MAX_REPLICATION};
 use tokio::sync::Semaphore;
@@ -347,11 +347,17 @@ impl Client {
             .map_err(|s| ClientError::meta(path.as_str(), s))
     }
 
-    /// A file's entry with the live locations of each of its chunks.
+    /// A file's entry with the live locations (addresses) of each of its
+    /// chunks.
     pub async fn stat_with_locations(&self, path: &str) -> Result<(pb::Entry, Vec<Vec<String>>)> {
         let entry = self.stat(path).await?;
         let locations = match &entry.file {
-            Some(file) => self.locate(path, &file.chunks).await?,
+            Some(file) => self
+                .locate(path, &file.chunks)
+                .await?
+                .into_iter()
+                .map(|replicas| replicas.into_iter().map(|r| r.addr).collect())
+                .collect(),
             None => Vec::new(),
         };
         Ok((entry, locations))
@@ -362,7 +368,7 @@ impl Client {
         &self,
         path: &str,
         chunks: &[pb::ChunkRef],
-    ) -> Result<Vec<Vec<String>>> {
+    ) -> Result<Vec<Vec<Replica>>> {
         const BATCH: usize = 10_000;
         let mut all = Vec::with_capacity(chunks.len());
         for batch in chunks.chunks(BATCH) {
@@ -373,7 +379,7 @@ impl Client {
             let found = self
                 .inner
                 .meta
-                .locate(&ids)
+                .locate(&ids, &[path.to_string()])
                 .await
                 .map_err(|s| ClientError::meta(path, s))?;
             all.extend(found);

@@ -15,6 +15,7 @@ use std::sync::atomic::Ordering;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use shardfs_proto::meta::v1 as pb;
+use shardfs_proto::meta_client::Replica;
 use shardfs_proto::{ChunkId, MAX_CHUNK_BYTES, MAX_CHUNKS_PER_FILE};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
@@ -376,12 +377,17 @@ impl Client {
             return Ok((chunk_ref, 0, true));
         }
         let mut failed: Vec<(String, String)> = Vec::new();
-        let mut targets = placement.targets;
+        let mut targets = Replica::pair(placement.targets, placement.target_capabilities);
         let mut sent = 0u64;
         for attempt in 0..=REPLICA_RETRIES {
-            let writes = targets.iter().map(|addr| {
+            let writes = targets.iter().map(|target| {
                 let data = data.clone();
-                async move { (addr.clone(), self.put_replica(addr, id, data).await) }
+                async move {
+                    (
+                        target.addr.clone(),
+                        self.put_replica(target, id, data).await,
+                    )
+                }
             });
             for (addr, result) in futures::future::join_all(writes).await {
                 match result {
@@ -419,7 +425,7 @@ impl Client {
                 Ok(mut placements) => {
                     let Some(p) = placements.pop() else { break };
                     stored.extend(p.stored_at);
-                    targets = p.targets;
+                    targets = Replica::pair(p.targets, p.target_capabilities);
                     if targets.is_empty() {
                         break;
                     }
@@ -447,11 +453,12 @@ impl Client {
 
     /// Sends one replica; returns the bytes sent (0 when the server already
     /// had the chunk and said so before the data went out).
-    async fn put_replica(&self, addr: &str, id: ChunkId, data: Bytes) -> Result<u64, String> {
-        let client = self.chunk_server(addr).map_err(|e| e.to_string())?;
+    async fn put_replica(&self, target: &Replica, id: ChunkId, data: Bytes) -> Result<u64, String> {
+        let client = self.chunk_server(&target.addr).map_err(|e| e.to_string())?;
         let length = data.len() as u64;
         let timeout = self.config().timeout_for(length);
-        match tokio::time::timeout(timeout, client.put(id, data)).await {
+        let put = client.put_with(id, data, target.capability.clone());
+        match tokio::time::timeout(timeout, put).await {
             Ok(Ok(_)) => {
                 self.inner
                     .counters

@@ -21,7 +21,9 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use shardfs_proto::ChunkId;
+use shardfs_proto::capability;
 use shardfs_proto::meta::v1 as pb;
+pub use shardfs_proto::meta_client::Replica;
 use tokio::io::{AsyncRead, AsyncSeek, ReadBuf};
 use tokio::task::JoinHandle;
 
@@ -51,9 +53,26 @@ pub struct ChunkSpan {
     pub id: ChunkId,
     pub offset: u64,
     pub length: u64,
-    /// Live replicas, as the metaserver last said.
-    pub locations: Vec<String>,
+    /// Live replicas with their read capabilities, as the metaserver last
+    /// said.
+    pub locations: Vec<Replica>,
 }
+
+impl ChunkSpan {
+    /// True when every replica's capability has expired (or is about to)
+    /// by this machine's clock: a fetch then asks for fresh ones first.
+    fn capabilities_expired(&self) -> bool {
+        let soon = capability::now_ms() + CAPABILITY_SLACK.as_millis() as u64;
+        !self.locations.is_empty()
+            && self.locations.iter().all(|r| {
+                capability::expires_ms(&r.capability).is_some_and(|expires| expires < soon)
+            })
+    }
+}
+
+/// How long before its stated expiry a capability counts as expired: the
+/// chunk server's clock may run ahead of this machine's.
+const CAPABILITY_SLACK: Duration = Duration::from_secs(2);
 
 /// A chunk's verified bytes, as the messages brought them.
 #[derive(Debug, Clone, Default)]
@@ -108,10 +127,14 @@ impl Client {
     /// them: their chunks are located in a few large batches.
     pub async fn layouts_of(&self, files: Vec<(String, pb::FileInfo)>) -> Result<Vec<FileLayout>> {
         const BATCH: usize = 10_000;
+        // Each id with the index of its file: a batch names the files its
+        // chunks belong to (the metaserver checks that they do).
         let mut ids = Vec::new();
-        for (path, info) in &files {
+        let mut owners = Vec::new();
+        for (n, (path, info)) in files.iter().enumerate() {
             for chunk in &info.chunks {
                 ids.push(chunk_id(path, &chunk.id)?);
+                owners.push(n);
             }
         }
         let context = match files.as_slice() {
@@ -119,11 +142,13 @@ impl Client {
             _ => "chunk locations",
         };
         let mut locations = Vec::with_capacity(ids.len());
-        for batch in ids.chunks(BATCH) {
+        for (batch, owners) in ids.chunks(BATCH).zip(owners.chunks(BATCH)) {
+            let mut paths: Vec<String> = owners.iter().map(|n| files[*n].0.clone()).collect();
+            paths.dedup();
             let found = self
                 .inner
                 .meta
-                .locate(batch)
+                .locate(batch, &paths)
                 .await
                 .map_err(|s| ClientError::meta(context, s))?;
             locations.extend(found);
@@ -171,15 +196,23 @@ impl Client {
         let mut attempts = Attempts::default();
         let mut tried: Vec<String> = Vec::new();
         let mut locations = span.locations.clone();
+        // Capabilities that have run out get refused by every replica:
+        // ask for fresh ones at once instead.
+        let first_round = u32::from(span.capabilities_expired());
         // Round 0 uses the locations the reader has; later rounds ask the
         // metaserver again, after a pause from the second on (a restarted
         // server or a new leader can take a few seconds to be seen alive).
-        for round in 0..=RELOCATE_ROUNDS {
+        for round in first_round..=RELOCATE_ROUNDS {
             if round > 0 {
                 if round > 1 {
                     tokio::time::sleep(RELOCATE_PAUSE * (1 << (round - 2))).await;
                 }
-                match self.inner.meta.locate(&[span.id]).await {
+                match self
+                    .inner
+                    .meta
+                    .locate(&[span.id], &[path.to_string()])
+                    .await
+                {
                     Ok(fresh) => locations = fresh.into_iter().next().unwrap_or_default(),
                     Err(status) => {
                         attempts.push("asking the metaserver again", status_cause(&status));
@@ -188,7 +221,7 @@ impl Client {
                 }
                 if round == 1 {
                     // Replicas that just failed go last the first time.
-                    locations.sort_by_key(|a| tried.contains(a));
+                    locations.sort_by_key(|r| tried.contains(&r.addr));
                 }
                 if locations.is_empty() {
                     continue;
@@ -198,8 +231,8 @@ impl Client {
             // keep the order above (replicas that just failed last).
             let n = locations.len();
             let start = if round == 0 { first } else { 0 };
-            let order: Vec<String> = (0..n).map(|k| locations[(start + k) % n].clone()).collect();
-            tried.extend(order.iter().cloned());
+            let order: Vec<Replica> = (0..n).map(|k| locations[(start + k) % n].clone()).collect();
+            tried.extend(order.iter().map(|r| r.addr.clone()));
             if let Some(data) = self.fetch_hedged(span, &order, &mut attempts).await {
                 return Ok(data);
             }
@@ -248,16 +281,16 @@ impl Client {
     async fn fetch_hedged(
         &self,
         span: &ChunkSpan,
-        order: &[String],
+        order: &[Replica],
         attempts: &mut Attempts,
     ) -> Option<ChunkData> {
         let counters = &self.inner.counters;
-        let ask = |addr: &str, hedge: bool| {
-            let addr = addr.to_string();
+        let ask = |replica: &Replica, hedge: bool| {
+            let replica = replica.clone();
             async move {
                 let started = Instant::now();
-                let result = self.fetch_replica(&addr, span).await;
-                (addr, hedge, started.elapsed(), result)
+                let result = self.fetch_replica(&replica, span).await;
+                (replica.addr, hedge, started.elapsed(), result)
             }
         };
         let mut running = FuturesUnordered::new();
@@ -302,7 +335,7 @@ impl Client {
                 }
                 _ = hedge_timer => {
                     counters.hedges.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(chunk = %span.id, addr = %order[next], "hedging a slow chunk read");
+                    tracing::debug!(chunk = %span.id, addr = %order[next].addr, "hedging a slow chunk read");
                     running.push(ask(&order[next], true));
                     next += 1;
                 }
@@ -318,15 +351,23 @@ impl Client {
     }
 
     /// One attempt at one replica: bytes, verified.
-    async fn fetch_replica(&self, addr: &str, span: &ChunkSpan) -> Result<ChunkData, String> {
+    async fn fetch_replica(
+        &self,
+        replica: &Replica,
+        span: &ChunkSpan,
+    ) -> Result<ChunkData, String> {
+        let addr = replica.addr.as_str();
         let timeout = self.config().timeout_for(span.length);
         let started = Instant::now();
         let mut bulk_failure = None;
         if self.inner.reads.bulk_reads() {
-            let read = self
-                .inner
-                .bulk
-                .read_chunk(addr, span.id, span.length, &self.inner.buffers);
+            let read = self.inner.bulk.read_chunk(
+                addr,
+                span.id,
+                span.length,
+                &replica.capability,
+                &self.inner.buffers,
+            );
             match tokio::time::timeout(timeout, read).await {
                 Ok(Ok(data)) => return self.verify(addr, span, vec![data]).await,
                 Ok(Err(BulkError::Answer(cause))) => return Err(cause),
@@ -347,7 +388,7 @@ impl Client {
         let left = timeout
             .saturating_sub(started.elapsed())
             .max(Duration::from_secs(1));
-        let get = client.get_pieces(span.id, 0, None, false);
+        let get = client.get_pieces_with(span.id, 0, None, false, replica.capability.clone());
         let pieces = match tokio::time::timeout(left, get).await {
             Ok(Ok(pieces)) => pieces,
             Ok(Err(status)) => {

@@ -206,6 +206,7 @@ fn main() -> anyhow::Result<()> {
             7,
             pb::LocateChunksRequest {
                 ids: vec![chunk("b").to_vec().into()],
+                paths: vec!["/a".into()],
             }
             .encode_to_vec(),
         ),

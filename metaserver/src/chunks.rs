@@ -11,7 +11,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use shardfs_proto::ChunkId;
+use shardfs_proto::capability::{self, Access, ClusterKey, ServerKey, new_cluster_key};
 use shardfs_proto::chunk::v1::ChunkVerdict;
 use shardfs_proto::chunk_client::{ChunkClient, ChunkClientPool};
 use tracing::warn;
@@ -58,7 +60,8 @@ pub struct Beat {
 pub struct Placement {
     pub id: ChunkId,
     pub stored_at: Vec<String>,
-    pub targets: Vec<String>,
+    /// Servers to write to: id and address.
+    pub targets: Vec<(ServerId, String)>,
 }
 
 /// One chunk server as status shows it.
@@ -115,6 +118,8 @@ pub struct ChunkManager {
     pub allocations: Allocations,
     /// One cached client per chunk server address.
     clients: ChunkClientPool,
+    /// How long the capabilities handed out are valid.
+    capability_ttl: Duration,
 }
 
 /// A commit that gives `chunk` another length than it has (`by` says who
@@ -127,9 +132,10 @@ fn length_mismatch(chunk: &ChunkId, claimed: u64, actual: u64, by: &str) -> Meta
 
 impl ChunkManager {
     /// The chunk server dealings of `node`; a chunk server unheard of for
-    /// `dead_after` is dead.
-    pub fn new(node: MetaNode, dead_after: Duration) -> Self {
+    /// `dead_after` is dead; capabilities are valid for `capability_ttl`.
+    pub fn new(node: MetaNode, dead_after: Duration, capability_ttl: Duration) -> Self {
         Self {
+            capability_ttl,
             clients: ChunkClientPool::new(node.security.clone()),
             node,
             liveness: Liveness::new(dead_after),
@@ -317,7 +323,7 @@ impl ChunkManager {
             placements.push(Placement {
                 id: *id,
                 stored_at: holders.iter().map(|h| addrs[h].clone()).collect(),
-                targets: targets.iter().map(|t| addrs[t].clone()).collect(),
+                targets: targets.iter().map(|t| (*t, addrs[t].clone())).collect(),
             });
         }
         Ok(placements)
@@ -418,7 +424,7 @@ impl ChunkManager {
     }
 
     /// Per chunk: the addresses of live servers that reported holding it.
-    pub fn locate(&self, chunks: &[ChunkId]) -> Result<Vec<Vec<String>>, MetaError> {
+    pub fn locate(&self, chunks: &[ChunkId]) -> Result<Vec<Vec<(ServerId, String)>>, MetaError> {
         self.ensure_leader()?;
         Ok(self.read_local(|s| {
             chunks
@@ -427,11 +433,58 @@ impl ChunkManager {
                     s.cluster
                         .holders(c)
                         .filter(|h| self.liveness.is_alive(*h))
-                        .filter_map(|h| s.cluster.servers.get(&h).map(|i| i.addr.clone()))
+                        .filter_map(|h| s.cluster.servers.get(&h).map(|i| (h, i.addr.clone())))
                         .collect()
                 })
                 .collect()
         }))
+    }
+
+    /// The cluster key capabilities are made with. The first leader asked
+    /// for it makes one and commits it (a racing proposal loses: the state
+    /// keeps the first key applied).
+    pub async fn cluster_key(&self) -> Result<ClusterKey, MetaError> {
+        if let Some(key) = self.read_local(|s| s.capability_key) {
+            return Ok(key);
+        }
+        self.ensure_leader()?;
+        let key = new_cluster_key().map_err(MetaError::Unavailable)?;
+        self.write(Command::SetCapabilityKey { key }).await?;
+        self.read_local(|s| s.capability_key).ok_or_else(|| {
+            MetaError::Unavailable("the capability key is not applied yet; try again".into())
+        })
+    }
+
+    /// The key of chunk server `id` (see `shardfs_proto::capability`).
+    pub async fn server_key(&self, id: ServerId) -> Result<ServerKey, MetaError> {
+        Ok(ServerKey::derive(&self.cluster_key().await?, id))
+    }
+
+    /// Capabilities for `access` to chunks on their servers, valid for the
+    /// configured time: `grants[i][j]` for `(chunks[i], servers[i][j])`.
+    pub async fn grant(
+        &self,
+        access: Access,
+        chunks: &[ChunkId],
+        servers: &[Vec<ServerId>],
+    ) -> Result<Vec<Vec<Bytes>>, MetaError> {
+        let cluster = self.cluster_key().await?;
+        let expires = capability::now_ms().saturating_add(self.capability_ttl.as_millis() as u64);
+        let mut keys: HashMap<ServerId, ServerKey> = HashMap::new();
+        Ok(chunks
+            .iter()
+            .zip(servers)
+            .map(|(chunk, servers)| {
+                servers
+                    .iter()
+                    .map(|server| {
+                        keys.entry(*server)
+                            .or_insert_with(|| ServerKey::derive(&cluster, *server))
+                            .mint(access, chunk, expires)
+                    })
+                    .collect()
+            })
+            .collect())
     }
 
     /// A reader got bytes that do not match `chunk` from the server at
@@ -685,8 +738,52 @@ mod tests {
     use std::collections::BTreeSet;
     use std::time::Duration;
 
+    use shardfs_proto::capability::{self, Access, CapabilityError};
+
+    use crate::cluster::ServerId;
     use crate::metaserver::LeaderSettings;
     use crate::metaserver::testing::{addr, beat, chunk, chunk_server, commit, lone_leader};
+
+    /// The first leader asked makes the cluster key and keeps it; the
+    /// capabilities it grants check with each server's own key only.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn capabilities_are_made_with_one_cluster_key_per_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = lone_leader(dir.path(), &LeaderSettings::default()).await;
+        let key = m.chunks.cluster_key().await.unwrap();
+        assert_eq!(m.chunks.cluster_key().await.unwrap(), key);
+        let x = chunk("x");
+        let grants = m
+            .chunks
+            .grant(Access::Read, &[x], &[vec![1, 2]])
+            .await
+            .unwrap();
+        let now = capability::now_ms();
+        let (one, two) = (
+            m.chunks.server_key(1).await.unwrap(),
+            m.chunks.server_key(2).await.unwrap(),
+        );
+        assert_eq!(one.check(&grants[0][0], Access::Read, &x, now), Ok(()));
+        assert_eq!(two.check(&grants[0][1], Access::Read, &x, now), Ok(()));
+        assert_eq!(
+            two.check(&grants[0][0], Access::Read, &x, now),
+            Err(CapabilityError::Forged)
+        );
+        // An hour, by default.
+        let expires = capability::expires_ms(&grants[0][0]).unwrap();
+        assert!(
+            expires >= now + 3_500_000 && expires <= now + 3_700_000,
+            "{expires} {now}"
+        );
+    }
+
+    /// The addresses of what `locate` found.
+    fn addrs_of(found: Vec<Vec<(ServerId, String)>>) -> Vec<Vec<String>> {
+        found
+            .into_iter()
+            .map(|holders| holders.into_iter().map(|(_, addr)| addr).collect())
+            .collect()
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn allocation_spreads_over_zones_and_says_why_it_cannot() {
@@ -700,7 +797,7 @@ mod tests {
         assert_eq!(targets.len(), 3, "{targets:?}");
         let zones: BTreeSet<&str> = targets
             .iter()
-            .map(|t| match t.as_str() {
+            .map(|(_, t)| match t.as_str() {
                 t if t == addr(1) || t == addr(2) => "a",
                 t if t == addr(3) => "b",
                 _ => "c",
@@ -713,7 +810,7 @@ mod tests {
             .chunks
             .allocate(&[(chunk("y"), 1 << 20)], 3, &[addr(3)])
             .unwrap();
-        assert!(!placements[0].targets.contains(&addr(3)));
+        assert!(!placements[0].targets.iter().any(|(_, a)| *a == addr(3)));
 
         let err = m
             .chunks
@@ -738,7 +835,7 @@ mod tests {
         let (a, b) = (chunk("a"), chunk("b"));
         chunk_server(&m, 1, "z1", 0, &[a]).await;
         chunk_server(&m, 2, "z2", 0, &[a, b]).await;
-        let found = m.chunks.locate(&[a, b]).unwrap();
+        let found = addrs_of(m.chunks.locate(&[a, b]).unwrap());
         assert_eq!(found[0].len(), 2);
         assert_eq!(found[1], vec![addr(2)]);
 
@@ -768,7 +865,7 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "server 2 never died");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert_eq!(m.chunks.locate(&[a]).unwrap()[0], vec![addr(1)]);
+        assert_eq!(addrs_of(m.chunks.locate(&[a]).unwrap())[0], vec![addr(1)]);
         let (views, under) = m.chunks.chunk_server_view();
         assert_eq!(views.iter().filter(|v| v.alive).count(), 1);
         assert_eq!(under, 0, "no committed file uses them");
@@ -794,7 +891,7 @@ mod tests {
         beat(&m, 1, 0, &[a, b]).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(applied(), before + 1, "b is new: one entry");
-        assert_eq!(m.chunks.locate(&[b]).unwrap()[0], vec![addr(1)]);
+        assert_eq!(addrs_of(m.chunks.locate(&[b]).unwrap())[0], vec![addr(1)]);
         // A removal of a chunk not recorded there changes nothing either.
         let (added, removed) = m
             .node

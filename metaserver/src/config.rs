@@ -39,6 +39,7 @@ pub struct FileConfig {
     pub repair_mb_per_s: Option<u64>,
     pub repair_full_scan_secs: Option<u64>,
     pub gc_grace_secs: Option<u64>,
+    pub capability_ttl: Option<Span>,
     pub first_bytes_timeout: Option<Span>,
     pub connections_per_peer: Option<usize>,
     pub tls_cert: Option<PathBuf>,
@@ -97,6 +98,10 @@ pub struct Overrides {
     /// (default 3600).
     #[arg(long, env = "SHARDFS_META_GC_GRACE_SECS")]
     pub gc_grace_secs: Option<u64>,
+    /// How long the chunk capabilities handed to clients are valid
+    /// (default 1h); a reader holding an expired one asks again.
+    #[arg(long, env = "SHARDFS_META_CAPABILITY_TTL")]
+    pub capability_ttl: Option<Span>,
     /// A new connection silent for this long is closed (default 5s).
     #[arg(long, env = "SHARDFS_META_FIRST_BYTES_TIMEOUT")]
     pub first_bytes_timeout: Option<Span>,
@@ -243,6 +248,11 @@ impl Config {
                 file.gc_grace_secs,
                 defaults.gc.grace,
             )),
+            capability_ttl: overrides
+                .capability_ttl
+                .or(file.capability_ttl)
+                .map_or(defaults.capability_ttl, |s| s.0)
+                .max(Duration::from_secs(1)),
         };
         let defaults = ConnectionLimits::default();
         let limits = ConnectionLimits {

@@ -24,7 +24,14 @@ pub struct LeaderSettings {
     pub dead_after: Duration,
     pub repair: RepairConfig,
     pub gc: GcConfig,
+    /// How long the chunk capabilities handed to clients are valid.
+    pub capability_ttl: Duration,
 }
+
+/// How long a chunk capability is valid unless configured: long enough
+/// that readers rarely ask again, short enough that a revoked token's
+/// capabilities die within the hour.
+pub const DEFAULT_CAPABILITY_TTL: Duration = Duration::from_secs(3600);
 
 impl Default for LeaderSettings {
     fn default() -> Self {
@@ -32,6 +39,7 @@ impl Default for LeaderSettings {
             dead_after: crate::liveness::DEFAULT_DEAD_AFTER,
             repair: RepairConfig::default(),
             gc: GcConfig::default(),
+            capability_ttl: DEFAULT_CAPABILITY_TTL,
         }
     }
 }
@@ -80,7 +88,11 @@ impl Metaserver {
 
     /// The owners built on a running node.
     pub fn on(node: MetaNode, settings: &LeaderSettings) -> Self {
-        let chunks = Arc::new(ChunkManager::new(node.clone(), settings.dead_after));
+        let chunks = Arc::new(ChunkManager::new(
+            node.clone(),
+            settings.dead_after,
+            settings.capability_ttl,
+        ));
         let repair = Arc::new(RepairManager::new(chunks.clone(), settings.repair.clone()));
         let gc = Arc::new(GcManager::new(chunks.clone(), settings.gc.clone()));
         Self {

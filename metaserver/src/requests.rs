@@ -140,6 +140,12 @@ pub fn locate(request: &pb::LocateChunksRequest) -> Result<Vec<ChunkId>, MetaErr
             request.ids.len()
         )));
     }
+    if request.paths.len() > MAX_LOCATE {
+        return Err(invalid(format!(
+            "{} files named in one LocateChunks call; at most {MAX_LOCATE} are accepted",
+            request.paths.len()
+        )));
+    }
     ids_from_wire(&request.ids)
 }
 
@@ -258,6 +264,7 @@ mod tests {
     fn locate_counts_before_parsing() {
         let request = pb::LocateChunksRequest {
             ids: vec![bytes::Bytes::from_static(b"x"); MAX_LOCATE + 1],
+            paths: Vec::new(),
         };
         let err = locate(&request).unwrap_err().to_string();
         assert!(err.contains("at most"), "{err}");

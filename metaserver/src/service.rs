@@ -2,8 +2,12 @@
 //! metaserver's node (namespace writes through Raft, linearizable reads)
 //! and its owners (chunk servers, repair and GC counters).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+
+use shardfs_proto::ChunkId;
+use shardfs_proto::capability::Access;
 
 use shardfs_proto::meta::v1 as pb;
 use shardfs_proto::meta::v1::meta_service_server::MetaService;
@@ -15,7 +19,7 @@ use crate::chunks::ChunkManager;
 use crate::convert::{entry_to_wire, id_from_wire};
 use crate::error::MetaError;
 use crate::metaserver::Metaserver;
-use crate::namespace::NsError;
+use crate::namespace::{Inode, NsError};
 use crate::node::MetaNode;
 use crate::requests;
 use crate::tokens::{Caller, Right, Role, TokenRecord, new_token};
@@ -37,6 +41,60 @@ impl MetaServiceImpl {
             node: metaserver.node.clone(),
             chunks: metaserver.chunks.clone(),
             metaserver,
+        }
+    }
+
+    /// The key of chunk server `id` for its register or heartbeat answer;
+    /// empty (the server asks again with its next beat) while no key can
+    /// be had.
+    async fn capability_key_for(&self, id: u64) -> bytes::Bytes {
+        match self.chunks.server_key(id).await {
+            Ok(key) => key.to_wire(),
+            Err(e) => {
+                tracing::warn!("no capability key for chunk server {id} yet: {e}");
+                bytes::Bytes::new()
+            }
+        }
+    }
+
+    /// Refuses a token's LocateChunks unless every id is a chunk of one of
+    /// the files at `paths` (which the token may read, as checked): a
+    /// chunk id alone locates nothing.
+    fn check_chunks_of(
+        &self,
+        token: &str,
+        ids: &[ChunkId],
+        paths: &[String],
+    ) -> Result<(), Status> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        if paths.is_empty() {
+            return Err(Status::permission_denied(format!(
+                "token {token} must name the files whose chunks it locates"
+            )));
+        }
+        let stray = self.node.read_local(|state| {
+            let mut theirs = HashSet::new();
+            for path in paths {
+                let Ok(path) = shardfs_proto::DfsPath::parse(path) else {
+                    continue;
+                };
+                if let Ok(Inode::File(file)) = state.namespace.lookup(&path) {
+                    theirs.extend(file.chunks.iter().map(|c| c.id));
+                }
+            }
+            ids.iter().find(|id| !theirs.contains(*id)).copied()
+        });
+        match stray {
+            None => Ok(()),
+            Some(id) => {
+                tracing::warn!(target: "shardfs::audit", token, chunk = %id, ?paths, "refused: locate a chunk outside the files named");
+                Err(Status::permission_denied(format!(
+                    "chunk {id} is not part of {} (a file may have changed since it was read; a chunk id alone grants nothing)",
+                    paths.join(", ")
+                )))
+            }
         }
     }
 
@@ -301,7 +359,9 @@ impl MetaService for MetaServiceImpl {
         let request = request.into_inner();
         let info = requests::chunk_server(&request)?;
         self.chunks.register_chunk_server(request.id, info).await?;
-        Ok(Response::new(pb::RegisterChunkServerResponse {}))
+        Ok(Response::new(pb::RegisterChunkServerResponse {
+            capability_key: self.capability_key_for(id).await,
+        }))
     }
 
     async fn heartbeat(
@@ -313,7 +373,10 @@ impl MetaService for MetaServiceImpl {
         let request = request.into_inner();
         let beat = requests::beat(&request)?;
         let known = self.chunks.heartbeat(beat).await?;
-        Ok(Response::new(pb::HeartbeatResponse { reregister: !known }))
+        Ok(Response::new(pb::HeartbeatResponse {
+            reregister: !known,
+            capability_key: self.capability_key_for(id).await,
+        }))
     }
 
     async fn allocate_chunks(
@@ -325,12 +388,21 @@ impl MetaService for MetaServiceImpl {
         let (chunks, replication) = requests::allocation(&request)?;
         let placements = self
             .chunks
-            .allocate(&chunks, replication, &request.exclude)?
+            .allocate(&chunks, replication, &request.exclude)?;
+        let ids: Vec<_> = placements.iter().map(|p| p.id).collect();
+        let servers: Vec<Vec<_>> = placements
+            .iter()
+            .map(|p| p.targets.iter().map(|(server, _)| *server).collect())
+            .collect();
+        let grants = self.chunks.grant(Access::Write, &ids, &servers).await?;
+        let placements = placements
             .into_iter()
-            .map(|p| pb::ChunkPlacement {
+            .zip(grants)
+            .map(|(p, target_capabilities)| pb::ChunkPlacement {
                 id: p.id.to_vec().into(),
                 stored_at: p.stored_at,
-                targets: p.targets,
+                targets: p.targets.into_iter().map(|(_, addr)| addr).collect(),
+                target_capabilities,
             })
             .collect();
         Ok(Response::new(pb::AllocateChunksResponse { placements }))
@@ -340,16 +412,35 @@ impl MetaService for MetaServiceImpl {
         &self,
         request: Request<pb::LocateChunksRequest>,
     ) -> Result<Response<pb::LocateChunksResponse>, Status> {
-        self.allow(&request, Right::Read, &[], "locate chunks")?;
-        let ids = requests::locate(&request.into_inner())?;
-        let chunks = self
-            .chunks
-            .locate(&ids)?
+        let ids = requests::locate(request.get_ref())?;
+        let paths = request
+            .get_ref()
+            .paths
+            .iter()
+            .map(|p| requests::path(p).map(|p| p.to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let path_refs: Vec<&str> = paths.iter().map(String::as_str).collect();
+        let caller = self.allow(&request, Right::Read, &path_refs, "locate chunks")?;
+        // An admin of the whole namespace may read every file anyway.
+        if let Caller::Token { name, role, prefix } = &caller
+            && !(*role == Role::Admin && prefix == "/")
+        {
+            self.check_chunks_of(name, &ids, &paths)?;
+        }
+        let located = self.chunks.locate(&ids)?;
+        let servers: Vec<Vec<_>> = located
+            .iter()
+            .map(|holders| holders.iter().map(|(server, _)| *server).collect())
+            .collect();
+        let grants = self.chunks.grant(Access::Read, &ids, &servers).await?;
+        let chunks = located
             .into_iter()
+            .zip(grants)
             .zip(&ids)
-            .map(|(addrs, id)| pb::ChunkLocations {
+            .map(|((holders, capabilities), id)| pb::ChunkLocations {
                 id: id.to_vec().into(),
-                addrs,
+                addrs: holders.into_iter().map(|(_, addr)| addr).collect(),
+                capabilities,
             })
             .collect();
         Ok(Response::new(pb::LocateChunksResponse { chunks }))

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use shardfs_proto::capability::ClusterKey;
 use shardfs_proto::{ChunkId, DfsPath};
 
 use crate::cluster::Cluster;
@@ -24,6 +25,8 @@ pub struct Journal {
     pub retries: Vec<RetryChange>,
     /// Tokens created and revoked.
     pub tokens: Vec<TokenChange>,
+    /// The capability key, when it was set.
+    pub capability_key: Option<ClusterKey>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -32,6 +35,9 @@ pub struct State {
     pub cluster: Cluster,
     pub retries: RetryCache,
     pub tokens: Tokens,
+    /// The key chunk capabilities are made with; None until the first
+    /// leader that needs one has it committed.
+    pub capability_key: Option<ClusterKey>,
 }
 
 fn path(text: &str) -> Result<DfsPath, NsError> {
@@ -110,6 +116,13 @@ impl State {
                 .tokens
                 .revoke(name, &mut journal.tokens)
                 .map(|()| Outcome::Done),
+            Command::SetCapabilityKey { key } => {
+                if self.capability_key.is_none() {
+                    self.capability_key = Some(*key);
+                    journal.capability_key = Some(*key);
+                }
+                Ok(Outcome::Done)
+            }
             Command::RegisterChunkServer { id, info } => {
                 cluster.register(*id, info.clone(), &mut journal.cluster);
                 Ok(Outcome::Done)

@@ -102,6 +102,12 @@ pub enum Command {
     RevokeToken {
         name: String,
     },
+    /// The cluster key chunk capabilities are made with (see
+    /// `shardfs_proto::capability`); applied only while the state has none,
+    /// so the first of racing proposals wins.
+    SetCapabilityKey {
+        key: shardfs_proto::capability::ClusterKey,
+    },
 }
 
 /// The command inside a [`Command::Once`], which may not itself be a

@@ -12,7 +12,8 @@
 //! A connection carries one request at a time, any number in turn:
 //!
 //! ```text
-//! request  (52 bytes): "SFBR" | chunk id (32) | offset u64 BE | length u64 BE (u64::MAX: to the end)
+//! request  (94 bytes): "SFBR" | chunk id (32) | offset u64 BE | length u64 BE (u64::MAX: to the end)
+//!                      | read capability (42; zeros: none, see `crate::capability`)
 //! response (17 bytes): status u8 | chunk length u64 BE | n u64 BE
 //!          then n bytes: the data when status is OK, else a UTF-8 message
 //! ```
@@ -20,12 +21,14 @@
 //! A server that cannot deliver the n bytes it announced (a file truncated
 //! behind its back) closes the connection. The server never verifies these
 //! reads: only callers that hash what they receive may use the protocol.
+//! A server that speaks TLS serves a read only with a valid capability.
 
 use crate::ChunkId;
+use crate::capability::CAPABILITY_BYTES;
 
 /// The first bytes of every bulk connection and every request.
 pub const MAGIC: [u8; 4] = *b"SFBR";
-pub const REQUEST_BYTES: usize = 52;
+pub const REQUEST_BYTES: usize = 52 + CAPABILITY_BYTES;
 pub const RESPONSE_HEADER_BYTES: usize = 17;
 /// The longest error message a server sends.
 pub const MAX_MESSAGE_BYTES: u64 = 64 << 10;
@@ -38,6 +41,8 @@ pub enum Status {
     NotFound = 1,
     OutOfRange = 2,
     Error = 3,
+    /// No valid capability for the chunk.
+    Denied = 4,
 }
 
 impl Status {
@@ -47,17 +52,26 @@ impl Status {
             1 => Some(Self::NotFound),
             2 => Some(Self::OutOfRange),
             3 => Some(Self::Error),
+            4 => Some(Self::Denied),
             _ => None,
         }
     }
 }
 
-/// A read of `length` bytes (None: to the end) of chunk `id` from `offset`.
+/// A read of `length` bytes (None: to the end) of chunk `id` from
+/// `offset`, with a read capability (all zeros: none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Request {
     pub id: ChunkId,
     pub offset: u64,
     pub length: Option<u64>,
+    pub capability: [u8; CAPABILITY_BYTES],
+}
+
+/// A capability as the request field holds it: zeros unless `capability`
+/// has exactly the field's length.
+pub fn capability_field(capability: &[u8]) -> [u8; CAPABILITY_BYTES] {
+    capability.try_into().unwrap_or([0; CAPABILITY_BYTES])
 }
 
 impl Request {
@@ -67,6 +81,7 @@ impl Request {
         out[4..36].copy_from_slice(self.id.as_bytes());
         out[36..44].copy_from_slice(&self.offset.to_be_bytes());
         out[44..52].copy_from_slice(&self.length.unwrap_or(u64::MAX).to_be_bytes());
+        out[52..].copy_from_slice(&self.capability);
         out
     }
 
@@ -82,6 +97,7 @@ impl Request {
             id,
             offset,
             length: (length != u64::MAX).then_some(length),
+            capability: bytes[52..].try_into().ok()?,
         })
     }
 }
@@ -125,6 +141,7 @@ mod tests {
                 id,
                 offset: 12,
                 length,
+                capability: [length.map_or(0, |l| l as u8 | 1); CAPABILITY_BYTES],
             };
             assert_eq!(Request::decode(&request.encode()), Some(request));
         }
@@ -132,6 +149,7 @@ mod tests {
             id,
             offset: 0,
             length: None,
+            capability: capability_field(&[]),
         }
         .encode();
         bad[0] = b'P';

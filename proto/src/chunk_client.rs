@@ -86,10 +86,22 @@ impl ChunkClient {
     /// Stores `data` under `id`. Returns true when the server already had
     /// the chunk (nothing was written). The server verifies the hash first.
     pub async fn put(&self, id: ChunkId, data: Bytes) -> Result<bool, Status> {
+        self.put_with(id, data, Bytes::new()).await
+    }
+
+    /// [`ChunkClient::put`] with a write capability (see
+    /// [`crate::capability`]), as clients of a secured cluster need.
+    pub async fn put_with(
+        &self,
+        id: ChunkId,
+        data: Bytes,
+        capability: Bytes,
+    ) -> Result<bool, Status> {
         let header = PutChunkRequest {
             msg: Some(put_chunk_request::Msg::Header(PutHeader {
                 id: id.to_vec().into(),
                 length: data.len() as u64,
+                capability,
             })),
         };
         let pieces = (0..data.len())
@@ -138,11 +150,26 @@ impl ChunkClient {
         length: Option<u64>,
         server_verifies: bool,
     ) -> Result<Vec<Bytes>, Status> {
+        self.get_pieces_with(id, offset, length, server_verifies, Bytes::new())
+            .await
+    }
+
+    /// [`ChunkClient::get_pieces`] with a read capability (see
+    /// [`crate::capability`]), as clients of a secured cluster need.
+    pub async fn get_pieces_with(
+        &self,
+        id: ChunkId,
+        offset: u64,
+        length: Option<u64>,
+        server_verifies: bool,
+        capability: Bytes,
+    ) -> Result<Vec<Bytes>, Status> {
         let request = GetChunkRequest {
             id: id.to_vec().into(),
             offset,
             length,
             skip_verify: !server_verifies,
+            capability,
         };
         let mut stream = self.rpc().get_chunk(request).await?.into_inner();
         let mut pieces = Vec::new();

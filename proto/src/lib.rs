@@ -29,11 +29,14 @@
 //!   configuration gives.
 //! - [`token`]: the text of client tokens (`sfs1.NAME.SECRET`): making,
 //!   parsing and hashing them.
+//! - [`capability`]: chunk capabilities, the metaserver's signed grant to
+//!   read or write one chunk on one chunk server until an expiry.
 //! - [`span`]: [`span::Span`], a duration as operators write it (`5s`,
 //!   `250ms`, `2m`).
 
 pub mod alloc;
 pub mod bulk;
+pub mod capability;
 pub mod chunk_client;
 pub mod config;
 pub mod id;

@@ -18,6 +18,29 @@ use crate::meta::v1 as pb;
 use crate::meta::v1::meta_service_client::MetaServiceClient;
 use crate::security::{Security, ServerKind};
 
+/// One replica of a chunk as the metaserver handed it out: where it is,
+/// and the capability that chunk server asks for (empty when none came).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replica {
+    pub addr: String,
+    pub capability: bytes::Bytes,
+}
+
+impl Replica {
+    /// Addresses with the capabilities listed beside them (a list shorter
+    /// than the addresses, as an old metaserver sends, leaves them empty).
+    pub fn pair(addrs: Vec<String>, capabilities: Vec<bytes::Bytes>) -> Vec<Self> {
+        let mut capabilities = capabilities.into_iter();
+        addrs
+            .into_iter()
+            .map(|addr| Self {
+                addr,
+                capability: capabilities.next().unwrap_or_default(),
+            })
+            .collect()
+    }
+}
+
 /// The response metadata key naming the leader's address.
 pub const LEADER_METADATA: &str = "shardfs-leader";
 /// How long a call keeps looking for a leader before it gives up.
@@ -426,10 +449,17 @@ impl MetaClient {
         Ok(response.placements)
     }
 
-    /// The live chunk servers holding each of `ids`, in order.
-    pub async fn locate(&self, ids: &[crate::ChunkId]) -> Result<Vec<Vec<String>>, Status> {
+    /// The live chunk servers holding each of `ids`, in order, each with a
+    /// read capability. `paths` are the files the chunks belong to (a
+    /// caller with a token must name them).
+    pub async fn locate(
+        &self,
+        ids: &[crate::ChunkId],
+        paths: &[String],
+    ) -> Result<Vec<Vec<Replica>>, Status> {
         let request = pb::LocateChunksRequest {
             ids: ids.iter().map(|id| id.to_vec().into()).collect(),
+            paths: paths.to_vec(),
         };
         let response = self
             .call(|mut c| {
@@ -444,7 +474,11 @@ impl MetaClient {
                 ids.len()
             )));
         }
-        Ok(response.chunks.into_iter().map(|c| c.addrs).collect())
+        Ok(response
+            .chunks
+            .into_iter()
+            .map(|c| Replica::pair(c.addrs, c.capabilities))
+            .collect())
     }
 
     /// Tells the leader that the chunk server at `addr` served bytes that

@@ -300,6 +300,11 @@ impl Security {
         matches!(self, Self::Tls(_))
     }
 
+    /// True for a member: TLS with a certificate of its own.
+    pub fn has_identity(&self) -> bool {
+        self.acceptor().is_some()
+    }
+
     /// An endpoint for the server of `kind` at `addr` (`host:port`).
     pub fn endpoint(
         &self,

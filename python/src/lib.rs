@@ -199,7 +199,8 @@ impl PyClient {
             dict.set_item("id", chunk.id.to_hex())?;
             dict.set_item("offset", chunk.offset)?;
             dict.set_item("length", chunk.length)?;
-            dict.set_item("locations", chunk.locations.clone())?;
+            let addrs: Vec<&str> = chunk.locations.iter().map(|r| r.addr.as_str()).collect();
+            dict.set_item("locations", addrs)?;
             list.append(dict)?;
         }
         Ok(list)

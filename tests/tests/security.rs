@@ -272,6 +272,7 @@ async fn plaintext_and_other_clusters_certificates_are_refused() {
             id,
             offset: 0,
             length: None,
+            capability: shardfs_proto::bulk::capability_field(&[]),
         };
         stream.write_all(&request.encode()).await.unwrap();
         let mut got = Vec::new();
@@ -365,17 +366,20 @@ async fn reads_and_writes_are_encrypted_end_to_end_and_verified() {
     let info = chunks_of(&cluster, "/tls/file.bin").await;
     let id = info[0];
     let plain = &bytes[..CHUNK];
-    let (relay, recorded) = relay_to(&cluster.chunks[&1].addr).await;
+    let target = &cluster.chunks[&1].addr;
+    let capability = capability_at(&cluster, id, "/tls/file.bin", target).await;
+    let (relay, recorded) = relay_to(target).await;
     let security = cluster.tls.client();
     let via_grpc = shardfs_proto::chunk_client::ChunkClient::new(&relay, &security)
         .unwrap()
-        .get(id, 0, None, false)
+        .get_pieces_with(id, 0, None, false, capability.clone())
         .await
-        .unwrap();
+        .unwrap()
+        .concat();
     assert_eq!(&via_grpc[..], plain);
     let buffers = shardfs_client::buffers::BufferPool::new(1 << 20);
     let via_bulk = shardfs_client::bulk::BulkPool::new(security)
-        .read_chunk(&relay, id, CHUNK as u64, &buffers)
+        .read_chunk(&relay, id, CHUNK as u64, &capability, &buffers)
         .await
         .unwrap();
     assert_eq!(&via_bulk[..], plain);
@@ -388,6 +392,184 @@ async fn reads_and_writes_are_encrypted_end_to_end_and_verified() {
             "plaintext chunk bytes crossed the wire"
         );
     }
+}
+
+/// How long the capabilities of the capability test are valid.
+const SHORT_TTL: Duration = Duration::from_secs(5);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chunk_servers_serve_and_store_only_against_capabilities_the_metaserver_made() {
+    use shardfs_client::bulk::{BulkError, BulkPool};
+    use shardfs_proto::chunk_client::ChunkClient;
+    let dir = tempfile::tempdir().unwrap();
+    let ttl = format!("{}s", SHORT_TTL.as_secs());
+    let mut cluster = Cluster::start_with(dir.path(), 4, &["--capability-ttl", &ttl], &[]).await;
+    let want = victim(&cluster, "/victim/data.bin").await;
+    let id = chunks_of(&cluster, "/victim/data.bin").await[0];
+    let buffers = shardfs_client::buffers::BufferPool::new(1 << 20);
+    let security = cluster.tls.client();
+    let bulk = BulkPool::new(security.clone());
+    let located = cluster
+        .meta()
+        .locate(&[id], &["/victim/data.bin".to_string()])
+        .await
+        .unwrap();
+    let [first, second, third] = located[0].as_slice() else {
+        panic!("chunk {id} is not on three servers: {located:?}");
+    };
+    let (one, two) = (first.addr.clone(), second.addr.clone());
+    let (one, two) = (one.as_str(), two.as_str());
+    let at_one = ChunkClient::new(one, &security).unwrap();
+
+    // A chunk id alone reads nothing, over gRPC or the bulk protocol.
+    let refused = at_one.get_pieces(id, 0, None, false).await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("no capability"), "{refused:?}");
+    let refused = bulk
+        .read_chunk(one, id, CHUNK as u64, &[], &buffers)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, BulkError::Answer(m) if m.contains("no capability")),
+        "{refused:?}"
+    );
+
+    // The capability the metaserver made for this chunk on its first
+    // server reads it there, by both protocols...
+    let good = first.capability.clone();
+    let got = at_one
+        .get_pieces_with(id, 0, None, false, good.clone())
+        .await
+        .unwrap()
+        .concat();
+    assert_eq!(ChunkId::of(&got), id);
+    let got = bulk
+        .read_chunk(one, id, CHUNK as u64, &good, &buffers)
+        .await
+        .unwrap();
+    assert_eq!(ChunkId::of(&got), id);
+    // ... but not on another server, nor another chunk, nor once tampered
+    // with (a later expiry), nor to write.
+    let at_two = ChunkClient::new(two, &security).unwrap();
+    let refused = at_two
+        .get_pieces_with(id, 0, None, false, good.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("not valid"), "{refused:?}");
+    let other = chunks_of(&cluster, "/victim/data.bin").await[1];
+    let refused = at_one
+        .get_pieces_with(other, 0, None, false, good.clone())
+        .await
+        .unwrap_err();
+    assert!(refused.message().contains("not valid"), "{refused:?}");
+    let mut later = good.to_vec();
+    later[2..10].copy_from_slice(&u64::MAX.to_be_bytes());
+    let refused = bulk
+        .read_chunk(one, id, CHUNK as u64, &later, &buffers)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, BulkError::Answer(m) if m.contains("not valid")),
+        "{refused:?}"
+    );
+    let planted = Bytes::from(data(CHUNK, "planted"));
+    let planted_id = ChunkId::of(&planted);
+    for capability in [Bytes::new(), good.clone()] {
+        let refused = at_one
+            .put_with(planted_id, planted.clone(), capability)
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    }
+    assert_eq!(
+        cluster
+            .observer_chunk_client(one)
+            .has(&[planted_id])
+            .await
+            .unwrap(),
+        vec![false],
+        "a chunk was stored without a write capability"
+    );
+
+    // A reader holding a file open past the capabilities' expiry still
+    // reads it (the client asks for fresh ones), while the old capability
+    // is refused as expired.
+    let client = cluster.client(chunked(CHUNK)).await;
+    let mut reader = client.open("/victim/data.bin").await.unwrap();
+    tokio::time::sleep(SHORT_TTL + Duration::from_secs(1)).await;
+    let refused = at_one
+        .get_pieces_with(id, 0, None, false, good.clone())
+        .await
+        .unwrap_err();
+    assert!(refused.message().contains("expired"), "{refused:?}");
+    let mut back = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut back)
+        .await
+        .unwrap();
+    assert_eq!(hash(&back), want);
+    assert_eq!(
+        client.counters().replica_failures,
+        0,
+        "{:?}",
+        client.counters()
+    );
+
+    // Repair still works: members copy among themselves without
+    // capabilities. A server holding the chunk dies; its chunks are copied
+    // to the fourth.
+    let dead = cluster.chunk_id_at(&third.addr);
+    cluster.kill_chunk(dead);
+    intact_after_repair(&cluster, "/victim/data.bin", want).await;
+}
+
+/// Waits (up to a minute) until every chunk of `path` is on three servers
+/// again, then checks the file's bytes.
+async fn intact_after_repair(cluster: &Cluster, path: &str, want: String) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let ids = chunks_of(cluster, path).await;
+    loop {
+        let mut short = 0;
+        for id in &ids {
+            let mut copies = 0;
+            for server in cluster.chunks.values() {
+                let client = cluster.observer_chunk_client(&server.addr);
+                copies += client
+                    .has(&[*id])
+                    .await
+                    .unwrap()
+                    .iter()
+                    .filter(|p| **p)
+                    .count();
+            }
+            short += usize::from(copies < 3);
+        }
+        if short == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{short} chunk(s) of {path} not repaired"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    intact(cluster, path, want).await;
+}
+
+/// The read capability the metaserver hands out for chunk `id` of the
+/// file at `path` on the chunk server at `addr`.
+async fn capability_at(cluster: &Cluster, id: ChunkId, path: &str, addr: &str) -> Bytes {
+    let located = cluster
+        .meta()
+        .locate(&[id], &[path.to_string()])
+        .await
+        .unwrap();
+    located[0]
+        .iter()
+        .find(|r| r.addr == addr)
+        .unwrap_or_else(|| panic!("chunk {id} is not located at {addr}: {located:?}"))
+        .capability
+        .clone()
 }
 
 /// A TCP relay to `target` on a fresh loopback port: its address, and
@@ -496,6 +678,21 @@ async fn tokens_grant_their_role_on_their_prefix_and_nothing_once_revoked() {
         .await
         .unwrap();
     assert_eq!(hash(&back), hash(&bytes));
+    // Nor may it locate chunks of a file outside its prefix by their ids:
+    // not naming their file, naming a file of its own, or naming theirs.
+    let theirs = chunks_of(&cluster, "/victim/data.bin").await;
+    for paths in [
+        vec![],
+        vec!["/datasets/x/a.bin".to_string()],
+        vec!["/victim/data.bin".to_string()],
+    ] {
+        let refused = reading.meta().locate(&theirs, &paths).await.unwrap_err();
+        assert_eq!(
+            refused.code(),
+            Code::PermissionDenied,
+            "{paths:?}: {refused:?}"
+        );
+    }
     let denied = reading
         .put_bytes(
             Bytes::from(bytes.clone()),

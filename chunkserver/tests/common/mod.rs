@@ -24,6 +24,7 @@ pub fn put_header(id: &[u8], length: u64) -> PutChunkRequest {
         msg: Some(put_chunk_request::Msg::Header(PutHeader {
             id: Bytes::copy_from_slice(id),
             length,
+            capability: Bytes::new(),
         })),
     }
 }
@@ -122,6 +123,7 @@ impl InProcessServer {
             store.clone(),
             limits,
             Security::Insecure,
+            shardfs_chunk::gate::Gate::open(),
             async {
                 let _ = rx.await;
             },

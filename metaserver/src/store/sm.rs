@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use super::kv::{Batch, Kv, Space};
 use super::{blocking, decode_error, io_error};
 use shardfs_proto::ChunkId;
+use shardfs_proto::capability::ClusterKey;
 
 use crate::cluster::{ChunkServerInfo, Cluster, ClusterChange};
 use crate::codec;
@@ -42,6 +43,8 @@ const SERVER_PREFIX: u8 = b's';
 const LOCATION_PREFIX: u8 = b'c';
 const RETRY_PREFIX: u8 = b'r';
 const TOKEN_PREFIX: u8 = b't';
+// Keys of single values must not start with a row prefix byte below.
+const CAPABILITY_KEY: &[u8] = b"key:capability";
 const SNAPSHOT_META_KEY: &[u8] = b"meta";
 const SNAPSHOT_DATA_KEY: &[u8] = b"data";
 
@@ -57,6 +60,31 @@ struct SnapshotPayload {
     retries: Vec<(Vec<u8>, Answer)>,
     #[serde(default)]
     tokens: Vec<(String, TokenRecord)>,
+    #[serde(default)]
+    capability_key: Option<ClusterKey>,
+}
+
+/// A snapshot written before capability keys existed.
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapshotPayloadBeforeCapabilities {
+    namespace: NamespaceParts,
+    servers: Vec<(u64, ChunkServerInfo)>,
+    locations: Vec<(ChunkId, Vec<u64>)>,
+    retries: Vec<(Vec<u8>, Answer)>,
+    tokens: Vec<(String, TokenRecord)>,
+}
+
+impl From<SnapshotPayloadBeforeCapabilities> for SnapshotPayload {
+    fn from(old: SnapshotPayloadBeforeCapabilities) -> Self {
+        Self {
+            namespace: old.namespace,
+            servers: old.servers,
+            locations: old.locations,
+            retries: old.retries,
+            tokens: old.tokens,
+            capability_key: None,
+        }
+    }
 }
 
 /// A snapshot written before tokens existed: postcard decodes structs by
@@ -77,6 +105,7 @@ impl From<SnapshotPayloadBeforeTokens> for SnapshotPayload {
             locations: old.locations,
             retries: old.retries,
             tokens: Vec::new(),
+            capability_key: None,
         }
     }
 }
@@ -90,6 +119,7 @@ impl SnapshotPayload {
             locations,
             retries: state.retries.to_parts(),
             tokens: state.tokens.to_parts(),
+            capability_key: state.capability_key,
         }
     }
 
@@ -105,6 +135,7 @@ impl SnapshotPayload {
             ),
             retries: RetryCache::from_parts(self.retries),
             tokens: Tokens::from_parts(self.tokens),
+            capability_key: self.capability_key,
         })
     }
 }
@@ -212,6 +243,9 @@ fn full_batch(state: &State, applied: &Option<LogId>, membership: &StoredMembers
     for (name, record) in state.tokens.to_parts() {
         batch.push(token_row((name, Some(record))));
     }
+    if let Some(key) = &state.capability_key {
+        batch.push((CAPABILITY_KEY.to_vec(), Some(key.to_vec())));
+    }
     batch.push((APPLIED_KEY.to_vec(), Some(encode(applied))));
     batch.push((MEMBERSHIP_KEY.to_vec(), Some(encode(membership))));
     batch
@@ -238,6 +272,18 @@ impl StateMachine {
             None => StoredMembership::default(),
         };
         let next_inode = read(NEXT_INODE_KEY)?.map(|b| u64_at(&b)).unwrap_or(0);
+        let capability_key = match read(CAPABILITY_KEY)? {
+            Some(bytes) => Some(<ClusterKey>::try_from(bytes.as_slice()).map_err(|_| {
+                decode_error(
+                    ErrorSubject::StateMachine,
+                    codec::DecodeError::Invalid(format!(
+                        "the capability key is {} bytes, not 32",
+                        bytes.len()
+                    )),
+                )
+            })?),
+            None => None,
+        };
         let rows = |prefix: u8| {
             kv.range(Space::State, &[prefix], Some(&[prefix + 1]))
                 .map_err(|e| io_error(ErrorSubject::StateMachine, ErrorVerb::Read, e))
@@ -298,6 +344,7 @@ impl StateMachine {
                 cluster: Cluster::from_parts(servers, locations),
                 retries: RetryCache::from_parts(retries),
                 tokens: Tokens::from_parts(tokens),
+                capability_key,
             })),
             applied,
             membership,
@@ -356,9 +403,12 @@ impl StateMachine {
 pub fn decode_snapshot(data: &[u8]) -> Result<State, codec::DecodeError> {
     let payload = match codec::decode::<SnapshotPayload>(data) {
         Ok(payload) => payload,
-        Err(err) => match codec::decode::<SnapshotPayloadBeforeTokens>(data) {
+        Err(err) => match codec::decode::<SnapshotPayloadBeforeCapabilities>(data) {
             Ok(old) => old.into(),
-            Err(_) => return Err(err),
+            Err(_) => match codec::decode::<SnapshotPayloadBeforeTokens>(data) {
+                Ok(old) => old.into(),
+                Err(_) => return Err(err),
+            },
         },
     };
     payload
@@ -423,6 +473,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         batch.extend(journal.cluster.into_iter().map(cluster_row));
         batch.extend(journal.retries.into_iter().map(retry_row));
         batch.extend(journal.tokens.into_iter().map(token_row));
+        if let Some(key) = journal.capability_key {
+            batch.push((CAPABILITY_KEY.to_vec(), Some(key.to_vec())));
+        }
         batch.push((APPLIED_KEY.to_vec(), Some(encode(&self.applied))));
         if membership_changed {
             batch.push((MEMBERSHIP_KEY.to_vec(), Some(encode(&self.membership))));
@@ -582,5 +635,46 @@ mod tests {
         let back = decode_snapshot(&codec::encode(&old)).unwrap();
         assert_eq!(back.tokens, Tokens::default());
         assert_eq!(back.namespace, state.namespace);
+    }
+
+    /// A single value read back as a row of a part would fail the load.
+    #[test]
+    fn single_value_keys_stay_out_of_the_row_ranges() {
+        let prefixes = [
+            INODE_PREFIX,
+            ENTRY_PREFIX,
+            SERVER_PREFIX,
+            LOCATION_PREFIX,
+            RETRY_PREFIX,
+            TOKEN_PREFIX,
+        ];
+        for key in [APPLIED_KEY, MEMBERSHIP_KEY, NEXT_INODE_KEY, CAPABILITY_KEY] {
+            assert!(
+                !prefixes.contains(&key[0]),
+                "{} starts with a row prefix",
+                String::from_utf8_lossy(key)
+            );
+        }
+    }
+
+    /// The capability key travels in snapshots; one written before keys
+    /// existed still installs (without one, and with its tokens).
+    #[test]
+    fn snapshots_keep_the_capability_key_and_older_ones_still_decode() {
+        let mut state = with_token();
+        state.capability_key = Some([9; 32]);
+        let back = decode_snapshot(&encode_snapshot(&state)).unwrap();
+        assert_eq!(back.capability_key, Some([9; 32]));
+        let new = SnapshotPayload::of(&state);
+        let old = SnapshotPayloadBeforeCapabilities {
+            namespace: new.namespace,
+            servers: new.servers,
+            locations: new.locations,
+            retries: new.retries,
+            tokens: new.tokens,
+        };
+        let back = decode_snapshot(&codec::encode(&old)).unwrap();
+        assert_eq!(back.capability_key, None);
+        assert_eq!(back.tokens, state.tokens);
     }
 }
