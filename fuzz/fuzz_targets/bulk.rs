@@ -33,6 +33,16 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(request.encode(), frame);
         }
     }
+    // Whatever a client presents as a capability is refused, never a panic
+    // (a forgery that checks would need the key).
+    let key = shardfs_proto::capability::ServerKey::derive(&[7; 32], 1);
+    let id = shardfs_proto::ChunkId::of(b"fuzz");
+    for access in [
+        shardfs_proto::capability::Access::Read,
+        shardfs_proto::capability::Access::Write,
+    ] {
+        assert!(key.check(data, access, &id, 0).is_err());
+    }
     if let Some(frame) = data.get(..RESPONSE_HEADER_BYTES) {
         let frame: [u8; RESPONSE_HEADER_BYTES] = frame.try_into().expect("sized");
         if let Some(header) = ResponseHeader::decode(&frame) {
