@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A whole shardfs cluster on this machine, on loopback.
 #
-#   deploy/local-cluster.sh up [--meta N] [--chunk M] [--dir DIR] [--insecure]   build, start, check
+#   deploy/local-cluster.sh up [--meta N] [--chunk M] [--dir DIR] [--insecure] [--encrypt-at-rest]
+#                                                       build, start, check
 #   deploy/local-cluster.sh status [--dir DIR]           what runs, with a live probe
 #   deploy/local-cluster.sh down [--purge] [--dir DIR]   stop (--purge: delete data too)
 #   deploy/local-cluster.sh restart [--dir DIR]          down, then up with the same layout
@@ -20,7 +21,9 @@
 # The cluster runs TLS by default (mutual TLS between servers, certificates
 # from its own CA, made on the first "up"). --insecure starts it in
 # plaintext instead (remembered in DIR/insecure; cluster.env then sets
-# SHARDFS_INSECURE=1): for benchmarks only.
+# SHARDFS_INSECURE=1): for benchmarks only. --encrypt-at-rest (on the first
+# "up", remembered in DIR/encrypt-at-rest) encrypts every chunk server's
+# chunk files under its own key file, DIR/keys/chunk-<id>.key (0600).
 #
 # Defaults: 3 metaservers, 3 chunk servers. "up" and "restart" wait until the
 # metaservers have a leader and every chunk server is registered and alive,
@@ -35,13 +38,14 @@ chunks=3
 metas=3
 purge=0
 insecure=0
+encrypt=0
 explicit_count=0
 explicit_meta=0
 base_port=7200
 meta_base_port=7100
 
 usage() {
-    sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
     exit 2
 }
 
@@ -55,6 +59,7 @@ while [ $# -gt 0 ]; do
         --dir) dir="${2:?--dir needs a directory}"; shift 2 ;;
         --purge) purge=1; shift ;;
         --insecure) insecure=1; shift ;;
+        --encrypt-at-rest) encrypt=1; shift ;;
         -h|--help) usage ;;
         *) echo "local-cluster.sh: unknown option $1" >&2; usage ;;
     esac
@@ -81,6 +86,13 @@ setup_tls() {
     # The mode is chosen on the first "up" and kept: a TLS cluster's
     # members would refuse a plaintext one's.
     [ "${1:-}" = existing ] || mkdir -p "$dir"
+    if [ "$encrypt" = 1 ] && [ ! -f "$dir/encrypt-at-rest" ]; then
+        if compgen -G "$dir/chunk-*/chunks/*" >/dev/null; then
+            echo "local-cluster.sh: $dir already holds unencrypted chunks; purge it first to encrypt at rest" >&2
+            exit 2
+        fi
+        touch "$dir/encrypt-at-rest"
+    fi
     if [ "$insecure" = 1 ] && [ ! -f "$dir/insecure" ]; then
         if [ -f "$tls/ca.pem" ]; then
             echo "local-cluster.sh: $dir is a TLS cluster; purge it first to make an insecure one" >&2
@@ -113,6 +125,19 @@ tls_flags() {
     [ -f "$tls/$kind-$id.pem" ] || "$bin/shardfs" cluster issue-cert --ca-dir "$tls" "--$kind" "$id" >/dev/null
     echo "--tls-cert $tls/$kind-$id.pem --tls-key $tls/$kind-$id.key --tls-ca $tls/ca.pem"
     if [ "$kind" = meta ]; then echo "--admin-token-file $tls/admin.token"; fi
+}
+
+# The flags that encrypt chunk server $1's files at rest (none unless the
+# cluster was made with --encrypt-at-rest), making its key on first use.
+at_rest_flags() {
+    local id=$1 key="$dir/keys/chunk-$1.key"
+    [ -f "$dir/encrypt-at-rest" ] || return 0
+    if [ ! -f "$key" ]; then
+        mkdir -p "$dir/keys"
+        chmod 700 "$dir/keys"
+        "$bin/shardfs-chunk" keygen --out "$key" >/dev/null
+    fi
+    echo "--encryption-key-file $key"
 }
 
 # How the probe of chunk server $1 talks to it: as that server (its own
@@ -195,7 +220,7 @@ start_chunk() {
     mkdir -p "$dir/chunk-$id" "$dir/logs"
     # shellcheck disable=SC2046 # the flags are words without spaces
     nohup "$bin/shardfs-chunk" --listen "127.0.0.1:$port" --data-dir "$dir/chunk-$id" \
-        --id "$id" --zone "zone-$id" --meta "$(meta_list)" $(tls_flags chunk "$id") \
+        --id "$id" --zone "zone-$id" --meta "$(meta_list)" $(tls_flags chunk "$id") $(at_rest_flags "$id") \
         >>"$dir/logs/chunk-$id.log" 2>&1 </dev/null &
     echo $! >"$pidfile"
 }

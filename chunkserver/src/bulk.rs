@@ -19,7 +19,7 @@ use tracing::{debug, warn};
 use crate::config::BulkLimits;
 use crate::error::ChunkError;
 use crate::gate::{Gate, Refusal};
-use crate::store::ChunkStore;
+use crate::store::{ChunkStore, OpenRange};
 use shardfs_proto::capability::Access;
 
 /// A bulk read connection: plaintext or TLS, blocking.
@@ -28,8 +28,9 @@ pub enum BulkConn {
     Tls(Box<rustls::StreamOwned<rustls::ServerConnection, TcpStream>>),
 }
 
-/// How much of a chunk file a TLS connection reads before encrypting it.
-const TLS_READ_BYTES: usize = 256 << 10;
+/// How much of a chunk file is read at once when it cannot be sent by
+/// `sendfile` (TLS, or a file encrypted at rest).
+const READ_THROUGH_BYTES: usize = 256 << 10;
 
 impl BulkConn {
     /// A TLS connection after its handshake (`session` holds what it
@@ -45,31 +46,35 @@ impl BulkConn {
         }
     }
 
-    /// Sends `length` bytes of `file` from `offset`. A file that ends
-    /// early is an error: the connection must then be dropped, as the
-    /// client was promised `length` bytes.
-    fn send_file(&mut self, file: &std::fs::File, offset: u64, length: u64) -> io::Result<()> {
-        match self {
-            Self::Plain(stream) => send_file(stream, file, offset, length),
-            Self::Tls(stream) => {
-                use std::os::unix::fs::FileExt;
-                let mut buffer = vec![0u8; TLS_READ_BYTES.min(length as usize)];
-                let mut done = 0u64;
-                while done < length {
-                    let want = (length - done).min(buffer.len() as u64) as usize;
-                    let n = file.read_at(&mut buffer[..want], offset + done)?;
-                    if n == 0 {
-                        return Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "chunk file ended before its indexed length",
-                        ));
-                    }
-                    stream.write_all(&buffer[..n])?;
-                    done += n as u64;
-                }
-                stream.flush()
-            }
+    /// Sends the range of `range`'s file, decrypted when the store is
+    /// encrypted. A file that ends early is an error: the connection must
+    /// then be dropped, as the client was promised the whole range.
+    fn send_range(&mut self, range: &mut OpenRange) -> io::Result<()> {
+        let (offset, length) = (range.offset, range.length);
+        if let (Self::Plain(stream), None) = (&*self, &range.cipher) {
+            // Plaintext file to a plaintext socket: no copy at all.
+            return send_file(stream, &range.file, offset, length);
         }
+        // TLS encrypts, or the file must be decrypted: through a buffer.
+        use std::os::unix::fs::FileExt;
+        let mut buffer = vec![0u8; READ_THROUGH_BYTES.min(length as usize)];
+        let mut done = 0u64;
+        while done < length {
+            let want = (length - done).min(buffer.len() as u64) as usize;
+            let n = range.file.read_at(&mut buffer[..want], offset + done)?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "chunk file ended before its indexed length",
+                ));
+            }
+            if let Some(cipher) = &mut range.cipher {
+                cipher.apply(&mut buffer[..n]);
+            }
+            self.write_all(&buffer[..n])?;
+            done += n as u64;
+        }
+        self.flush()
     }
 }
 
@@ -304,14 +309,14 @@ fn serve(
                     })
             });
         match opened {
-            Ok(range) => {
+            Ok(mut range) => {
                 let header = ResponseHeader {
                     status: Status::Ok,
                     chunk_length: range.chunk_length,
                     n: range.length,
                 };
                 stream.write_all(&header.encode())?;
-                stream.send_file(&range.file, range.offset, range.length)?;
+                stream.send_range(&mut range)?;
             }
             Err((status, message)) => {
                 let mut message = message.into_bytes();

@@ -29,6 +29,7 @@ pub struct FileConfig {
     pub tls_key: Option<PathBuf>,
     pub tls_ca: Option<PathBuf>,
     pub insecure: Option<bool>,
+    pub encryption_key_file: Option<PathBuf>,
     /// The `[limits]` table.
     #[serde(default)]
     pub limits: LimitSettings,
@@ -190,6 +191,7 @@ pub struct Overrides {
     pub tls_ca: Option<PathBuf>,
     /// Plaintext, no member checks (false: not asked for here).
     pub insecure: bool,
+    pub encryption_key_file: Option<PathBuf>,
     pub limits: LimitSettings,
 }
 
@@ -204,6 +206,8 @@ pub struct Config {
     pub scrub_mb_per_s: u64,
     /// The TLS material (None: `--insecure`, plaintext).
     pub tls: Option<TlsFiles>,
+    /// The key file chunk files are encrypted with (None: not encrypted).
+    pub encryption_key_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -234,6 +238,7 @@ impl Config {
             listen,
             data_dir,
             tls,
+            encryption_key_file: overrides.encryption_key_file.or(file.encryption_key_file),
             capacity_bytes: overrides.capacity_bytes.or(file.capacity_bytes),
             limits: Limits::resolve(
                 overrides.put_memory_bytes.or(file.put_memory_bytes),

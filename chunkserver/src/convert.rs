@@ -20,7 +20,9 @@ impl From<ChunkError> for Status {
             ChunkError::OutOfRange { .. } => Code::OutOfRange,
             ChunkError::Corrupt { .. } | ChunkError::Truncated { .. } => Code::DataLoss,
             ChunkError::DiskFull { .. } => Code::ResourceExhausted,
-            ChunkError::Io { .. } | ChunkError::Serving(_) => Code::Internal,
+            ChunkError::Io { .. } | ChunkError::Serving(_) | ChunkError::AtRest(_) => {
+                Code::Internal
+            }
             // Failed until it is reopened (after a full disk, say): the
             // writer tries another server.
             ChunkError::Index(_) => Code::Unavailable,

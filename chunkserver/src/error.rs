@@ -25,6 +25,10 @@ pub enum ChunkError {
         received: u64,
     },
 
+    /// The store and the encryption key it was given do not agree.
+    #[error("{0}")]
+    AtRest(String),
+
     #[error("chunk {id} is not stored here")]
     NotFound { id: ChunkId },
 

@@ -4,6 +4,8 @@
 //! - [`store`]: the core. Chunk files under `chunks/ab/cd/<id>`, written
 //!   temp -> fsync -> rename -> fsync(dir), verified by hash on the way in
 //!   and (when asked) on the way out; corrupt copies go to `quarantine/`.
+//! - [`at_rest`]: encryption at rest (AES-256-CTR per chunk under a
+//!   local key file; ids stay the BLAKE3 of the plaintext).
 //! - [`index`]: the sled index behind the [`index::ChunkIndex`] trait;
 //!   rebuildable from the chunk files at any start-up.
 //! - [`service`]: the gRPC `ChunkService`, thin adapters over the store.
@@ -21,6 +23,7 @@
 //! - [`scrub`]: continuous re-hashing of every stored chunk at a bounded
 //!   rate; a corrupt copy is quarantined and reported.
 
+pub mod at_rest;
 pub mod bench;
 pub mod bulk;
 pub mod config;

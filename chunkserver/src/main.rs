@@ -17,6 +17,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use shardfs_chunk::at_rest::AtRestKey;
 use shardfs_chunk::bench::{self, BenchArgs};
 use shardfs_chunk::config::{Config, FileConfig, LimitSettings, Overrides};
 use shardfs_chunk::gate::Gate;
@@ -71,6 +72,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Make a key file for encryption at rest (--encryption-key-file): 256
+    /// random bits, mode 0600. Keep a copy off the server: without it the
+    /// chunks cannot be read.
+    Keygen {
+        /// The file to create (an existing one is never overwritten).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -123,6 +132,11 @@ struct ServeArgs {
     /// as a cluster member. For benchmarks and trusted test networks only.
     #[arg(long, env = "SHARDFS_CHUNK_INSECURE", value_parser = clap::builder::FalseyValueParser::new())]
     insecure: bool,
+    /// Encrypt chunk files at rest with the key in this file (0600, made by
+    /// `shardfs-chunk keygen`). A store is encrypted from its first chunk
+    /// on, or never; ids stay the BLAKE3 of the plaintext.
+    #[arg(long, env = "SHARDFS_CHUNK_ENCRYPTION_KEY_FILE")]
+    encryption_key_file: Option<PathBuf>,
     #[command(flatten)]
     limits: LimitSettings,
 }
@@ -152,6 +166,10 @@ fn main() -> std::process::ExitCode {
                 Ok(security) => bench::probe(&addr, &security, json).await,
                 Err(e) => Err(anyhow::anyhow!("{e}")),
             },
+            Some(Command::Keygen { out }) => AtRestKey::generate()
+                .and_then(|key| key.save(&out))
+                .map(|()| outln!("{}", out.display()))
+                .map_err(|e| anyhow::anyhow!("{e}")),
             None => serve(cli.serve).await,
         }
     });
@@ -199,6 +217,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tls_key: args.tls_key.clone(),
         tls_ca: args.tls_ca.clone(),
         insecure: args.insecure,
+        encryption_key_file: args.encryption_key_file.clone(),
         limits: args.limits.clone(),
     };
     let config = Config::resolve(overrides, file)?;
@@ -211,9 +230,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             Security::Insecure
         }
     };
+    let encryption = match &config.encryption_key_file {
+        Some(path) => Some(AtRestKey::load(path).map_err(|e| anyhow::anyhow!("{e}"))?),
+        None => None,
+    };
     let store_config = StoreConfig {
         data_dir: config.data_dir.clone(),
         capacity_bytes: config.capacity_bytes,
+        encryption,
     };
     let (store, _report) = tokio::task::spawn_blocking(move || ChunkStore::open(&store_config))
         .await?

@@ -34,6 +34,7 @@ use shardfs_proto::now_ms;
 use shardfs_proto::{ChunkId, MAX_CHUNK_BYTES};
 use tracing::{info, warn};
 
+use crate::at_rest::{self, AtRestKey, ChunkCipher};
 use crate::error::{ChunkError, IndexError, Result};
 use crate::index::{ChunkIndex, ChunkState, IndexEntry, SledIndex};
 
@@ -50,6 +51,8 @@ pub struct StoreConfig {
     pub data_dir: PathBuf,
     /// Bytes this store may use; None means the whole file system.
     pub capacity_bytes: Option<u64>,
+    /// The key chunk files are encrypted with (None: plaintext files).
+    pub encryption: Option<AtRestKey>,
 }
 
 /// What start-up found and repaired.
@@ -112,6 +115,8 @@ pub struct OpenRange {
     pub chunk_length: u64,
     pub offset: u64,
     pub length: u64,
+    /// The file holds ciphertext: this decrypts it from `offset`.
+    pub cipher: Option<ChunkCipher>,
 }
 
 /// Bytes read from disk per call of [`RangeReader::next_piece`]; the service
@@ -125,6 +130,8 @@ pub struct RangeReader {
     /// Positioned at the next byte to read.
     file: File,
     remaining: u64,
+    /// Decrypts from the next byte to read (an encrypted store).
+    cipher: Option<ChunkCipher>,
 }
 
 impl RangeReader {
@@ -142,6 +149,9 @@ impl RangeReader {
             .map_err(|e| ChunkError::io(None, format!("reading chunk {}", self.id), e))?;
         if (buf.len() as u64) < len {
             return Err(ChunkError::Truncated { id: self.id });
+        }
+        if let Some(cipher) = &mut self.cipher {
+            cipher.apply(&mut buf);
         }
         self.remaining -= len;
         Ok(Some(Bytes::from(buf)))
@@ -179,6 +189,8 @@ struct Inner {
     /// Chunks stored (true) or removed (false) since the metaserver last
     /// heard of them; the heartbeat drains it. The last event per chunk wins.
     changes: Mutex<HashMap<ChunkId, bool>>,
+    /// Chunk files are encrypted with this key (see [`crate::at_rest`]).
+    encryption: Option<AtRestKey>,
 }
 
 impl ChunkStore {
@@ -227,8 +239,15 @@ impl ChunkStore {
             chunk_count: AtomicU64::new(0),
             tmp_seq: AtomicU64::new(0),
             changes: Mutex::new(HashMap::new()),
+            encryption: config.encryption.clone(),
         };
         inner.reconcile(&mut report)?;
+        at_rest::check_store(
+            &inner.data_dir,
+            inner.encryption.as_ref(),
+            report.chunks > 0,
+        )
+        .map_err(ChunkError::AtRest)?;
         info!(
             chunks = report.chunks,
             bytes = report.bytes,
@@ -335,6 +354,7 @@ impl ChunkStore {
                 chunk_length,
                 offset,
                 length: reader.remaining,
+                cipher: reader.cipher,
             }),
             ChunkRead::Verified { .. } => unreachable!("unverified reads stream from the file"),
         }
@@ -476,8 +496,19 @@ impl Inner {
         let write_temp = || -> Result<()> {
             let mut file = File::create(temp_path)
                 .map_err(|e| ChunkError::io(Some(id), "creating temp file", e))?;
+            let mut cipher = self.encryption.as_ref().map(|key| key.cipher(&id, 0));
+            let mut sealed = Vec::new();
             for piece in pieces {
-                file.write_all(piece)
+                let bytes: &[u8] = match &mut cipher {
+                    None => piece,
+                    Some(cipher) => {
+                        sealed.clear();
+                        sealed.extend_from_slice(piece);
+                        cipher.apply(&mut sealed);
+                        &sealed
+                    }
+                };
+                file.write_all(bytes)
                     .map_err(|e| ChunkError::io(Some(id), "writing temp file", e))?;
             }
             file.sync_all()
@@ -599,6 +630,7 @@ impl Inner {
                     id,
                     file,
                     remaining: length,
+                    cipher: self.encryption.as_ref().map(|key| key.cipher(&id, offset)),
                 },
             });
         }
@@ -608,6 +640,9 @@ impl Inner {
             .take(MAX_CHUNK_BYTES + 1)
             .read_to_end(&mut data)
             .map_err(|e| ChunkError::io(None, format!("reading chunk {id}"), e))?;
+        if let Some(key) = &self.encryption {
+            key.cipher(&id, 0).apply(&mut data);
+        }
         let actual = ChunkId::of(&data);
         if actual != id {
             self.quarantine(&id, &actual, &file)?;

@@ -351,11 +351,22 @@ async fn many_concurrent_streams() {
 /// errors in words, and many requests on one connection.
 #[tokio::test]
 async fn bulk_reads_share_the_port_with_grpc() {
+    bulk_reads(None).await;
+}
+
+/// The same from a store encrypted at rest: the server decrypts what it
+/// sends (no `sendfile`).
+#[tokio::test]
+async fn bulk_reads_of_a_store_encrypted_at_rest() {
+    bulk_reads(Some(shardfs_chunk::at_rest::AtRestKey::generate().unwrap())).await;
+}
+
+async fn bulk_reads(encryption: Option<shardfs_chunk::at_rest::AtRestKey>) {
     use shardfs_proto::bulk::{self, Request, ResponseHeader, Status};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let dir = tempfile::tempdir().unwrap();
-    let server = InProcessServer::start(dir.path()).await;
+    let server = InProcessServer::start_with(dir.path(), encryption).await;
     let (id, bytes) = chunk(19, (3 << 20) + 7);
     server.client.put(id, bytes.clone()).await.unwrap();
 

@@ -5,6 +5,7 @@ mod common;
 
 use bytes::Bytes;
 use common::{chunk, chunk_files, files_in};
+use shardfs_chunk::at_rest::AtRestKey;
 use shardfs_chunk::error::ChunkError;
 use shardfs_chunk::store::{ChunkRead, OpenReport, PutOutcome};
 use shardfs_chunk::{ChunkStore, StoreConfig};
@@ -16,11 +17,19 @@ fn open(dir: &std::path::Path) -> ChunkStore {
 
 /// Opens the store and returns what start-up found and repaired.
 fn open_with_report(dir: &std::path::Path) -> (ChunkStore, OpenReport) {
+    open_encrypted(dir, None).unwrap()
+}
+
+/// Opens the store with chunk files encrypted under `key` (or not).
+fn open_encrypted(
+    dir: &std::path::Path,
+    key: Option<&AtRestKey>,
+) -> Result<(ChunkStore, OpenReport), ChunkError> {
     ChunkStore::open(&StoreConfig {
         data_dir: dir.to_path_buf(),
         capacity_bytes: None,
+        encryption: key.cloned(),
     })
-    .unwrap()
 }
 
 /// Reads a range through the store, verified or streamed, as one buffer.
@@ -412,4 +421,87 @@ async fn a_failed_index_is_reopened_and_reconciled_with_the_files() {
         ChunkId::of(&read(&store, id, 0, None, true).await.unwrap()),
         id
     );
+}
+
+/// Chunk files of an encrypted store hold no plaintext, yet every read
+/// (verified, streamed, ranged) returns it; a flipped ciphertext bit is
+/// caught by the hash of the plaintext; the store refuses to open without
+/// its key or with another, and a plaintext store refuses a key.
+#[tokio::test]
+async fn an_encrypted_store_keeps_no_plaintext_on_disk_and_refuses_other_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = AtRestKey::generate().unwrap();
+    let (store, _) = open_encrypted(dir.path(), Some(&key)).unwrap();
+    let mut stored = Vec::new();
+    for (seed, size) in SIZES.iter().enumerate() {
+        let (id, bytes) = chunk(100 + seed as u64, *size);
+        // Several pieces, as a put stream brings them.
+        let pieces: Vec<Bytes> = bytes.chunks(300_001).map(Bytes::copy_from_slice).collect();
+        assert_eq!(store.put(id, pieces).await.unwrap(), PutOutcome::Stored);
+        for verify in [true, false] {
+            let back = read(&store, id, 0, None, verify).await.unwrap();
+            assert_eq!(ChunkId::of(&back), id, "size {size} verify {verify}");
+        }
+        if *size > 10_000 {
+            let back = read(&store, id, 4_097, Some(5_000), false).await.unwrap();
+            assert_eq!(back, bytes[4_097..9_097], "a range from the middle");
+        }
+        stored.push((id, bytes));
+    }
+    for (path, name) in chunk_files(dir.path()) {
+        let (id, bytes) = stored.iter().find(|(id, _)| id.to_hex() == name).unwrap();
+        let on_disk = std::fs::read(&path).unwrap();
+        assert_eq!(on_disk.len(), bytes.len(), "chunk {id}: the length is kept");
+        // No 64-byte window of the plaintext (one every 4 KiB) appears
+        // anywhere in the file.
+        let windows: std::collections::HashSet<&[u8]> = bytes
+            .chunks(4096)
+            .filter(|w| w.len() >= 64)
+            .map(|w| &w[..64])
+            .collect();
+        assert!(
+            !on_disk.windows(64).any(|w| windows.contains(w)),
+            "chunk {id}: plaintext on disk"
+        );
+    }
+    // A flipped bit in a file: the verified read refuses and quarantines.
+    let (victim, _) = &stored[2];
+    let path = store.chunk_path(victim);
+    let mut sealed = std::fs::read(&path).unwrap();
+    sealed[1_000] ^= 0x10;
+    std::fs::write(&path, &sealed).unwrap();
+    let err = read(&store, *victim, 0, None, true).await.unwrap_err();
+    assert!(matches!(err, ChunkError::Corrupt { .. }), "{err}");
+    drop(store);
+
+    let err = open_encrypted(dir.path(), None)
+        .err()
+        .expect("opened without its key");
+    assert!(err.to_string().contains("encrypted at rest"), "{err}");
+    let other = AtRestKey::generate().unwrap();
+    let err = open_encrypted(dir.path(), Some(&other))
+        .err()
+        .expect("opened with another key");
+    assert!(err.to_string().contains("another key"), "{err}");
+    let (store, report) = open_encrypted(dir.path(), Some(&key)).unwrap();
+    assert_eq!(
+        report.chunks,
+        SIZES.len() as u64 - 1,
+        "the quarantined one is gone"
+    );
+    let (id, _) = &stored[3];
+    assert_eq!(
+        ChunkId::of(&read(&store, *id, 0, None, true).await.unwrap()),
+        *id
+    );
+
+    let plain = tempfile::tempdir().unwrap();
+    let (store, _) = open_encrypted(plain.path(), None).unwrap();
+    let (id, bytes) = chunk(7, 1000);
+    store.put(id, vec![bytes]).await.unwrap();
+    drop(store);
+    let err = open_encrypted(plain.path(), Some(&key))
+        .err()
+        .expect("a plaintext store took a key");
+    assert!(err.to_string().contains("unencrypted chunks"), "{err}");
 }

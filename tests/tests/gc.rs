@@ -58,10 +58,10 @@ async fn unreferenced_chunks_are_collected_after_the_grace_period() {
         .await
         .unwrap()
         .remove(0);
-    for target in &placement.targets {
+    for (target, capability) in placement.targets.iter().zip(&placement.target_capabilities) {
         ChunkClient::new(target, &cluster.tls.client())
             .unwrap()
-            .put(pending_id, pending.clone().into())
+            .put_with(pending_id, pending.clone().into(), capability.clone())
             .await
             .unwrap();
     }

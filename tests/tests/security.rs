@@ -523,6 +523,116 @@ async fn chunk_servers_serve_and_store_only_against_capabilities_the_metaserver_
     intact_after_repair(&cluster, "/victim/data.bin", want).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chunk_files_are_encrypted_at_rest_under_a_local_key() {
+    use shardfs_tests::bins::binary;
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::Command;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("at-rest.key");
+    let keygen = || {
+        Command::new(binary("shardfs-chunk"))
+            .args(["keygen", "--out"])
+            .arg(&key)
+            .output()
+            .unwrap()
+    };
+    let made = keygen();
+    assert!(made.status.success(), "{}", stderr(&made));
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the key file is {mode:o}");
+    let again = keygen();
+    assert_eq!(again.status.code(), Some(1), "a key file was overwritten");
+    assert!(
+        stderr(&again).contains("cannot create"),
+        "{}",
+        stderr(&again)
+    );
+
+    let key_arg = key.to_str().unwrap();
+    let mut cluster =
+        Cluster::start_with(dir.path(), 3, &[], &["--encryption-key-file", key_arg]).await;
+    let client = cluster.client(chunked(CHUNK)).await;
+    let bytes = data(6 * CHUNK + 17, "at rest");
+    client
+        .put_bytes(
+            Bytes::from(bytes.clone()),
+            "/secret/a.bin",
+            &PutOptions::default(),
+        )
+        .await
+        .unwrap();
+    let back = shardfs_client::read_all(&client, "/secret/a.bin")
+        .await
+        .unwrap();
+    assert_eq!(hash(&back), hash(&bytes));
+    assert_eq!(client.counters().bulk_fallbacks, 0);
+    let grpc = cluster
+        .client(ClientConfig {
+            bulk_reads: false,
+            ..chunked(CHUNK)
+        })
+        .await;
+    let back = shardfs_client::read_all(&grpc, "/secret/a.bin")
+        .await
+        .unwrap();
+    assert_eq!(hash(&back), hash(&bytes));
+
+    // On every server, no 64-byte window of the plaintext (one per 4 KiB)
+    // is anywhere in its chunk files.
+    let windows: std::collections::HashSet<&[u8]> = bytes
+        .chunks(4096)
+        .filter(|w| w.len() >= 64)
+        .map(|w| &w[..64])
+        .collect();
+    let ids = chunks_of(&cluster, "/secret/a.bin").await;
+    for server in 1..=3 {
+        for id in &ids {
+            let on_disk = std::fs::read(cluster.chunk_file(server, id)).unwrap();
+            assert!(
+                !on_disk.windows(64).any(|w| windows.contains(w)),
+                "plaintext of chunk {id} on chunk server {server}'s disk"
+            );
+        }
+    }
+
+    // Without its key a chunk server refuses to start, saying why, and
+    // keeps its data: with the key it serves the chunks again, verified.
+    cluster.kill_chunk(1);
+    let mut keyless = Command::new(binary("shardfs-chunk"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(cluster.chunk_dir(1))
+        .args(cluster.tls.server_args(Member::Chunk(1)))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = keyless.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = keyless.kill();
+            panic!("a chunk server without its key kept running");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut refused = String::new();
+    std::io::Read::read_to_string(keyless.stderr.as_mut().unwrap(), &mut refused).unwrap();
+    assert_eq!(status.code(), Some(1), "{refused}");
+    assert!(refused.contains("encrypted at rest"), "{refused}");
+    cluster.start_chunk(1);
+    let at_one = cluster.observer_chunk_client(&cluster.chunks[&1].addr);
+    let mut whole = Vec::new();
+    for id in &ids {
+        let chunk = at_one.get(*id, 0, None, true).await.unwrap();
+        assert_eq!(ChunkId::of(&chunk), *id);
+        whole.extend_from_slice(&chunk);
+    }
+    assert_eq!(hash(&whole), hash(&bytes));
+}
+
 /// Waits (up to a minute) until every chunk of `path` is on three servers
 /// again, then checks the file's bytes.
 async fn intact_after_repair(cluster: &Cluster, path: &str, want: String) {

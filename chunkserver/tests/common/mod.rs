@@ -109,9 +109,18 @@ pub struct InProcessServer {
 
 impl InProcessServer {
     pub async fn start(data_dir: &Path) -> Self {
+        Self::start_with(data_dir, None).await
+    }
+
+    /// A server whose chunk files are encrypted with `encryption`.
+    pub async fn start_with(
+        data_dir: &Path,
+        encryption: Option<shardfs_chunk::at_rest::AtRestKey>,
+    ) -> Self {
         let config = StoreConfig {
             data_dir: data_dir.to_path_buf(),
             capacity_bytes: None,
+            encryption,
         };
         let (store, _) = ChunkStore::open(&config).expect("open store");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
