@@ -105,12 +105,13 @@ impl AtRestKey {
         let key = *hasher.finalize().as_bytes();
         let mut cipher = Aes256Ctr::new(&key.into(), &[0u8; 16].into());
         cipher.seek(offset);
-        ChunkCipher(cipher)
+        ChunkCipher(Box::new(cipher))
     }
 }
 
-/// One chunk's keystream from some offset on.
-pub struct ChunkCipher(Aes256Ctr);
+/// One chunk's keystream from some offset on (boxed: the key schedule is
+/// a few hundred bytes, and readers carry it around).
+pub struct ChunkCipher(Box<Aes256Ctr>);
 
 impl ChunkCipher {
     /// Encrypts or decrypts `buf` in place (the same operation), moving on
