@@ -5,10 +5,13 @@
 //! this server (`shardfs_proto::capability`), or for a cluster member
 //! (a peer certified as a metaserver or chunk server: repair copies and
 //! probes). The key comes from the metaservers with the answer to each
-//! registration and heartbeat; until the first one, the server refuses
-//! reads with UNAVAILABLE so clients try another replica. A plaintext
-//! (`--insecure`) server checks nothing.
+//! registration and heartbeat, and is kept in the data directory
+//! ([`KEY_FILE`], 0600) so that a restarted server checks capabilities at
+//! once, before it has registered again. A server that never had a key
+//! refuses reads with UNAVAILABLE so clients try another replica. A
+//! plaintext (`--insecure`) server checks nothing.
 
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use shardfs_proto::ChunkId;
@@ -26,7 +29,12 @@ pub struct Gate {
 struct Inner {
     enforce: bool,
     key: RwLock<Option<ServerKey>>,
+    /// Where the key is kept across restarts.
+    file: Option<PathBuf>,
 }
+
+/// The file in the data directory that keeps this server's key.
+pub const KEY_FILE: &str = "capability.key";
 
 /// Why the gate stayed shut.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +68,34 @@ impl Gate {
             inner: Arc::new(Inner {
                 enforce,
                 key: RwLock::new(None),
+                file: None,
+            }),
+        }
+    }
+
+    /// An enforcing gate (or not) that keeps its key in `data_dir`, and
+    /// starts with the key kept there by an earlier run, if any.
+    pub fn kept_in(enforce: bool, data_dir: &Path) -> Self {
+        let file = data_dir.join(KEY_FILE);
+        let key = match std::fs::read(&file) {
+            Ok(bytes) => {
+                let key = ServerKey::from_wire(&bytes);
+                if key.is_none() {
+                    tracing::warn!("{} is not a capability key; ignoring it", file.display());
+                }
+                key
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                tracing::warn!("cannot read {}: {e}", file.display());
+                None
+            }
+        };
+        Self {
+            inner: Arc::new(Inner {
+                enforce,
+                key: RwLock::new(key),
+                file: Some(file),
             }),
         }
     }
@@ -94,6 +130,11 @@ impl Gate {
             if held.is_none() {
                 tracing::info!("capability key received from the metaservers");
             }
+            if let Some(file) = &self.inner.file
+                && let Err(e) = keep(file, wire)
+            {
+                tracing::warn!("cannot keep the capability key in {}: {e}", file.display());
+            }
             *held = Some(key);
         }
     }
@@ -117,6 +158,23 @@ impl Gate {
         key.check(capability, access, id, capability::now_ms())
             .map_err(|e| Refusal::Denied(e.to_string()))
     }
+}
+
+/// Writes `key` to `file` (mode 0600) by a rename, so a crash leaves the
+/// old key or the new one.
+fn keep(file: &Path, key: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let temp = file.with_extension("tmp");
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temp)?;
+    out.write_all(key)?;
+    out.sync_all()?;
+    std::fs::rename(&temp, file)
 }
 
 /// A peer certified as a metaserver or a chunk server.
@@ -158,5 +216,25 @@ mod tests {
         gate.set_key(&[1, 2, 3]);
         assert_eq!(gate.check(None, &cap, Access::Read, &id), Ok(()));
         assert_eq!(Gate::open().check(None, &[], Access::Write, &id), Ok(()));
+    }
+
+    /// A restarted server checks capabilities with the key it kept.
+    #[test]
+    fn the_key_is_kept_across_restarts_privately() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let id = ChunkId::of(b"kept");
+        let first = Gate::kept_in(true, dir.path());
+        assert!(!first.has_key());
+        let key = ServerKey::derive(&[4; 32], 2);
+        first.set_key(&key.to_wire());
+        let mode = std::fs::metadata(dir.path().join(KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let again = Gate::kept_in(true, dir.path());
+        let cap = key.mint(Access::Read, &id, capability::now_ms() + 10_000);
+        assert_eq!(again.check(None, &cap, Access::Read, &id), Ok(()));
     }
 }

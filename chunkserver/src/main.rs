@@ -249,7 +249,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     info!(%addr, data_dir = %config.data_dir.display(), "chunk server listening");
     outln!("{}", shardfs_proto::process::listening_line(addr));
     std::io::stdout().flush()?;
-    let gate = Gate::new(security.is_tls());
+    let gate = Gate::kept_in(security.is_tls(), &config.data_dir);
     let scrub_stats = std::sync::Arc::new(shardfs_chunk::scrub::ScrubStats::default());
     let scrubber =
         shardfs_chunk::scrub::spawn(store.clone(), config.scrub_mb_per_s, scrub_stats.clone());
