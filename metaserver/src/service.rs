@@ -22,7 +22,7 @@ use crate::metaserver::Metaserver;
 use crate::namespace::{Inode, NsError};
 use crate::node::MetaNode;
 use crate::requests;
-use crate::tokens::{Caller, Right, Role, TokenRecord, new_token};
+use crate::tokens::{Caller, Right, Role, TokenRecord, check_name, new_token};
 use crate::types::{Command, Outcome};
 
 /// Default and largest page of a listing.
@@ -507,7 +507,19 @@ impl MetaService for MetaServiceImpl {
             "" => "/".to_string(),
             prefix => requests::path(prefix)?.to_string(),
         };
-        let (token, hash) = new_token(&request.name).map_err(Status::invalid_argument)?;
+        let (token, hash) = match request.secret_hash.len() {
+            0 => new_token(&request.name).map_err(Status::invalid_argument)?,
+            32 => {
+                check_name(&request.name).map_err(Status::invalid_argument)?;
+                let hash: [u8; 32] = request.secret_hash[..].try_into().expect("32 bytes");
+                (String::new(), hash)
+            }
+            n => {
+                return Err(Status::invalid_argument(format!(
+                    "a token's secret hash is 32 bytes, not {n}"
+                )));
+            }
+        };
         self.node.ensure_leader()?;
         self.node
             .write(Command::CreateToken {

@@ -3,7 +3,8 @@
 //! A token reads `sfs1.NAME.SECRET`: NAME is how operators and the audit
 //! log know it, SECRET 256 random bits in hex. The replicated state keeps
 //! only the BLAKE3 hash of SECRET with the token's role and path prefix
-//! ([`Tokens`]); the secret is shown once, to whoever created the token.
+//! ([`Tokens`]); the secret is made by whoever creates the token (the
+//! client library sends only its hash) and shown once, to them.
 //! Revoking removes the record, and every metaserver refuses the token
 //! once it has applied the revocation.
 //!
@@ -85,7 +86,14 @@ impl Tokens {
         record: TokenRecord,
         journal: &mut Vec<TokenChange>,
     ) -> Result<(), NsError> {
-        if self.by_name.contains_key(name) {
+        if let Some(existing) = self.by_name.get(name) {
+            // The same record again is a retry of the same creation.
+            let same = existing.hash == record.hash
+                && existing.role == record.role
+                && existing.prefix == record.prefix;
+            if same {
+                return Ok(());
+            }
             return Err(NsError::AlreadyExists(format!("token {name}")));
         }
         self.by_name.insert(name.to_string(), record.clone());
@@ -329,7 +337,14 @@ mod tests {
             created_ms: 5,
         };
         tokens.create("a", record.clone(), &mut journal).unwrap();
-        assert!(tokens.create("a", record.clone(), &mut journal).is_err());
+        // The same record again (a retry) is accepted and changes nothing;
+        // another one under the same name is not.
+        tokens.create("a", record.clone(), &mut journal).unwrap();
+        let other = TokenRecord {
+            hash: [2; 32],
+            ..record.clone()
+        };
+        assert!(tokens.create("a", other, &mut journal).is_err());
         assert_eq!(tokens.get("a"), Some(&record));
         tokens.revoke("a", &mut journal).unwrap();
         assert!(tokens.revoke("a", &mut journal).is_err());

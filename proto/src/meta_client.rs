@@ -518,18 +518,22 @@ impl MetaClient {
         role: &str,
         prefix: &str,
     ) -> Result<String, Status> {
+        // The secret is made here and only its hash is sent: it never
+        // crosses the network, and a retry after a lost answer creates
+        // the same token (the metaserver accepts an identical record).
+        let (token, hash) = crate::token::new_token(name).map_err(Status::invalid_argument)?;
         let request = pb::CreateTokenRequest {
             name: name.to_string(),
             role: role.to_string(),
             prefix: prefix.to_string(),
+            secret_hash: hash.to_vec().into(),
         };
-        let response = self
-            .call(|mut c| {
-                let request = request.clone();
-                async move { c.create_token(request).await }
-            })
-            .await?;
-        Ok(response.token)
+        self.call(|mut c| {
+            let request = request.clone();
+            async move { c.create_token(request).await }
+        })
+        .await?;
+        Ok(token)
     }
 
     pub async fn revoke_token(&self, name: &str) -> Result<(), Status> {
