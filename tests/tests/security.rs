@@ -95,20 +95,23 @@ async fn intact(cluster: &Cluster, path: &str, want: String) {
     let client = cluster.client(chunked(CHUNK)).await;
     let back = shardfs_client::read_all(&client, path).await.unwrap();
     assert_eq!(hash(&back), want, "{path} changed");
-    let info = chunks_of(cluster, path).await;
-    for id in &info {
-        let id = *id;
-        let mut copies = 0;
-        for server in cluster.chunks.values() {
-            let present = cluster
-                .observer_chunk_client(&server.addr)
-                .has(&[id])
-                .await
-                .unwrap();
-            copies += present.iter().filter(|p| **p).count();
-        }
-        assert_eq!(copies, 3, "chunk {id} of {path}");
+    for id in chunks_of(cluster, path).await {
+        assert_eq!(copies_of(cluster, id).await, 3, "chunk {id} of {path}");
     }
+}
+
+/// How many running chunk servers hold chunk `id`.
+async fn copies_of(cluster: &Cluster, id: ChunkId) -> usize {
+    let mut copies = 0;
+    for server in cluster.chunks.values() {
+        let present = cluster
+            .observer_chunk_client(&server.addr)
+            .has(&[id])
+            .await
+            .unwrap();
+        copies += present.iter().filter(|p| **p).count();
+    }
+    copies
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -641,18 +644,7 @@ async fn intact_after_repair(cluster: &Cluster, path: &str, want: String) {
     loop {
         let mut short = 0;
         for id in &ids {
-            let mut copies = 0;
-            for server in cluster.chunks.values() {
-                let client = cluster.observer_chunk_client(&server.addr);
-                copies += client
-                    .has(&[*id])
-                    .await
-                    .unwrap()
-                    .iter()
-                    .filter(|p| **p)
-                    .count();
-            }
-            short += usize::from(copies < 3);
+            short += usize::from(copies_of(cluster, *id).await < 3);
         }
         if short == 0 {
             break;
